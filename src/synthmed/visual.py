@@ -43,5 +43,6 @@ def log_image(trainer: Any, key: str, image: Any, step: int | None = None, capti
         Image.fromarray(array).save(path)
     for logger in getattr(trainer, "loggers", []) or []:
         if type(logger).__name__ == "WandbLogger":
-            logger.log_image(key=key, images=[array], caption=[caption] if caption else None, step=step)
+            extra = {"caption": [caption]} if caption else {}
+            logger.log_image(key=key, images=[array], step=step, **extra)
     return path

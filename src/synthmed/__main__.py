@@ -1,0 +1,19 @@
+"""`python -m synthmed experiment=<name> [key=value ...]`: the one entry point of every experiment.
+
+The configs ship inside the package (synthmed/conf), so this works the same from a checkout or from a
+non-editable install. `--cfg job` prints the composed config; `-m` starts a multirun (sweep).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from synthmed.run import run  # imported here so that `--help`/`--cfg` stay fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Lightning callbacks shared by every experiment."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from synthmed.visual import log_image
+
+
+class LossCurves(L.Callback):
+    """Keep the epoch-level losses and draw them (train and validation) as `images/loss_curves.png`."""
+
+    def __init__(self, keys: tuple[str, ...] = ("train/loss", "val/loss")) -> None:
+        self.keys = tuple(keys)
+        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.keys}
+
+    def _record(self, trainer: L.Trainer, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            value = trainer.callback_metrics.get(key) or trainer.callback_metrics.get(f"{key}_epoch")
+            if value is not None:
+                self.history[key].append((trainer.current_epoch, float(value)))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, tuple(k for k in self.keys if k.startswith("val")))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, tuple(k for k in self.keys if not k.startswith("val")))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not any(self.history.values()):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        for key, points in self.history.items():
+            if points:
+                epochs, values = zip(*points, strict=True)
+                ax.plot(epochs, values, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        log_image(trainer, "loss_curves", fig)
+
+
+class StepTimer(L.Callback):
+    """Record when each training batch starts; at the end of fit write `step_times.json` (seconds between
+    consecutive batches within an epoch, data loading and logging included) into the job dir.
+    Add it to any run with `+callbacks.step_timer._target_=synthmed.callbacks.StepTimer`."""
+
+    def __init__(self) -> None:
+        self.gaps: list[list[float]] = []
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.gaps.append([])
+        self._last = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps[-1].append(now - self._last)
+        self._last = now
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from pathlib import Path
+
+        from synthmed.utils import atomic_write_json
+
+        atomic_write_json(Path(trainer.default_root_dir) / "step_times.json", {"epochs": self.gaps})

@@ -1,0 +1,228 @@
+"""Colonoscopy frames as a LightningDataModule: rendered datasets, ImageFolder and Kvasir-SEG layouts."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+CLASS_NAMES = ("normal", "lesion")
+
+
+class FrameDataset(Dataset):
+    """Frames held in memory as uint8 arrays; items are dicts `{"image": float (3,H,W), "label": ...}`.
+
+    `label` is the class (int64 scalar) for classification, the 0/1 mask (int64 HxW) for segmentation.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str]) -> None:
+        self.images, self.targets, self.ids = images, targets, ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255.0).sub_(0.5).div_(0.5)
+        return {"image": image, "label": torch.as_tensor(self.targets[i]).long(), "id": self.ids[i]}
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _detect_layout(root: Path) -> str:
+    if (root / "manifest.csv").exists():
+        return "rendered"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "kvasir"
+    if all((root / c).is_dir() for c in CLASS_NAMES):
+        return "imagefolder"
+    raise FileNotFoundError(
+        f"{root} is not a frames dataset: expected manifest.csv (a rendered dataset), "
+        f"images/ + masks/ (Kvasir-SEG layout) or {'/, '.join(CLASS_NAMES)}/ (ImageFolder layout)"
+    )
+
+
+def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[str, Any]]]:
+    """List the frames of a dataset dir: `(layout, [{"id", "image", "mask" or None, "label"}])`."""
+    root = Path(root)
+    layout = _detect_layout(root) if layout == "auto" else layout
+    rows: list[dict[str, Any]] = []
+    if layout == "rendered":
+        manifest = root / "manifest.csv"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest} is missing")
+        with manifest.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"id", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}")
+            for row in reader:
+                label = int(row["label"])
+                if label not in (0, 1):
+                    raise ValueError(f"{manifest}: frame {row['id']} has label {label}; expected 0 or 1")
+                rows.append(
+                    {"id": row["id"], "image": root / "images" / f"{row['id']}.png",
+                     "mask": root / "masks" / f"{row['id']}.png", "label": label}
+                )
+    elif layout == "kvasir":
+        masks = {p.stem: p for p in _list_images(root / "masks")}
+        for image in _list_images(root / "images"):
+            if image.stem not in masks:
+                raise FileNotFoundError(f"{image} has no mask in {root / 'masks'}")
+            rows.append({"id": image.stem, "image": image, "mask": masks[image.stem], "label": None})
+    elif layout == "imagefolder":
+        for label, cls in enumerate(CLASS_NAMES):
+            for image in _list_images(root / cls):
+                rows.append({"id": f"{cls}/{image.stem}", "image": image, "mask": None, "label": label})
+    else:
+        raise ValueError(f"data.layout={layout!r}; expected auto, rendered, kvasir or imagefolder")
+    if not rows:
+        raise ValueError(f"{root} holds no frames ({layout} layout)")
+    return layout, rows
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
+    """Indices of train/val/test, stratified by label, shuffled by `seed`."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for value in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == value))
+        n_val, n_test = round(len(idx) * val_fraction), round(len(idx) * test_fraction)
+        parts[1] += idx[:n_val].tolist()
+        parts[2] += idx[n_val : n_val + n_test].tolist()
+        parts[0] += idx[n_val + n_test :].tolist()
+    return [np.sort(np.asarray(p, dtype=int)) for p in parts]
+
+
+class ColonFramesDataModule(L.LightningDataModule):
+    """Colonoscopy frames for classification (normal vs lesion) or lesion segmentation.
+
+    `root` is a frames dir (rendered dataset, ImageFolder or Kvasir-SEG layout). When it is None, the
+    dataset of the `render` config under `data_dir/colon/` is used, and rendered first if missing.
+    Frames are split stratified by label with `split_seed` and resized to `image_size`.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        data_dir: str = "data",
+        render: Mapping | None = None,
+        task: str = "classification",
+        layout: str = "auto",
+        image_size: int = 50,
+        batch_size: int = 100,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int | None = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if task not in ("classification", "segmentation"):
+            raise ValueError(f"data.task={task!r}; expected classification or segmentation")
+        self.render_cfg = render
+        self.root = Path(root) if root else self._rendered_root(data_dir, render)
+        self.explicit_root = bool(root)
+        self.task, self.layout, self.image_size = task, layout, int(image_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.fractions = (float(val_fraction), float(test_fraction))
+        self.split_seed = 0 if split_seed is None else int(split_seed)
+        self.splits: dict[str, FrameDataset] = {}
+
+    @staticmethod
+    def _rendered_root(data_dir: str, render: Mapping | None) -> Path | None:
+        if render is None:
+            return None
+        from synthmed.render import dataset_name
+
+        return Path(data_dir) / "colon" / dataset_name(render)
+
+    def prepare_data(self) -> None:
+        """Render the dataset of the `render` config if it is not complete yet (resumes a partial one)."""
+        if self.root is None:
+            raise FileNotFoundError(
+                "no frames dataset: set data.root=<frames dir>, or render one with "
+                "`python -m synthmed experiment=colon_render render.num_frames=<N>`"
+            )
+        if self.explicit_root:
+            if not self.root.is_dir():
+                raise FileNotFoundError(
+                    f"data.root={self.root} does not exist. Render a dataset with "
+                    f"`python -m synthmed experiment=colon_render` (it is written under data/colon/), "
+                    f"or point data.root at a folder of frames"
+                )
+            return
+        if not (self.root / "manifest.csv").exists() or not (self.root / "dataset.yaml").exists():
+            from synthmed.render import render_dataset
+
+            log.info("rendering the frames dataset into %s", self.root)
+            render_dataset(self.render_cfg, self.root, progress=True)
+
+    def describe(self) -> dict[str, Any]:
+        layout, rows = read_frame_index(self.root, self.layout)
+        labels = [r["label"] for r in rows if r["label"] is not None]
+        return {"root": str(self.root), "layout": layout, "frames": len(rows),
+                "lesion_frames": int(sum(labels)), "normal_frames": int(len(labels) - sum(labels))}
+
+    def _load(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        size = (self.image_size, self.image_size)
+        images = np.empty((len(rows), *size, 3), dtype=np.uint8)
+        targets = np.empty((len(rows), *size) if self.task == "segmentation" else (len(rows),), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            try:
+                with Image.open(row["image"]) as im:
+                    images[i] = np.asarray(im.convert("RGB").resize(size, Image.BILINEAR))
+                if self.task == "segmentation":
+                    if row["mask"] is None:
+                        raise ValueError("segmentation needs masks; this layout has none")
+                    with Image.open(row["mask"]) as m:
+                        targets[i] = np.asarray(m.convert("L").resize(size, Image.NEAREST)) > 127
+                else:
+                    if row["label"] is None:
+                        raise ValueError("classification needs labels; use the rendered or ImageFolder layout")
+                    targets[i] = row["label"]
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot read frame {row['id']} ({row['image']}): {err}") from err
+        return images, targets
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.root is None or not self.root.is_dir():
+            self.prepare_data()
+        layout, rows = read_frame_index(self.root, self.layout)
+        images, targets = self._load(rows)
+        strata = np.array([r["label"] if r["label"] is not None else 0 for r in rows])
+        if self.task == "segmentation" and layout == "kvasir":
+            strata = (targets.reshape(len(rows), -1).max(1) > 0).astype(int)
+        train, val, test = stratified_split(strata, *self.fractions, seed=self.split_seed)
+        ids = [r["id"] for r in rows]
+        for name, idx in (("train", train), ("val", val), ("test", test)):
+            self.splits[name] = FrameDataset(images[idx], targets[idx], [ids[i] for i in idx])
+        log.info("frames from %s (%s): train %d, val %d, test %d", self.root, layout, len(train), len(val), len(test))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if len(self.splits[split]) == 0:
+            raise ValueError(f"the {split} split of {self.root} is empty: the dataset is too small")
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,128 @@
+"""LightningModule for frame classification (normal vs lesion): losses, metrics, pictures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from synthmed.visual import log_image
+
+LOSSES = ("cross_entropy", "mse_softmax")
+
+
+class LesionClassifier(L.LightningModule):
+    """Wraps a plain classification net (e.g. `LesionCNN`).
+
+    loss: `cross_entropy` (default) or `mse_softmax`, the study's mean squared error between the softmax and
+    the one-hot label. Logs loss, accuracy, AUROC and F1 per split and a confusion-matrix picture.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr: float = 1e-3,
+        loss: str = "cross_entropy",
+        freeze_features: bool = False,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss={loss!r}; expected one of {LOSSES}")
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net, self.optimizer_factory = net, optimizer
+        self.num_classes = net.head[-1].out_features if hasattr(net, "head") else 2
+        task = "binary" if self.num_classes == 2 else "multiclass"
+        kwargs = {"task": task} if task == "binary" else {"task": task, "num_classes": self.num_classes}
+        self.metrics = nn.ModuleDict({
+            split: torchmetrics.MetricCollection({
+                "acc": torchmetrics.Accuracy(**kwargs),
+                "auroc": torchmetrics.AUROC(**kwargs),
+                "f1": torchmetrics.F1Score(**kwargs),
+            }, prefix=f"{split}/")
+            for split in ("train_", "val", "test")  # "train" is a reserved ModuleDict attribute name
+        })
+        self.confusion = torchmetrics.ConfusionMatrix(**kwargs)
+        if freeze_features:
+            self.freeze_features()
+
+    def freeze_features(self) -> None:
+        """Fine-tuning: keep the convolutional feature extractor fixed and train only the head."""
+        for p in self.net.features.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "mse_softmax":
+            return F.mse_loss(logits.softmax(1), F.one_hot(target, self.num_classes).float())
+        return F.cross_entropy(logits, target)
+
+    def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch["label"]
+        loss = self._loss(logits, target)
+        scores = logits.softmax(1)
+        scores = scores[:, 1] if self.num_classes == 2 else scores
+        key = "train_" if split == "train" else split
+        self.metrics[key].update(scores, target)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(target))
+        if split == "test":
+            self.confusion.update(scores, target)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_metrics(self, key: str) -> None:
+        values = self.metrics[key].compute()
+        self.log_dict({k.replace("train_/", "train/"): v for k, v in values.items()}, prog_bar=key == "val")
+        self.metrics[key].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train_")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self._log_confusion(self.confusion.compute().cpu().numpy())
+        self.confusion.reset()
+
+    def _log_confusion(self, matrix: np.ndarray) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = ["normal", "lesion"] if self.num_classes == 2 else [str(i) for i in range(self.num_classes)]
+        fig, ax = plt.subplots(figsize=(3.4, 3.0), dpi=100)
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, int(value), ha="center", va="center", color="black")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("test confusion matrix")
+        fig.tight_layout()
+        log_image(self.trainer, "test/confusion_matrix", fig)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return self.optimizer_factory(params=params, lr=self.hparams.lr)

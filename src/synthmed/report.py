@@ -1,0 +1,204 @@
+"""Sweep tables: `python -m synthmed.report <sweep_dir>` (also run by Hydra after every job of a multirun).
+
+Reads each job dir of a sweep (`.hydra/overrides.yaml`, `metrics.json`, `error.txt`), groups jobs by the
+swept keys other than `seed`, and writes `summary.csv`, `summary.md` and `summary.png` into the sweep dir:
+mean ± std and n over seeds of every test metric, with failed jobs listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from synthmed.utils import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed",)
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One record a job: its number, overrides, status, test metrics, config and failure reason."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    jobs = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = dict(_parse_override(o) for o in (yaml.safe_load(overrides_file.read_text()) or []))
+        metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.txt"
+        record: dict[str, Any] = {"job": job_dir.name, "dir": str(job_dir), "overrides": overrides, "test": {}}
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            record.update(status=metrics.get("status", "ok"), test=metrics.get("test", {}), metrics=metrics)
+        elif error_file.exists():
+            lines = [line for line in error_file.read_text().strip().splitlines() if line.strip()]
+            record.update(status="failed", error=lines[-1] if lines else "unknown error")
+        else:
+            record.update(status="running or killed", error="no metrics.json and no error.txt")
+        config_file = job_dir / ".hydra" / "config.yaml"
+        record["optimized_metric"] = None
+        if config_file.exists():
+            record["optimized_metric"] = (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
+        jobs.append(record)
+    jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
+    return jobs
+
+
+def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:
+    """The override keys whose value differs between jobs, in the order they appear."""
+    keys: list[str] = []
+    for job in jobs:
+        for key in job["overrides"]:
+            if key not in keys:
+                keys.append(key)
+    return [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Group jobs by swept keys other than seed: `(group keys, metric names, rows)`."""
+    keys = [k for k in swept_keys(jobs) if k not in SEED_KEYS]
+    metrics = sorted({m for job in jobs for m in job["test"]})
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job["overrides"].get(k, "") for k in keys), []).append(job)
+    rows = []
+    for values, members in groups.items():
+        ok = [j for j in members if j["status"] == "ok"]
+        row: dict[str, Any] = dict(zip(keys, values, strict=True))
+        row.update(n=len(ok), failed=len(members) - len(ok))
+        for metric in metrics:
+            found = [float(j["test"][metric]) for j in ok if metric in j["test"]]
+            row[f"{metric} mean"], row[f"{metric} std"] = _mean_std(found) if found else (math.nan, math.nan)
+        rows.append(row)
+    return keys, metrics, rows
+
+
+def _fmt(mean: float, std: float) -> str:
+    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
+    """Write summary.csv, summary.md and summary.png into `sweep_dir`; returns their paths."""
+    import csv
+
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir)
+    keys, metrics, rows = summarise(jobs)
+    paths = {name: sweep_dir / f"summary.{name}" for name in ("csv", "md", "png")}
+
+    columns = [*keys, "n", "failed", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
+    with atomic_path(paths["csv"]) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    header = [*keys, "n", *metrics]
+    lines = [f"# Sweep summary: {sweep_dir.name}", "",
+             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} finished. "
+             "Cells: mean ± std over seeds (n = finished jobs in the row).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[k]) for k in keys] + [str(row["n"])]
+        cells += [_fmt(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [j for j in jobs if j["status"] != "ok"]
+    if failed:
+        lines += ["", "## Failed jobs", ""]
+        for job in failed:
+            shown = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
+            lines.append(f"- job {job['job']} ({shown}): {job['status']}: {job.get('error', '')}")
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    _plot(rows, keys, metrics, jobs, paths["png"])
+    return paths
+
+
+def _plot(rows, keys, metrics, jobs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preferred = next((j["optimized_metric"] for j in jobs if j.get("optimized_metric") in metrics), None)
+    shown = [preferred] if preferred else metrics[:4]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(1.6 + 1.4 * max(1, len(rows)) * max(1, len(shown)), 3.6),
+                             dpi=110, squeeze=False)
+    labels = [" ".join(f"{k}={row[k]}" for k in keys) or "all" for row in rows]
+    for ax, metric in zip(axes[0], shown or [None], strict=False):
+        if metric is None:
+            ax.text(0.5, 0.5, "no finished job", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        means = [row[f"{metric} mean"] for row in rows]
+        stds = [row[f"{metric} std"] for row in rows]
+        ax.bar(range(len(rows)), [0 if math.isnan(m) else m for m in means],
+               yerr=[0 if math.isnan(s) else s for s in stds], capsize=4, color="#c8553d")
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{metric} (mean ± std, n = {', '.join(str(r['n']) for r in rows)})", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+class SweepSummaryCallback(Callback):
+    """Rewrites the sweep summary after every job and at the end of the multirun, so a failed or killed
+    job never loses the others' results."""
+
+    def _write(self, sweep_dir: str) -> None:
+        try:
+            paths = write_summary(sweep_dir)
+            log.info("sweep summary: %s", paths["md"])
+        except Exception as err:  # a broken report must never take a job down with it
+            log.warning("could not write the sweep summary of %s: %s", sweep_dir, err)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        hc = HydraConfig.get()
+        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+            self._write(hc.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._write(config.hydra.sweep.dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synthmed.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir (holds one numbered dir a job)")
+    args = parser.parse_args(argv)
+    try:
+        if not collect_jobs(args.sweep_dir):
+            raise FileNotFoundError(f"{args.sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
+        paths = write_summary(args.sweep_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(paths["md"].read_text())
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The frame every experiment uses: configs, runner, logging, sweep tables, launchers, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_synthmed
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from wandb_records import logged_history, read_records
+
+import synthmed
+
+CONF = Path(synthmed.__file__).parent / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+CI = ["scale=ci", "logger=csv"]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment, tmp_path):
+    for scale in ("ci", "cpu", "paper"):
+        cfg = compose_cfg([f"experiment={experiment}", f"scale={scale}"], tmp_path)
+        del cfg.hydra  # the job's own config must resolve; Hydra's node is resolved by Hydra
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        assert resolved["name"] == experiment
+        assert resolved["scale"]["name"] == scale
+        assert "_target_" in resolved["data"]
+
+
+def test_command_line_beats_experiment(tmp_path):
+    cfg = compose_cfg(["experiment=colon_cls", "scale=ci", "trainer.max_epochs=7", "model.lr=0.01"], tmp_path)
+    assert cfg.trainer.max_epochs == 7 and cfg.model.lr == 0.01
+    cfg = compose_cfg(["experiment=colon_cls", "scale=ci"], tmp_path)
+    assert cfg.trainer.max_epochs == cfg.scale.colon.max_epochs
+
+
+def test_scales_change_sizes_not_code(tmp_path):
+    targets = {}
+    for scale in ("ci", "cpu", "paper"):
+        cfg = compose_cfg(["experiment=colon_cls", f"scale={scale}"], tmp_path)
+        targets[scale] = (cfg.data._target_, cfg.model._target_, cfg.model.net._target_, cfg.data.image_size)
+    assert len({t[:3] for t in targets.values()}) == 1
+    assert targets["paper"][3] == 50
+
+
+def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
+    out = tmp_path / "run"
+    run_synthmed(["experiment=colon_cls", f"data.root={frames_dir}", "scale=ci", f"hydra.run.dir={out}"], cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["seed"] == 0 and metrics["scale"] == "ci"
+    assert set(metrics["test"]) >= {"test/acc", "test/auroc", "test/f1", "test/loss"}
+    assert "val/loss" in metrics["best_val"] and metrics["wall_time_s"] > 0
+    assert f"data.root={frames_dir}" in metrics["overrides"]
+    assert (out / "images" / "test_confusion_matrix.png").stat().st_size > 0
+    assert (out / "images" / "loss_curves.png").stat().st_size > 0
+    # CSV log holds the per-epoch validation loss
+    with (out / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r for r in rows if r.get("val/loss")], "no val/loss in the CSV log"
+    # the offline W&B run holds the same test metrics
+    run_files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    history = logged_history(run_files[0])
+    test_rows = [h for h in history if "test/acc" in h]
+    assert test_rows and test_rows[-1]["test/acc"] == pytest.approx(metrics["test"]["test/acc"])
+    kinds = {r.WhichOneof("record_type") for r in read_records(run_files[0])}
+    assert {"run", "history", "exit"} <= kinds  # wandb.finish() was called
+    # checkpoints load with weights_only=True
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "state_dict" in ckpt
+
+
+def test_same_seed_same_numbers(frames_dir, tmp_path):
+    results = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        run_synthmed(["experiment=colon_cls", f"data.root={frames_dir}", *CI, "seed=0", f"hydra.run.dir={out}"],
+                     cwd=tmp_path)
+        metrics = json.loads((out / "metrics.json").read_text())
+        results.append((metrics["test"], metrics["best_val"]))
+    assert results[0] == results[1]
+
+
+def test_multirun_with_a_failed_job_still_writes_summary(frames_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_synthmed(["-m", "experiment=colon_cls", *CI, f"data.root={frames_dir},{tmp_path / 'missing'}",
+                         "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0  # the failure is not hidden
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    good = next(r for r in rows if r["data.root"] == str(frames_dir))
+    assert good["n"] == "2" and float(good["test/acc mean"]) >= 0
+    bad = next(r for r in rows if r["data.root"] != str(frames_dir))
+    assert bad["n"] == "0" and bad["failed"] == "2"
+    md = (sweep / "summary.md").read_text()
+    assert "Failed jobs" in md and "does not exist" in md
+    assert (sweep / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    # the report rebuilds the same table from disk
+    csv_before = (sweep / "summary.csv").read_text()
+    (sweep / "summary.csv").unlink()
+    subprocess.run([sys.executable, "-m", "synthmed.report", str(sweep)], check=True, capture_output=True)
+    assert (sweep / "summary.csv").read_text() == csv_before
+
+
+def test_parallel_launcher_sweep(frames_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_synthmed(["-m", "experiment=colon_cls", *CI, f"data.root={frames_dir}", "model.lr=1e-3,3e-4",
+                  "hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "ok"
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(float(r["model.lr"]) for r in rows) == [3e-4, 1e-3]
+
+
+def test_bad_override_names_the_key(tmp_path):
+    proc = run_synthmed(["experiment=colon_cls", "model.lrr=0.1"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "lrr" in proc.stderr
+    proc = run_synthmed(["experiment=colon_clss"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "colon_clss" in proc.stderr
+
+
+def test_missing_or_empty_data_root_says_how_to_make_one(tmp_path):
+    proc = run_synthmed(["experiment=colon_cls", *CI, f"data.root={tmp_path / 'nope'}"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "does not exist" in proc.stderr and "experiment=colon_render" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.csv").write_text("id,label\n")
+    proc = run_synthmed(["experiment=colon_cls", *CI, f"data.root={empty}"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "holds no frames" in proc.stderr and str(empty) in proc.stderr
+    assert not list(tmp_path.glob("outputs/runs/*/*/metrics.json"))  # nothing half-written
+
+
+def test_report_refuses_a_dir_without_jobs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "synthmed.report", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no job dirs" in proc.stderr
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("synthmed-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "synthmed/conf/config.yaml" in names
+    assert {f"synthmed/conf/experiment/{e}.yaml" for e in EXPERIMENTS} <= names
