@@ -59,11 +59,14 @@ def main() -> None:
     with initialize_config_module("synthmed.conf", version_base="1.3"):
         cfg = compose("config", overrides=[
             "experiment=colon_cls", "scale=paper", f"data.root={frames}", f"trainer.max_epochs={args.epochs}",
-            "+callbacks.step_timer._target_=synthmed.callbacks.StepTimer",
+            "+callbacks.step_timer._target_=synthmed.callbacks.StepTimer", "+trainer.enable_progress_bar=false",
+            "logger=csv",
         ], return_hydra_config=True)
     OmegaConf.set_readonly(cfg.hydra, False)
     cfg.hydra.runtime.output_dir = str(tmp / "run")
     HydraConfig.instance().set_config(cfg)
+    OmegaConf.set_struct(cfg, False)
+    del cfg.hydra  # a real job's config has no hydra node; HydraConfig holds it
     run(cfg)
     epochs = json.loads((tmp / "run" / "step_times.json").read_text())["epochs"]
     runner_times = [gap for epoch in epochs[1:] for gap in epoch]  # first epoch is warm-up

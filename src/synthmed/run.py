@@ -53,6 +53,23 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def load_pretrained(model: Any, path: str | Path) -> None:
+    """Load the weights of a synthmed checkpoint (or a bare state dict) into `model`, safely
+    (`weights_only=True`): the fine-tuning step of the colonoscopy study."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained={path} does not exist (a .ckpt written by a synthmed run)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"pretrained={path} does not fit model {type(model).__name__}: {err}") from err
+    log.info("loaded pretrained weights from %s", path)
+
+
 def _scalar(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 
@@ -88,6 +105,8 @@ def run(cfg: DictConfig) -> float | None:
             return None
 
         model = instantiate(cfg.model)
+        if cfg.get("pretrained"):
+            load_pretrained(model, cfg.pretrained)
         name = run_name(cfg, overrides)
         logger_extras = {"wandb": {"name": name, "group": group}}
         loggers = _instantiate_group(cfg.get("logger"), **logger_extras)
