@@ -60,7 +60,6 @@ def main() -> None:
         cfg = compose("config", overrides=[
             "experiment=colon_cls", "scale=paper", f"data.root={frames}", f"trainer.max_epochs={args.epochs}",
             "+callbacks.step_timer._target_=synthmed.callbacks.StepTimer", "+trainer.enable_progress_bar=false",
-            "logger=csv",
         ], return_hydra_config=True)
     OmegaConf.set_readonly(cfg.hydra, False)
     cfg.hydra.runtime.output_dir = str(tmp / "run")
