@@ -1,0 +1,65 @@
+"""LesionCNN and LesionClassifier: shapes, loss options, freezing, pretrained weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthmed.models.classifier import LesionClassifier
+from synthmed.models.nets.lesion_cnn import LesionCNN
+from synthmed.run import load_pretrained
+
+
+def make(loss="cross_entropy", freeze=False, size=50):
+    return LesionClassifier(LesionCNN(image_size=size), optimizer=torch.optim.Adam, loss=loss, freeze_features=freeze)
+
+
+def test_study_architecture_shapes():
+    net = LesionCNN(image_size=50)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128] and all(c.kernel_size == (5, 5) for c in convs)
+    assert net.head[1].out_features == 512
+    assert net(torch.zeros(3, 3, 50, 50)).shape == (3, 2)
+    with pytest.raises(ValueError, match="too small"):
+        LesionCNN(image_size=4)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse_softmax"])
+def test_losses_are_finite_and_differ(loss):
+    torch.manual_seed(0)
+    model = make(loss)
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.5]])
+    target = torch.tensor([0, 1])
+    value = model._loss(logits, target)
+    assert torch.isfinite(value)
+    if loss == "mse_softmax":
+        expected = ((logits.softmax(1) - torch.nn.functional.one_hot(target, 2)) ** 2).mean()
+        assert value == pytest.approx(expected.item())
+    else:
+        assert value == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="model.loss='hinge'"):
+        make("hinge")
+
+
+def test_freeze_features_trains_only_the_head():
+    model = make(freeze=True)
+    optimizer = model.configure_optimizers()
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.net.head.parameters()}
+
+
+def test_pretrained_round_trip_and_errors(tmp_path):
+    source, target = make(), make()
+    path = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    load_pretrained(target, path)
+    for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="pretrained="):
+        load_pretrained(target, tmp_path / "missing.ckpt")
+    torch.save({"state_dict": make(size=64).state_dict()}, path)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_pretrained(target, path)
