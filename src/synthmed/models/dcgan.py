@@ -1,0 +1,171 @@
+"""The tumour generator: a DCGAN that samples BraTS-style tumour label maps from noise.
+
+Representation. A label map with classes 0 (background), 1 (NCR/NET), 2 (ED), 3 (ET) (BraTS 0, 1, 2, 4)
+is shown to the discriminator as 3 region channels (one-hot NCR, ED, ET; background implied). The
+generator emits 4 logits per pixel and a softmax over them, so its region channels are probabilities
+that sum (with background) to 1 — the soft version of the same one-hot. `sample()` takes the argmax.
+With `binary=True` there is a single whole-tumour channel (sigmoid) and samples are 0/1.
+
+Loss: the DCGAN minimax with binary cross-entropy on logits; the generator uses the non-saturating
+form (maximise log D(G(z))).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthmed.models.nets.dcgan import TumourLabelDiscriminator, TumourLabelGenerator
+
+# RGB per class: background, NCR/NET, ED, ET (the usual BraTS overlay colours)
+LABEL_COLOURS = np.array([[0, 0, 0], [220, 40, 40], [60, 200, 60], [250, 220, 30]], dtype=np.uint8)
+
+
+def colourise_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(..., H, W) labels in 0..3 -> (..., H, W, 3) uint8 RGB, colour-coded per tumour region."""
+    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return LABEL_COLOURS[np.clip(labels, 0, 3).astype(np.int64)]
+
+
+def image_grid(tiles: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """(N, H, W, 3) uint8 tiles -> one (rows*H, ncols*W, 3) uint8 picture with `pad`-pixel gutters."""
+    n, h, w, c = tiles.shape
+    nrows = -(-n // ncols)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, ncols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = (
+            tiles[k]
+        )
+    return grid
+
+
+class TumourLabelGAN(pl.LightningModule):
+    """DCGAN over tumour label maps: z ~ N(0, I) in R^latent_dim -> label map at `image_size`.
+
+    Args are plain values so hyperparameters and checkpoints stay plain (`weights_only=True` loads).
+    `image_size` is a power of two (128 at paper scale; 64, 32 work); the number of up-sampling stages
+    follows from it. Real maps come from `batch["seg"]` (0..3), resized with nearest-neighbour
+    interpolation when the slice size differs.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 128,
+        latent_dim: int = 100,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        max_channels: int = 512,
+        binary: bool = False,
+        lr: float = 2e-4,
+        betas: tuple[float, float] | list[float] = (0.5, 0.999),
+        num_samples: int = 16,
+        sample_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = TumourLabelGenerator(latent_dim, image_size, g_channels, max_channels, binary)
+        self.discriminator = TumourLabelDiscriminator(
+            self.generator.out_channels, image_size, d_channels, max_channels
+        )
+
+    # --- data -> maps ---------------------------------------------------------------------------
+    def real_maps(self, seg: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) labels 0..3 -> (B, C, S, S) float region channels at `image_size`."""
+        if seg.ndim != 3:
+            raise ValueError(f"batch['seg'] must be (B, H, W), got shape {tuple(seg.shape)}")
+        if seg.min() < 0 or seg.max() > 3:
+            raise ValueError(
+                f"batch['seg'] must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {seg.min().item()}..{seg.max().item()}"
+            )
+        if self.hparams.binary:
+            maps = (seg > 0).unsqueeze(1).float()
+        else:
+            maps = F.one_hot(seg.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+        size = self.hparams.image_size
+        if maps.shape[-2:] != (size, size):
+            maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")
+        return maps
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = generator.device if generator is not None else self.device
+        return torch.randn(n, self.hparams.latent_dim, generator=generator, device=device).to(self.device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft tumour maps (B, C, S, S) in [0, 1] for noise z (B, latent_dim)."""
+        return self.generator(z)
+
+    def maps_to_labels(self, maps: torch.Tensor) -> torch.Tensor:
+        """Soft (or one-hot) region maps (B, C, S, S) -> labels (B, S, S) int64 in 0..3 (0/1 if binary)."""
+        if self.hparams.binary:
+            return (maps[:, 0] > 0.5).long()
+        background = 1.0 - maps.sum(dim=1, keepdim=True)
+        return torch.cat([background, maps], dim=1).argmax(dim=1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
+        """`n` tumour label maps (n, S, S) int64 with values 0 (background), 1 NCR/NET, 2 ED, 3 ET
+        (BraTS 0, 1, 2, 4), on the module's device. Runs the generator in eval mode (batch norm uses its
+        running statistics, so a map does not depend on its batch-mates); the same seeded
+        `torch.Generator` gives the same maps, whatever `batch_size`. Restores the previous mode."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            z = self.noise(n, generator)
+            out = [self.maps_to_labels(self.generator(chunk)) for chunk in z.split(batch_size)]
+        finally:
+            self.generator.train(was_training)
+        size = self.hparams.image_size
+        return torch.cat(out) if out else torch.empty(0, size, size, dtype=torch.long, device=self.device)
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        real = self.real_maps(batch["seg"])
+        n = real.shape[0]
+        fake = self.generator(self.noise(n))
+        ones = torch.ones(n, device=self.device)
+        zeros = torch.zeros(n, device=self.device)
+
+        # discriminator: real -> 1, fake -> 0 (fake detached: no generator gradients here)
+        with self.toggled_optimizer(opt_d):
+            d_loss = 0.5 * (
+                F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
+                + F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), zeros)
+            )
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+
+        # generator: non-saturating loss, make D call the fakes real
+        with self.toggled_optimizer(opt_g):
+            g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
+
+    def on_train_epoch_end(self) -> None:
+        from synthmed.visual import log_image
+
+        if self.trainer is None or self.trainer.sanity_checking:
+            return
+        n = self.hparams.num_samples
+        rng = torch.Generator().manual_seed(
+            self.hparams.sample_seed
+        )  # same noise every epoch: watch it evolve
+        labels = self.sample(n, generator=rng)
+        grid = image_grid(colourise_labels(labels), ncols=int(np.ceil(np.sqrt(n))))
+        log_image(self.trainer, "samples/tumour_maps", grid, step=self.current_epoch)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        return [opt_g, opt_d]

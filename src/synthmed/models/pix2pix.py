@@ -1,0 +1,205 @@
+"""The brain generator: pix2pix that turns a tumour label map (+ brain mask) into MRI modalities.
+
+Conditioning. The generator sees the tumour as one-hot channels (NCR/NET, ED, ET; or one whole-tumour
+channel with `binary=True`) PLUS a brain-mask channel. A tumour map alone says nothing about where the
+head is, how big it is or what shape this slice of it has: from a small tumour the whole brain is
+one-to-many, and an L1-trained generator answers a one-to-many question with a blurred average. The
+mask pins the anatomy's extent, so the output is a plausible whole brain with the tumour where the map
+puts it, and the pair (map, image) stays consistent for segmentation training. Masks are cheap to get
+at synthesis time: take the brain mask of a real slice and place a sampled tumour inside it.
+
+Losses (as in pix2pix): adversarial loss on a 70x70 PatchGAN that judges (condition, image) pairs,
+`gan_mode="vanilla"` (binary cross-entropy on logits, the paper's choice, default) or `"lsgan"`
+(least squares), plus `l1_weight` (lambda = 100) times the L1 distance to the real image. The
+discriminator loss is halved, which slows D relative to G as in the paper.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthmed.models.dcgan import colourise_labels
+from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
+
+
+class BrainSliceTranslator(pl.LightningModule):
+    """pix2pix: (tumour label map, brain mask) -> `out_channels` MRI modalities, z-scored.
+
+    `image_size` is the slice size callers use (240 at paper scale; 128/64/32 too); the U-Net depth
+    follows from the next power of two and the module pads/crops internally, so 240 in gives 240 out.
+    All args are plain values (checkpoints load with `weights_only=True`).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 240,
+        out_channels: int = 4,
+        binary: bool = False,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        max_channels: int = 512,
+        norm: str = "batch",
+        num_dropout: int = 3,
+        dropout: float = 0.5,
+        gan_mode: str = "vanilla",
+        l1_weight: float = 100.0,
+        lr: float = 2e-4,
+        betas: tuple[float, float] | list[float] = (0.5, 0.999),
+        num_val_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if gan_mode not in ("vanilla", "lsgan"):
+            raise ValueError(f"gan_mode must be 'vanilla' or 'lsgan', got {gan_mode!r}")
+        betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        in_channels = (1 if binary else 3) + 1  # tumour channels + brain mask
+        self.generator = BrainUNetGenerator(
+            in_channels,
+            out_channels,
+            num_downs=unet_depth(image_size),
+            base_channels=g_channels,
+            max_channels=max_channels,
+            norm=norm,
+            num_dropout=num_dropout,
+            dropout=dropout,
+        )
+        # D judges the pair: conditioning and image stacked along channels
+        self.discriminator = PatchDiscriminator(
+            in_channels + out_channels, d_channels, num_layers=3, norm=norm
+        )
+
+    # --- conditioning -------------------------------------------------------------------------
+    def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """labels (B, H, W) in 0..3 + brain mask (B, 1, H, W) -> (B, 4, H, W) (NCR, ED, ET, brain);
+        (B, 2, H, W) (tumour, brain) if binary."""
+        if label_map.ndim != 3:
+            raise ValueError(f"label map must be (B, H, W), got shape {tuple(label_map.shape)}")
+        if brain.ndim == 3:
+            brain = brain.unsqueeze(1)
+        if brain.shape[0] != label_map.shape[0] or brain.shape[-2:] != label_map.shape[-2:]:
+            raise ValueError(
+                f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}"
+            )
+        if label_map.min() < 0 or label_map.max() > 3:
+            raise ValueError(
+                f"label map must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {label_map.min().item()}..{label_map.max().item()}"
+            )
+        if self.hparams.binary:
+            tumour = (label_map > 0).unsqueeze(1).float()
+        else:
+            tumour = F.one_hot(label_map.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+        return torch.cat([tumour, brain.float()], dim=1)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning (B, C, H, W) -> images (B, out_channels, H, W)."""
+        return self.generator(cond)
+
+    @torch.no_grad()
+    def translate(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32.
+
+        Eval mode (dropout off, batch norm on running statistics) under no_grad: deterministic.
+        Inputs are moved to the module's device; the previous train/eval mode is restored."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            cond = self.condition(label_map.to(self.device), brain.to(self.device))
+            return self.generator(cond)
+        finally:
+            self.generator.train(was_training)
+
+    # --- losses -------------------------------------------------------------------------------
+    def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        if self.hparams.gan_mode == "lsgan":
+            return F.mse_loss(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        image = batch["image"].float()
+        if image.ndim != 4 or image.shape[1] != self.hparams.out_channels:
+            raise ValueError(
+                f"batch['image'] must be (B, {self.hparams.out_channels}, H, W) (model.out_channels), got {tuple(image.shape)}"
+            )
+        return self.condition(batch["seg"], batch["brain"]), image
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        cond, real = self._unpack(batch)
+        fake = self.generator(cond)
+
+        with self.toggled_optimizer(opt_d):
+            d_real = self.discriminator(torch.cat([cond, real], dim=1))
+            d_fake = self.discriminator(torch.cat([cond, fake.detach()], dim=1))
+            d_loss = 0.5 * (self._adversarial(d_real, True) + self._adversarial(d_fake, False))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+
+        with self.toggled_optimizer(opt_g):
+            g_adv = self._adversarial(self.discriminator(torch.cat([cond, fake], dim=1)), True)
+            g_l1 = F.l1_loss(fake, real)
+            g_loss = g_adv + self.hparams.l1_weight * g_l1
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+
+        n = real.shape[0]
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/g_adv", g_adv.detach(), batch_size=n)
+        self.log("train/g_l1", g_l1.detach(), batch_size=n)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        cond, real = self._unpack(batch)
+        fake = self.generator(cond)
+        self.log("val/l1", F.l1_loss(fake, real), prog_bar=True, batch_size=real.shape[0])
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            from synthmed.visual import log_image
+
+            k = self.hparams.num_val_images
+            grid = translation_grid(batch["seg"][:k], real[:k], fake[:k])
+            log_image(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        cond, real = self._unpack(batch)
+        self.log("test/l1", F.l1_loss(self.generator(cond), real), batch_size=real.shape[0])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        return [opt_g, opt_d]
+
+
+def translation_grid(
+    labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, pad: int = 2
+) -> np.ndarray:
+    """One row per example: colour label map | real modalities | synthetic modalities, uint8 RGB.
+
+    Each modality is windowed by the real image's range for that example, so real and synthetic
+    share one grey scale and intensity errors show."""
+    labels = labels.detach().cpu()
+    real = real.detach().float().cpu().numpy()
+    fake = fake.detach().float().cpu().numpy()
+    n, m, h, w = real.shape
+    rows = []
+    for i in range(n):
+        tiles = [colourise_labels(labels[i])]
+        for images in (real, fake):
+            for c in range(m):
+                lo, hi = real[i, c].min(), real[i, c].max()
+                grey = ((images[i, c] - lo) / (hi - lo + 1e-6)).clip(0, 1) * 255
+                tiles.append(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1))
+        row = np.full((h, len(tiles) * (w + pad) - pad, 3), 255, dtype=np.uint8)
+        for t, tile in enumerate(tiles):
+            row[:, t * (w + pad) : t * (w + pad) + w] = tile
+        rows.append(row)
+    out = np.full((n * (h + pad) - pad, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        out[i * (h + pad) : i * (h + pad) + h] = row
+    return out

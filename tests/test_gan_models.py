@@ -1,0 +1,275 @@
+"""The GAN models of the brain study: DCGAN tumour generator and pix2pix brain generator."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from synthmed.models.dcgan import TumourLabelGAN
+from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator
+from synthmed.models.pix2pix import BrainSliceTranslator
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "synthmed" / "conf"
+
+
+class RandomSlices(Dataset):
+    """Slices in the BraTS slice datamodule's dict format, random but fixed per index."""
+
+    def __init__(self, n: int, size: int, modalities: int = 4) -> None:
+        self.n, self.size, self.modalities = n, size, modalities
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        s = self.size
+        seg = torch.randint(0, 4, (s, s), generator=g)
+        return {
+            "image": torch.randn(self.modalities, s, s, generator=g),
+            "label": (seg > 0).long(),
+            "seg": seg,
+            "brain": torch.ones(1, s, s),
+            "subject": f"sub-{i:03d}",
+            "slice": torch.tensor(70 + i),
+        }
+
+
+def loader(size: int, n: int = 4, batch_size: int = 4, modalities: int = 4) -> DataLoader:
+    return DataLoader(RandomSlices(n, size, modalities), batch_size=batch_size)
+
+
+def trainer(tmp_path: Path, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        **kw,
+    )
+
+
+def from_config(name: str, scale: str = "ci"):
+    """Compose the real Hydra config with `model=<name> scale=<scale>` and instantiate the model."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", f"scale={scale}"])
+    return hydra.utils.instantiate(cfg.model)
+
+
+def snapshot(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def all_changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
+    """Every parameter tensor of `module` moved (Adam moves each one with a nonzero gradient)."""
+    return all(not torch.equal(a, p.detach()) for a, p in zip(before, module.parameters(), strict=True))
+
+
+def assert_plain(value) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            assert_plain(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            assert_plain(v)
+    else:
+        assert value is None or type(value) in (int, float, str, bool), f"not plain: {type(value)}"
+
+
+def assert_checkpoint_round_trip(trainer_: pl.Trainer, model: pl.LightningModule, tmp_path: Path):
+    path = tmp_path / "model.ckpt"
+    trainer_.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    assert_plain(dict(ckpt["hyper_parameters"]))
+    restored = type(model).load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    for (k, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    return restored
+
+
+# --- DCGAN ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted_dcgan(tmp_path_factory):
+    """ci-scale DCGAN (32x32) from its config, trained 1 batch (2 optimiser steps) on 48x48 slices."""
+    tmp = tmp_path_factory.mktemp("dcgan")
+    model = from_config("dcgan")
+    before_g, before_d = snapshot(model.generator), snapshot(model.discriminator)
+    t = trainer(tmp)
+    t.fit(model, loader(48))
+    return model, t, tmp, before_g, before_d
+
+
+def test_dcgan_config_resolves_scale_and_hparams_plain():
+    model = from_config("dcgan", scale="paper")
+    assert model.hparams.image_size == 128 and model.hparams.latent_dim == 100
+    assert model.hparams.betas == (0.5, 0.999) and type(model.hparams.betas) is tuple
+    assert_plain(dict(model.hparams))
+    assert model.generator(torch.randn(1, 100)).shape == (1, 3, 128, 128)
+
+
+def test_dcgan_both_optimisers_step(fitted_dcgan):
+    model, t, tmp, before_g, before_d = fitted_dcgan
+    assert t.global_step == 2  # manual optimisation counts each optimiser step
+    assert all_changed(model.generator, before_g)
+    assert all_changed(model.discriminator, before_d)
+    for key in ("train/d_loss", "train/g_loss"):
+        assert math.isfinite(float(t.callback_metrics[key])), key
+    assert (tmp / "images" / "samples_tumour_maps_0000.png").is_file()
+
+
+def test_dcgan_sample_labels_and_determinism(fitted_dcgan):
+    model = fitted_dcgan[0]
+    model.train()
+    a = model.sample(5, generator=torch.Generator().manual_seed(3))
+    b = model.sample(5, generator=torch.Generator().manual_seed(3), batch_size=2)
+    c = model.sample(5, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (5, 32, 32) and a.dtype == torch.long
+    assert set(a.unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert model.generator.training  # mode restored
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_dcgan_sizes_and_binary(size):
+    model = TumourLabelGAN(image_size=size, g_channels=4, d_channels=4, max_channels=16)
+    maps = model(torch.randn(2, 100))
+    assert maps.shape == (2, 3, size, size)
+    assert torch.all(maps >= 0) and torch.all(maps.sum(1) <= 1 + 1e-5)  # softmax minus background
+    assert model.discriminator(maps).shape == (2,)
+    binary = TumourLabelGAN(image_size=size, g_channels=4, d_channels=4, max_channels=16, binary=True)
+    labels = binary.sample(3, torch.Generator().manual_seed(0))
+    assert labels.shape == (3, size, size) and set(labels.unique().tolist()) <= {0, 1}
+
+
+def test_dcgan_real_maps_resize_and_reject_bad_labels():
+    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4)
+    seg = torch.zeros(1, 240, 240, dtype=torch.long)
+    seg[0, 60:180, 60:180] = 2
+    seg[0, 90:150, 90:150] = 3
+    maps = model.real_maps(seg)
+    assert maps.shape == (1, 3, 32, 32)
+    assert torch.equal(
+        model.maps_to_labels(maps)[0, 16], torch.tensor([0] * 8 + [2] * 4 + [3] * 8 + [2] * 4 + [0] * 8)
+    )
+    with pytest.raises(ValueError, match="seg"):
+        model.real_maps(torch.full((1, 32, 32), 4))
+
+
+def test_dcgan_weight_init():
+    model = TumourLabelGAN(image_size=64)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    w = torch.cat([m.weight.flatten() for m in convs])
+    g = torch.cat([m.weight.flatten() for m in norms])
+    assert abs(w.mean()) < 1e-3 and abs(w.std() - 0.02) < 1e-3
+    assert abs(g.mean() - 1) < 5e-3 and abs(g.std() - 0.02) < 5e-3
+    assert all(torch.all(m.bias == 0) for m in norms)
+
+
+def test_dcgan_checkpoint_weights_only(fitted_dcgan):
+    model, t, tmp, *_ = fitted_dcgan
+    restored = assert_checkpoint_round_trip(t, model, tmp)
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(model.sample(4, torch.Generator().manual_seed(7)), restored.sample(4, g))
+
+
+# --- pix2pix -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted_pix2pix(tmp_path_factory):
+    """ci-scale pix2pix (64x64 slices) from its config, one train batch (2 optimiser steps) + validation."""
+    tmp = tmp_path_factory.mktemp("pix2pix")
+    model = from_config("pix2pix")
+    before_g, before_d = snapshot(model.generator), snapshot(model.discriminator)
+    t = trainer(tmp, limit_val_batches=1)
+    t.fit(model, loader(64, n=2, batch_size=2), loader(64, n=2, batch_size=2))
+    return model, t, tmp, before_g, before_d
+
+
+def test_pix2pix_both_optimisers_step(fitted_pix2pix):
+    model, t, tmp, before_g, before_d = fitted_pix2pix
+    assert model.hparams.image_size == 64 and model.generator.num_downs == 6
+    assert t.global_step == 2
+    assert all_changed(model.generator, before_g)
+    assert all_changed(model.discriminator, before_d)
+    for key in ("train/d_loss", "train/g_loss", "train/g_l1", "val/l1"):
+        assert math.isfinite(float(t.callback_metrics[key])), key
+    assert (tmp / "images" / "val_pix2pix_grid_0000.png").is_file()
+
+
+@pytest.mark.parametrize("size", [240, 64])
+def test_pix2pix_translate_shape(size):
+    model = BrainSliceTranslator(image_size=size, g_channels=4, d_channels=4, max_channels=32)
+    assert model.generator.num_downs == (8 if size == 240 else 6)
+    labels = torch.randint(0, 4, (2, size, size))
+    brain = torch.ones(2, 1, size, size)
+    out = model.translate(labels, brain)
+    assert out.shape == (2, 4, size, size) and torch.isfinite(out).all()
+    assert torch.equal(out, model.translate(labels, brain))  # eval mode: dropout off
+    assert model.generator.training
+
+
+def test_pix2pix_pads_to_power_of_two_and_crops_centre():
+    net = BrainUNetGenerator(4, 2, num_downs=8, base_channels=4, max_channels=16).eval()
+    seen = []
+    net.down[0].register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    x = torch.rand(1, 4, 240, 240)
+    with torch.no_grad():
+        out = net(x)
+        padded = net(torch.nn.functional.pad(x, (8, 8, 8, 8)))
+    assert seen == [(256, 256), (256, 256)]
+    assert out.shape == (1, 2, 240, 240)
+    torch.testing.assert_close(out, padded[..., 8:248, 8:248])
+
+
+def test_pix2pix_conditioning_channels():
+    model = BrainSliceTranslator(image_size=32, g_channels=4, d_channels=4)
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    cond = model.condition(labels, torch.full((1, 1, 2, 2), 0.5))
+    assert cond.shape == (1, 4, 2, 2)
+    assert torch.equal(cond[0, :3].argmax(0) + 1, torch.tensor([[1, 1], [2, 3]]))  # NCR, ED, ET one-hot
+    assert cond[0, :3, 0, 0].sum() == 0 and torch.all(cond[0, 3] == 0.5)
+    with pytest.raises(ValueError, match="0..3"):
+        model.condition(torch.full((1, 2, 2), 4), torch.ones(1, 1, 2, 2))
+
+
+def test_patchgan_receptive_field_is_70():
+    d = PatchDiscriminator(in_channels=2, base_channels=8)
+    assert d.receptive_field() == 70  # analytic, from kernels and strides
+    # empirical: gradient of one central output logit w.r.t. the input (eval: BN couples nothing)
+    d.eval()
+    x = torch.randn(1, 2, 128, 128, requires_grad=True)
+    out = d(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    nz = x.grad.abs().sum((0, 1)) > 0
+    rows, cols = nz.any(1).nonzero().flatten(), nz.any(0).nonzero().flatten()
+    assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
+    strides = [m.stride[0] for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert strides == [2, 2, 2, 1, 1]
+
+
+def test_pix2pix_checkpoint_weights_only(fitted_pix2pix):
+    model, t, tmp, *_ = fitted_pix2pix
+    restored = assert_checkpoint_round_trip(t, model, tmp)
+    labels, brain = torch.randint(0, 4, (1, 64, 64)), torch.ones(1, 1, 64, 64)
+    assert torch.equal(model.translate(labels, brain), restored.translate(labels, brain))
+
+
+def test_pix2pix_lsgan_step(tmp_path):
+    model = BrainSliceTranslator(image_size=32, g_channels=4, d_channels=4, gan_mode="lsgan", norm="instance")
+    t = trainer(tmp_path, limit_val_batches=0)
+    t.fit(model, loader(32, n=2, batch_size=2))
+    assert math.isfinite(float(t.callback_metrics["train/g_loss"]))
+    (result,) = t.test(model, loader(32, n=2, batch_size=2), verbose=False)
+    assert math.isfinite(result["test/l1"])
