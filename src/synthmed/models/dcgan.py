@@ -29,6 +29,17 @@ def colourise_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     return LABEL_COLOURS[np.clip(labels, 0, 3).astype(np.int64)]
 
 
+def region_channels(labels: torch.Tensor, binary: bool = False, name: str = "label map") -> torch.Tensor:
+    """(B, H, W) labels 0..3 -> (B, 3, H, W) one-hot NCR/ED/ET channels (or (B, 1, H, W) whole tumour)."""
+    if labels.min() < 0 or labels.max() > 3:
+        raise ValueError(
+            f"{name} must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {labels.min().item()}..{labels.max().item()}"
+        )
+    if binary:
+        return (labels > 0).unsqueeze(1).float()
+    return F.one_hot(labels.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+
+
 def image_grid(tiles: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
     """(N, H, W, 3) uint8 tiles -> one (rows*H, ncols*W, 3) uint8 picture with `pad`-pixel gutters."""
     n, h, w, c = tiles.shape
@@ -78,14 +89,7 @@ class TumourLabelGAN(pl.LightningModule):
         """(B, H, W) labels 0..3 -> (B, C, S, S) float region channels at `image_size`."""
         if seg.ndim != 3:
             raise ValueError(f"batch['seg'] must be (B, H, W), got shape {tuple(seg.shape)}")
-        if seg.min() < 0 or seg.max() > 3:
-            raise ValueError(
-                f"batch['seg'] must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {seg.min().item()}..{seg.max().item()}"
-            )
-        if self.hparams.binary:
-            maps = (seg > 0).unsqueeze(1).float()
-        else:
-            maps = F.one_hot(seg.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+        maps = region_channels(seg, self.hparams.binary, name="batch['seg']")
         size = self.hparams.image_size
         if maps.shape[-2:] != (size, size):
             maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")

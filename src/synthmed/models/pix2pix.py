@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.dcgan import colourise_labels
+from synthmed.models.dcgan import colourise_labels, region_channels
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
 
 
@@ -84,14 +84,7 @@ class BrainSliceTranslator(pl.LightningModule):
             raise ValueError(
                 f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}"
             )
-        if label_map.min() < 0 or label_map.max() > 3:
-            raise ValueError(
-                f"label map must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {label_map.min().item()}..{label_map.max().item()}"
-            )
-        if self.hparams.binary:
-            tumour = (label_map > 0).unsqueeze(1).float()
-        else:
-            tumour = F.one_hot(label_map.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+        tumour = region_channels(label_map, self.hparams.binary)
         return torch.cat([tumour, brain.float()], dim=1)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:

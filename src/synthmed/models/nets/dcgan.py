@@ -29,14 +29,14 @@ def _width(base: int, level: int, max_channels: int) -> int:
     return min(base * 2**level, max_channels)
 
 
-def init_dcgan_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: conv weights N(0, 0.02); batch-norm weights N(1, 0.02); biases 0."""
+def init_gan_weights(module: nn.Module) -> None:
+    """DCGAN / pix2pix initialisation: conv weights N(0, 0.02); norm weights N(1, 0.02); biases 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -80,7 +80,7 @@ class TumourLabelGenerator(nn.Module):
             ]
         layers.append(nn.ConvTranspose2d(widths[-1], num_logits, 4, 2, 1))
         self.net = nn.Sequential(*layers)
-        init_dcgan_weights(self)
+        init_gan_weights(self)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Raw per-pixel logits (B, 4, S, S) for multi-class, (B, 1, S, S) for binary."""
@@ -118,7 +118,7 @@ class TumourLabelDiscriminator(nn.Module):
             ]
         layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0))  # 4x4 -> 1x1
         self.net = nn.Sequential(*layers)
-        init_dcgan_weights(self)
+        init_gan_weights(self)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.net(maps).flatten()

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthmed.models.nets.dcgan import init_gan_weights
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
@@ -18,18 +20,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     raise ValueError(f"norm must be 'batch' or 'instance', got {kind!r}")
-
-
-def init_gan_weights(module: nn.Module) -> None:
-    """pix2pix/DCGAN initialisation: conv weights N(0, 0.02); norm weights N(1, 0.02); biases 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 def unet_depth(image_size: int, max_downs: int = 8) -> int:
