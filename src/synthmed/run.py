@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from synthmed import __version__
 from synthmed.utils import atomic_write_json, atomic_write_text, git_commit, to_plain
@@ -84,6 +84,11 @@ def run(cfg: DictConfig) -> float | None:
     overrides, group = _hydra_info()
     failed = True
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        missing += [key for key in cfg.get("required") or [] if OmegaConf.select(cfg, key) is None]
+        if missing:
+            raise ValueError(f"{cfg.name} needs a value for {', '.join(missing)}: set it on the command line, "
+                             f"e.g. `python -m synthmed experiment={cfg.name} {missing[0]}=...`")
         if cfg.seed is not None:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
