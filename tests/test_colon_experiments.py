@@ -81,3 +81,17 @@ def test_rendered_manifest_is_readable_by_the_datamodule(rendered):
     with (rendered / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24 and {"id", "label"} <= set(rows[0])
+
+
+def test_segmentation_and_kvasir_finetune(rendered, tmp_path):
+    seg = tmp_path / "seg"
+    run_synthmed(["experiment=colon_seg", *CI, f"data.root={rendered}", f"hydra.run.dir={seg}"], cwd=tmp_path)
+    metrics = json.loads((seg / "metrics.json").read_text())
+    assert {"test/iou_fg", "test/dice_fg"} <= set(metrics["test"])
+    assert all(0.0 <= metrics["test"][k] <= 1.0 for k in ("test/iou_fg", "test/dice_fg"))
+    assert list((seg / "images").glob("*overlay*.png")), "no overlay picture"
+    kvasir = relay(rendered, tmp_path / "kvasir", "kvasir")
+    out = tmp_path / "ft"
+    run_synthmed(["experiment=colon_finetune_seg", *CI, f"data.root={kvasir}",
+                  f"pretrained={seg / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert "test/iou_fg" in json.loads((out / "metrics.json").read_text())["test"]
