@@ -1,0 +1,177 @@
+"""`aug=gan`: synthetic (label map, MRI slice) pairs from the tumour generator and the brain generator.
+
+1. Train the DCGAN (tumour label maps) and pix2pix (label map + brain mask -> modalities) on the real
+   training split, or load them (`aug.generators`). Trained generators are cached under `cache_dir`,
+   keyed by the hash of what produced them (their configs, epochs, seed and the training slices).
+2. Sample label maps, resize them to slice size, put each inside the brain mask of a real training
+   slice, drop degenerate ones (rule: `min_tumour_pixels`, `max_tumour_fraction`), translate with pix2pix.
+3. Cache the pairs on disk (same key + the sampling knobs) and return them as extra training items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from synthmed.augment.base import Augmenter
+from synthmed.utils import atomic_path, config_hash, to_plain
+
+log = logging.getLogger(__name__)
+
+
+def _training_slices(dataset: Dataset) -> dict[str, torch.Tensor]:
+    items = [dataset[i] for i in range(len(dataset))]
+    return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in ("image", "seg", "brain")}
+
+
+def _digest(arrays: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(arrays[key].contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+class GanAugmenter(Augmenter):
+    """Adds `extra` synthetic pairs made by a trained tumour generator and brain generator."""
+
+    name = "gan"
+
+    def __init__(
+        self,
+        extra: int,
+        dcgan: Mapping,
+        pix2pix: Mapping,
+        dcgan_epochs: int,
+        pix2pix_epochs: int,
+        batch_size: int = 16,
+        cache_dir: str = "data/gan",
+        generators: Mapping | None = None,
+        min_tumour_pixels: int = 20,
+        max_tumour_fraction: float = 0.5,
+        max_tries: int = 20,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(extra, name)
+        self.dcgan_cfg, self.pix2pix_cfg = to_plain(dcgan), to_plain(pix2pix)
+        self.epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
+        self.batch_size, self.cache_dir = int(batch_size), Path(cache_dir)
+        self.generators = to_plain(generators) if generators else None
+        self.min_tumour_pixels, self.max_tumour_fraction = int(min_tumour_pixels), float(max_tumour_fraction)
+        self.max_tries = int(max_tries)
+        self.counts: dict[str, int] = {}
+
+    # --- generators -----------------------------------------------------------------------------
+    def _train(self, kind: str, data: dict[str, torch.Tensor], seed: int, path: Path) -> Any:
+        import lightning as L
+        from hydra.utils import instantiate
+
+        module = instantiate(self.dcgan_cfg if kind == "dcgan" else self.pix2pix_cfg)
+        if path.exists():
+            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log.info("aug=gan: reusing the cached %s generator %s", kind, path)
+            return module
+        if self.generators and self.generators.get(kind):
+            given = Path(self.generators[kind])
+            if not given.is_file():
+                raise FileNotFoundError(f"aug.generators.{kind}={given} does not exist")
+            state = torch.load(given, map_location="cpu", weights_only=True)
+            module.load_state_dict(state.get("state_dict", state))
+            return module
+        L.seed_everything(seed, workers=True, verbose=False)
+        items = [{k: v[i] for k, v in data.items()} for i in range(len(data["seg"]))]
+        if kind == "dcgan":  # the tumour generator learns from slices that show tumour
+            items = [item for item in items if item["seg"].any()]
+        loader = DataLoader(items, batch_size=self.batch_size, shuffle=True, drop_last=len(items) > self.batch_size)
+        trainer = L.Trainer(max_epochs=self.epochs[kind], accelerator="cpu", logger=False, deterministic=True,
+                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
+                            default_root_dir=str(path.parent), num_sanity_val_steps=0, limit_val_batches=0)
+        log.info("aug=gan: training the %s generator on %d slices (%d epochs)", kind, len(items), self.epochs[kind])
+        trainer.fit(module, loader)
+        with atomic_path(path) as tmp:
+            torch.save(module.state_dict(), tmp)
+        return module
+
+    # --- pairs ----------------------------------------------------------------------------------
+    def _sample_pairs(self, tumour_gan, translator, data, seed: int) -> dict[str, np.ndarray]:
+        size = data["seg"].shape[-1]
+        brains = data["brain"]  # (N, 1, H, W)
+        generator = torch.Generator().manual_seed(seed)
+        kept_seg, kept_brain, dropped = [], [], 0
+        for _ in range(self.max_tries):
+            need = self.extra - sum(len(s) for s in kept_seg)
+            if need <= 0:
+                break
+            maps = tumour_gan.sample(2 * need, generator=generator)[:, None].float()
+            maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
+            pick = torch.randint(len(brains), (len(maps),), generator=generator)
+            brain = brains[pick]
+            maps = maps * (brain[:, 0] > 0)  # a tumour lives inside the brain
+            tumour = (maps > 0).flatten(1).sum(1)
+            area = (brain > 0).flatten(1).sum(1).clamp(min=1)
+            ok = (tumour >= self.min_tumour_pixels) & (tumour <= self.max_tumour_fraction * area)
+            dropped += int((~ok).sum())
+            kept_seg.append(maps[ok][:need])
+            kept_brain.append(brain[ok][:need])
+        seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
+        if len(seg) < self.extra:
+            raise RuntimeError(f"aug=gan: only {len(seg)} of aug.extra={self.extra} sampled label maps passed the "
+                               f"degeneracy rule after {self.max_tries} tries; train the tumour generator longer "
+                               f"or relax aug.min_tumour_pixels / aug.max_tumour_fraction")
+        with torch.no_grad():
+            images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
+        images = images * brain  # background stays background, as in the real z-scored slices
+        self.counts = {"kept": len(seg), "dropped": dropped}
+        return {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
+                "brain": brain.numpy().astype(np.float32)}
+
+    def extra_samples(self, dataset: Dataset, seed: int = 0) -> list[dict[str, Any]]:
+        if self.extra == 0:
+            return []
+        data = _training_slices(dataset)
+        key = config_hash({"dcgan": self.dcgan_cfg, "pix2pix": self.pix2pix_cfg, "epochs": self.epochs,
+                           "batch_size": self.batch_size, "seed": seed, "data": _digest(data),
+                           "generators": self.generators})
+        folder = self.cache_dir / key
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs_key = config_hash({"extra": self.extra, "min": self.min_tumour_pixels,
+                                 "max": self.max_tumour_fraction, "tries": self.max_tries})
+        pairs_path = folder / f"pairs_{pairs_key}.npz"
+        if pairs_path.exists():
+            log.info("aug=gan: reusing %s", pairs_path)
+            pairs = dict(np.load(pairs_path))
+        else:
+            tumour_gan = self._train("dcgan", data, seed, folder / "dcgan.pt")
+            translator = self._train("pix2pix", data, seed, folder / "pix2pix.pt")
+            pairs = self._sample_pairs(tumour_gan, translator, data, seed)
+            with atomic_path(pairs_path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **pairs)
+            _save_grid(folder / f"pairs_{pairs_key}.png", pairs)
+        log.info("aug=gan: adding %d synthetic pairs from %s", len(pairs["seg"]), folder)
+        return [{"image": torch.from_numpy(pairs["image"][i]), "seg": torch.from_numpy(pairs["seg"][i]),
+                 "brain": torch.from_numpy(pairs["brain"][i]), "subject": "synthetic", "slice": -1}
+                for i in range(len(pairs["seg"]))]
+
+
+def _save_grid(path: Path, pairs: dict[str, np.ndarray], n: int = 8) -> None:
+    """Label maps above, their first synthetic modality below: a look at what was added."""
+    from PIL import Image
+
+    from synthmed.models.dcgan import colourise_labels
+
+    n = min(n, len(pairs["seg"]))
+    labels = colourise_labels(pairs["seg"][:n])
+    image = pairs["image"][:n, 0]
+    lo, hi = np.percentile(image, [1, 99])
+    grey = ((np.clip(image, lo, hi) - lo) / (hi - lo + 1e-6) * 255).astype(np.uint8)
+    grid = np.concatenate([np.concatenate(list(labels), 1), np.repeat(np.concatenate(list(grey), 1)[..., None], 3, 2)])
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
