@@ -52,12 +52,23 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         else:
             record.update(status="running or killed", error="no metrics.json and no error.txt")
         config_file = job_dir / ".hydra" / "config.yaml"
-        record["optimized_metric"] = None
-        if config_file.exists():
-            record["optimized_metric"] = (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
+        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+        record["optimized_metric"] = (config or {}).get("optimized_metric")
+        record["report"] = (config or {}).get("report") or {}
+        record["curve"] = _val_curve(job_dir / "csv" / "metrics.csv")
         jobs.append(record)
     jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
     return jobs
+
+
+def _val_curve(csv_file: Path, key: str = "val/loss") -> list[tuple[int, float]]:
+    """(epoch, value) of a job's validation loss from its CSV log; empty when there is none."""
+    import csv
+
+    if not csv_file.exists():
+        return []
+    with csv_file.open(newline="") as f:
+        return [(int(float(r["epoch"])), float(r[key])) for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
 
 
 def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:
@@ -96,6 +107,47 @@ def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
     return keys, metrics, rows
 
 
+def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """For every row, the paired difference of each metric against the baseline row (`report.baseline`,
+    e.g. `{aug: none}`), jobs paired by seed, with a two-sided paired t-test across seeds."""
+    from scipy import stats
+
+    baseline = next((j["report"].get("baseline") for j in jobs if j["report"].get("baseline")), None)
+    if not baseline or not all(k in keys for k in baseline):
+        return []
+    ok = [j for j in jobs if j["status"] == "ok"]
+
+    def row_of(job):
+        return tuple(job["overrides"].get(k, "") for k in keys)
+
+    def seed_of(job):
+        return job["overrides"].get("seed", job.get("metrics", {}).get("seed"))
+
+    base_jobs = [j for j in ok if all(str(j["overrides"].get(k)) == str(v) for k, v in baseline.items())]
+    others = [k for k in keys if k not in baseline]
+    out = []
+    for row in dict.fromkeys(row_of(j) for j in ok):
+        members = [j for j in ok if row_of(j) == row]
+        if members and members[0] in base_jobs:
+            continue
+        entry: dict[str, Any] = dict(zip(keys, row, strict=True))
+        for metric in metrics:
+            pairs = []
+            for job in members:
+                match = [b for b in base_jobs if seed_of(b) == seed_of(job)
+                         and all(b["overrides"].get(k) == job["overrides"].get(k) for k in others)]
+                if match and metric in job["test"] and metric in match[0]["test"]:
+                    pairs.append(float(job["test"][metric]) - float(match[0]["test"][metric]))
+            if not pairs:
+                continue
+            p = math.nan  # a paired t-test is a one-sample t-test of the differences
+            if len(pairs) > 1 and any(d != pairs[0] for d in pairs):
+                p = float(stats.ttest_1samp(pairs, 0.0).pvalue)
+            entry[metric] = {"diff": sum(pairs) / len(pairs), "n": len(pairs), "p": p}
+        out.append(entry)
+    return out
+
+
 def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
@@ -108,6 +160,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
     jobs = collect_jobs(sweep_dir)
     keys, metrics, rows = summarise(jobs)
     paths = {name: sweep_dir / f"summary.{name}" for name in ("csv", "md", "png")}
+    paths["curves"] = sweep_dir / "summary_val_loss.png"
 
     columns = [*keys, "n", "failed", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
     with atomic_path(paths["csv"]) as tmp, tmp.open("w", newline="") as f:
@@ -124,6 +177,30 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
         cells = [str(row[k]) for k in keys] + [str(row["n"])]
         cells += [_fmt(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    reference = next((j["report"].get("reference") for j in jobs if j["report"].get("reference")), None)
+    if reference and reference.get("by") in keys:
+        by, ref_metric = reference["by"], reference.get("metric")
+        lines += ["", f"## Reference ({reference.get('source', 'the study')})", "",
+                  f"| {by} | {ref_metric}: reference | {ref_metric}: here (mean ± std, n) |", "|---|---|---|"]
+        for row in rows:
+            ref = (reference.get("values") or {}).get(str(row[by]))
+            here = _fmt(row.get(f"{ref_metric} mean", math.nan), row.get(f"{ref_metric} std", math.nan))
+            lines.append(f"| {row[by]} | {'n/a' if ref is None else f'{float(ref):.4f}'} | {here} (n={row['n']}) |")
+    diffs = paired_differences(jobs, keys, metrics)
+    if diffs:
+        baseline = next(j["report"]["baseline"] for j in jobs if j["report"].get("baseline"))
+        shown = " ".join(f"{k}={v}" for k, v in baseline.items())
+        lines += ["", f"## Paired difference against {shown}", "",
+                  "Mean over seeds of (row − baseline) for the same seed; p: two-sided paired t-test across "
+                  "seeds (n/a with fewer than 2 pairs).", "",
+                  "| " + " | ".join([*keys, *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics))]
+        for entry in diffs:
+            cells = [str(entry[k]) for k in keys]
+            for metric in metrics:
+                d = entry.get(metric)
+                p = "n/a" if d is None or math.isnan(d["p"]) else f"{d['p']:.3g}"
+                cells.append("n/a" if d is None else f"{d['diff']:+.4f} (n={d['n']}, p={p})")
+            lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j["status"] != "ok"]
     if failed:
         lines += ["", "## Failed jobs", ""]
@@ -132,7 +209,40 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
             lines.append(f"- job {job['job']} ({shown}): {job['status']}: {job.get('error', '')}")
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     _plot(rows, keys, metrics, jobs, paths["png"])
+    _plot_curves(jobs, keys, paths["curves"])
     return paths
+
+
+def _plot_curves(jobs, keys, path: Path) -> None:
+    """Validation loss per epoch, one line per row (mean over its seeds), as the study showed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[list[tuple[int, float]]]] = {}
+    for job in jobs:
+        if job["curve"]:
+            label = " ".join(f"{k}={job['overrides'].get(k, '')}" for k in keys) or "all"
+            groups.setdefault(label, []).append(job["curve"])
+    if not groups:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for label, curves in groups.items():
+        by_epoch: dict[int, list[float]] = {}
+        for curve in curves:
+            for epoch, value in curve:
+                by_epoch.setdefault(epoch, []).append(value)
+        epochs = sorted(by_epoch)
+        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker="o", ms=3,
+                label=f"{label} (n={len(curves)})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (mean over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def _plot(rows, keys, metrics, jobs, path: Path) -> None:
