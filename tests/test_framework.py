@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from wandb_records import logged_history, read_records
+from wandb_records import logged_history, read_records, run_info
 
 import synthmed
 
@@ -125,13 +125,23 @@ def test_multirun_with_a_failed_job_still_writes_summary(frames_dir, tmp_path):
 
 def test_parallel_launcher_sweep(frames_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    run_synthmed(["-m", "experiment=colon_cls", *CI, f"data.root={frames_dir}", "model.lr=1e-3,3e-4",
+    run_synthmed(["-m", "experiment=colon_cls", "scale=ci", f"data.root={frames_dir}", "model.lr=1e-3,3e-4",
                   "hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "ok"
     with (sweep / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert sorted(float(r["model.lr"]) for r in rows) == [3e-4, 1e-3]
+    # the table also went to W&B: a summary run grouped with the sweep, holding a wandb.Table
+    summary_runs = list(sweep.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(summary_runs) == 1
+    info = run_info(summary_runs[0])
+    assert info["group"] == sweep.name and info["name"] == "colon_cls summary"
+    assert any(row.get("summary/_type") == "table-file" for row in logged_history(summary_runs[0]))
+    table = json.loads(next(summary_runs[0].parent.glob("files/media/table/summary_*.table.json")).read_text())
+    assert "model.lr" in table["columns"] and len(table["data"]) == 2
+    job_run = next((sweep / "0").glob("wandb/offline-run-*/run-*.wandb"))
+    assert run_info(job_run)["group"] == sweep.name  # jobs are grouped by sweep
 
 
 def test_bad_override_names_the_key(tmp_path):

@@ -291,6 +291,35 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._write(config.hydra.sweep.dir)
+        try:
+            log_summary_to_wandb(Path(config.hydra.sweep.dir), config)
+        except Exception as err:  # the files on disk are the record; W&B is a view of them
+            log.warning("could not log the sweep summary to W&B: %s", err)
+
+
+def log_summary_to_wandb(sweep_dir: Path, config: DictConfig) -> None:
+    """Log the summary table (as a `wandb.Table`) and its pictures to a W&B run of the sweep's group."""
+    import csv
+    import os
+
+    mode = os.environ.get("WANDB_MODE", "offline")
+    wandb_cfg = (config.get("logger") or {}).get("wandb")
+    if mode == "disabled" or not wandb_cfg or not (sweep_dir / "summary.csv").exists():
+        return
+    import wandb
+
+    with (sweep_dir / "summary.csv").open(newline="") as f:
+        table = list(csv.reader(f))
+    run = wandb.init(project=wandb_cfg.get("project", "synthmed"), dir=str(sweep_dir), mode=mode,
+                     group=sweep_dir.name, job_type="summary", name=f"{config.get('name', 'sweep')} summary")
+    try:
+        logged: dict[str, Any] = {"summary": wandb.Table(columns=table[0], data=table[1:])}
+        for key, name in (("summary_chart", "summary.png"), ("val_loss_curves", "summary_val_loss.png")):
+            if (sweep_dir / name).exists():
+                logged[key] = wandb.Image(str(sweep_dir / name))
+        run.log(logged)
+    finally:
+        run.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
