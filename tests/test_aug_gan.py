@@ -54,3 +54,27 @@ def test_given_generators_must_exist(root, tmp_path):  # noqa: F811
                        cache_dir=str(tmp_path / "gan"), generators={"dcgan": str(tmp_path / "nope.pt")})
     with pytest.raises(FileNotFoundError, match="aug.generators.dcgan="):
         make_dm(root, tmp_path, image_size=32, aug=aug)
+
+
+def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
+    import numpy as np
+
+    from synthmed.analysis.embedding import EmbeddingAnalysis, frechet_distance, label_diversity
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=0.05)  # |mean shift|^2 = 3 * 2^2
+    same = np.ones((5, 8, 8), dtype=int)
+    assert label_diversity(same) == pytest.approx(0.0)
+    disjoint = np.zeros((2, 8, 8), dtype=int)
+    disjoint[0, :4], disjoint[1, 4:] = 1, 1
+    assert label_diversity(disjoint) == pytest.approx(1.0)
+
+    dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, extra=8))
+    results = EmbeddingAnalysis(size=32, feature_epochs=1, cv_folds=2)(dm, tmp_path / "job")
+    assert results["test/num_synthetic"] == 8.0 and results["test/num_real"] > 0
+    assert 0.0 <= results["test/c2st_accuracy"] <= 1.0 and results["test/frechet_distance"] >= 0
+    assert (tmp_path / "job" / "images" / "embeddings.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="aug=gan"):
+        EmbeddingAnalysis()(make_dm(root, tmp_path, image_size=32), tmp_path / "job2")

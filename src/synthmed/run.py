@@ -101,9 +101,11 @@ def run(cfg: DictConfig) -> float | None:
             "git_commit": git_commit(),
             "synthmed_version": __version__,
         }
-        if cfg.get("model") is None:  # a data-only job, e.g. colon_render
+        if cfg.get("model") is None:  # a data-only job: colon_render, or an analysis such as brats_embed
             datamodule.prepare_data()
             record["data"] = getattr(datamodule, "describe", dict)()
+            if cfg.get("analysis"):
+                record["test"] = instantiate(cfg.analysis)(datamodule, output_dir)
             record.update(status="ok", wall_time_s=round(time.time() - start, 2))
             atomic_write_json(output_dir / "metrics.json", record)
             failed = False

@@ -1,0 +1,156 @@
+"""Is synthetic data like real data? Embeddings, a two-sample test, a Fréchet distance, diversity.
+
+Used by `experiment=brats_embed`: real training slices vs the synthetic pairs that `aug=gan` adds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import nn
+
+from synthmed.visual import figure_to_array
+
+log = logging.getLogger(__name__)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
+
+
+def label_diversity(labels: np.ndarray, pairs: int = 500, seed: int = 0) -> float:
+    """Mean (1 - Dice) of the tumour masks of random pairs of label maps: 0 = all identical."""
+    rng = np.random.default_rng(seed)
+    masks = labels.reshape(len(labels), -1) > 0
+    i, j = rng.integers(len(masks), size=(2, pairs))
+    keep = i != j
+    inter = (masks[i[keep]] & masks[j[keep]]).sum(1)
+    total = masks[i[keep]].sum(1) + masks[j[keep]].sum(1)
+    return float(np.mean(1 - 2 * inter / np.maximum(total, 1)))
+
+
+class _FeatureNet(nn.Module):
+    """A small CNN trained here (no downloaded weights) to tell tumour size bins apart on real slices;
+    its penultimate layer gives the features for the Fréchet distance."""
+
+    def __init__(self, in_channels: int, classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(64 * 16, 64), nn.ReLU(),
+        )
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class EmbeddingAnalysis:
+    """Called by the runner with the datamodule and the job dir; returns the numbers for metrics.json."""
+
+    def __init__(self, size: int = 64, tsne_perplexity: float = 20.0, feature_epochs: int = 10,
+                 cv_folds: int = 5, seed: int = 0) -> None:
+        self.size, self.perplexity, self.feature_epochs = int(size), float(tsne_perplexity), int(feature_epochs)
+        self.cv_folds, self.seed = int(cv_folds), int(seed)
+
+    def _arrays(self, datamodule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        datamodule.setup("fit")
+        train = datamodule.datasets["train"]
+        items = [train[i] for i in range(len(train))]
+        real = [it for it in items if it["subject"] != "synthetic"]
+        synthetic = [it for it in items if it["subject"] == "synthetic"]
+        if not synthetic:
+            raise ValueError("brats_embed needs synthetic slices: run it with aug=gan (aug.extra > 0)")
+
+        def stack(group, key):
+            x = torch.stack([torch.as_tensor(it[key]) for it in group]).float()
+            if x.ndim == 3:
+                x = x[:, None]
+            mode = "nearest" if key == "seg" else "area"
+            return F.interpolate(x, size=(self.size, self.size), mode=mode).numpy()
+
+        return stack(real, "image"), stack(synthetic, "image"), stack(real, "seg")[:, 0], stack(synthetic, "seg")[:, 0]
+
+    def _features(self, real: np.ndarray, synthetic: np.ndarray, real_seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch.manual_seed(self.seed)
+        area = (real_seg > 0).reshape(len(real_seg), -1).mean(1)
+        bins = np.digitize(area, np.quantile(area, [1 / 3, 2 / 3]))
+        net = _FeatureNet(real.shape[1])
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        x, y = torch.from_numpy(real), torch.from_numpy(bins).long()
+        for _ in range(self.feature_epochs):
+            for idx in torch.randperm(len(x)).split(32):
+                opt.zero_grad()
+                F.cross_entropy(net(x[idx]), y[idx]).backward()
+                opt.step()
+        net.eval()
+        with torch.no_grad():
+            return net.features(x).numpy(), net.features(torch.from_numpy(synthetic)).numpy()
+
+    def __call__(self, datamodule, output_dir: str | Path) -> dict[str, float]:
+        from sklearn.decomposition import PCA
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.manifold import TSNE
+        from sklearn.model_selection import cross_val_score
+
+        real, synthetic, real_seg, synth_seg = self._arrays(datamodule)
+        flat = np.concatenate([real, synthetic]).reshape(len(real) + len(synthetic), -1)
+        is_synth = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
+        has_tumour = np.r_[(real_seg > 0).any((1, 2)), (synth_seg > 0).any((1, 2))]
+        n_comp = min(50, len(flat) - 1, flat.shape[1])
+        pca50 = PCA(n_components=n_comp, random_state=self.seed).fit_transform(flat)
+        perplexity = min(self.perplexity, (len(flat) - 1) / 3)
+        views = {
+            "PCA": pca50[:, :2],
+            "t-SNE": TSNE(perplexity=perplexity, random_state=self.seed, init="pca").fit_transform(flat),
+            "PCA(50) → t-SNE": TSNE(perplexity=perplexity, random_state=self.seed, init="pca").fit_transform(pca50),
+        }
+        self._plot(views, is_synth, has_tumour, Path(output_dir) / "images" / "embeddings.png")
+        folds = max(2, min(self.cv_folds, int(min(len(real), len(synthetic)))))
+        c2st = cross_val_score(LogisticRegression(max_iter=2000), pca50, is_synth, cv=folds, scoring="accuracy")
+        feats_real, feats_synth = self._features(real, synthetic, real_seg)
+        results = {
+            "test/c2st_accuracy": float(c2st.mean()),
+            "test/frechet_distance": frechet_distance(feats_real, feats_synth),
+            "test/label_diversity_synthetic": label_diversity(synth_seg, seed=self.seed),
+            "test/label_diversity_real": label_diversity(real_seg, seed=self.seed),
+            "test/num_real": float(len(real)),
+            "test/num_synthetic": float(len(synthetic)),
+        }
+        log.info("brats_embed: %s", results)
+        return results
+
+    @staticmethod
+    def _plot(views: dict[str, np.ndarray], is_synth: np.ndarray, has_tumour: np.ndarray, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4), dpi=100)
+        for ax, (title, xy) in zip(axes, views.items(), strict=True):
+            for synth, colour in ((0, "#1f77b4"), (1, "#d62728")):
+                for tumour, marker in ((True, "o"), (False, "x")):
+                    sel = (is_synth == synth) & (has_tumour == tumour)
+                    if sel.any():
+                        ax.scatter(*xy[sel].T, s=10, c=colour, marker=marker, alpha=0.7,
+                                   label=f"{'synthetic' if synth else 'real'}{'' if tumour else ', no tumour'}")
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(figure_to_array(fig)).save(path)
