@@ -78,3 +78,15 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     assert (tmp_path / "job" / "images" / "embeddings.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="aug=gan"):
         EmbeddingAnalysis()(make_dm(root, tmp_path, image_size=32), tmp_path / "job2")
+
+
+def test_gan_transform_adds_both_kinds(root, tmp_path):  # noqa: F811
+    base = make_dm(root, tmp_path, image_size=32)
+    aug = {"_target_": "synthmed.augment.gan.CombinedAugmenter", "_recursive_": False, "name": "gan_transform",
+           "parts": {"gan": gan_aug(tmp_path, extra=4),
+                     "transform": {"_target_": "synthmed.augment.TransformAugmenter", "extra": 3}}}
+    dm = make_dm(root, tmp_path, image_size=32, aug=aug)
+    train = dm.datasets["train"]
+    assert len(train) == len(base.datasets["train"]) + 7
+    added = [train[i]["subject"] for i in range(len(base.datasets["train"]), len(train))]
+    assert added.count("synthetic") == 4

@@ -175,3 +175,18 @@ def _save_grid(path: Path, pairs: dict[str, np.ndarray], n: int = 8) -> None:
     grid = np.concatenate([np.concatenate(list(labels), 1), np.repeat(np.concatenate(list(grey), 1)[..., None], 3, 2)])
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
+
+
+class CombinedAugmenter(Augmenter):
+    """Several regimes at once (e.g. `aug=gan_transform`): the extra samples of each, concatenated."""
+
+    name = "combined"
+
+    def __init__(self, parts: Mapping[str, Any], name: str | None = None) -> None:
+        from hydra.utils import instantiate
+
+        self.parts = {key: part if isinstance(part, Augmenter) else instantiate(part) for key, part in parts.items()}
+        super().__init__(sum(p.extra for p in self.parts.values()), name)
+
+    def extra_samples(self, dataset: Dataset, seed: int = 0) -> list[dict[str, Any]]:
+        return [item for part in self.parts.values() for item in part.extra_samples(dataset, seed)]
