@@ -1,0 +1,84 @@
+"""Training images/s of the tumour generator (DCGAN) and the brain generator (pix2pix), and synthesis
+pairs/s (sample label maps + translate them), at the sizes of a scale. Prints one JSON line a scale.
+
+Batches are label maps with random elliptic tumours inside a disc-shaped brain, and random images:
+throughput does not depend on what the pixels show.
+
+    python benchmarks/gan_throughput.py --scales cpu paper [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from synthmed.callbacks import StepTimer
+from synthmed.models.dcgan import TumourLabelGAN
+from synthmed.models.pix2pix import BrainSliceTranslator
+
+SCALES = Path(__file__).resolve().parents[1] / "src" / "synthmed" / "conf" / "scale"
+
+
+def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    brain = ((xx**2 + yy**2) < 0.8).float()
+    items = []
+    for _ in range(n * batch_size):
+        cx, cy, r = (torch.rand(3, generator=g) * torch.tensor([0.8, 0.8, 0.25]) - torch.tensor([0.4, 0.4, -0.1]))
+        d = ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt()
+        seg = torch.zeros(size, size, dtype=torch.long)
+        seg[d < r] = 2
+        seg[d < 0.6 * r] = 3
+        seg[d < 0.3 * r] = 1
+        items.append({"image": torch.randn(4, size, size, generator=g), "seg": seg, "brain": brain[None]})
+    return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scales", nargs="+", default=["cpu", "paper"])
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    for scale in args.scales:
+        s = yaml.safe_load((SCALES / f"{scale}.yaml").read_text())
+        gan, size, bs = s["gan"], s["brats"]["image_size"], s["gan"]["batch_size"]
+        result = {"benchmark": "gan_throughput", "scale": scale, "threads": torch.get_num_threads(),
+                  "batch_size": bs, "dcgan_size": gan["dcgan_size"], "slice_size": size}
+        torch.manual_seed(0)
+        dcgan = TumourLabelGAN(image_size=gan["dcgan_size"], g_channels=gan["dcgan_channels"],
+                               d_channels=gan["dcgan_channels"])
+        pix2pix = BrainSliceTranslator(image_size=size, out_channels=4, g_channels=gan["pix2pix_channels"],
+                                       d_channels=gan["pix2pix_channels"])
+        items = batches(args.steps + 1, size, bs)
+        for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix)):
+            timer = StepTimer()
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = L.Trainer(max_steps=args.steps + 1, accelerator="cpu", logger=False, callbacks=[timer],
+                                    enable_checkpointing=False, enable_progress_bar=False,
+                                    enable_model_summary=False, default_root_dir=tmp, limit_val_batches=0,
+                                    num_sanity_val_steps=0)
+                trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=bs))
+            gaps = [g for epoch in timer.gaps for g in epoch]  # the first step (warm-up) has no gap
+            result[f"{name}_train_images_per_s"] = round(bs / statistics.median(gaps), 2)
+        n = 4 * bs
+        brains = torch.stack([it["brain"] for it in items[:n]])
+        start = time.perf_counter()
+        labels = dcgan.sample(n, generator=torch.Generator().manual_seed(0))
+        labels = torch.nn.functional.interpolate(labels[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].long()
+        with torch.no_grad():
+            pix2pix.translate(labels * brains[:, 0].long(), brains)
+        result["synthesis_pairs_per_s"] = round(n / (time.perf_counter() - start), 2)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
