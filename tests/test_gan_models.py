@@ -167,6 +167,19 @@ def test_dcgan_real_maps_resize_and_reject_bad_labels():
         model.real_maps(torch.full((1, 32, 32), 4))
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_dcgan_straight_through_fakes_are_hard_with_gradients(binary):
+    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4, binary=binary)
+    fake = model.fake_maps(torch.randn(2, 100))
+    hard = fake.detach().round()  # hard + soft - soft.detach() is exact up to float rounding
+    torch.testing.assert_close(fake.detach(), hard)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0} and torch.all(
+        hard.sum(1) <= 1
+    )  # at most one region per pixel
+    fake.sum().backward()  # the softmax/sigmoid's gradient reaches the generator
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+
+
 def test_dcgan_weight_init():
     model = TumourLabelGAN(image_size=64)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]

@@ -6,6 +6,11 @@ generator emits 4 logits per pixel and a softmax over them, so its region channe
 that sum (with background) to 1 — the soft version of the same one-hot. `sample()` takes the argmax.
 With `binary=True` there is a single whole-tumour channel (sigmoid) and samples are 0/1.
 
+Soft versus hard. Real maps are exactly one-hot; a softmax never is, and a discriminator learns to
+tell them apart by softness alone (it then wins outright and the generator collapses onto the easy
+classes). With `straight_through=True` (default) D sees the generator's argmax as a hard one-hot and the
+gradient flows back through the softmax (the straight-through estimator).
+
 Loss: the DCGAN minimax with binary cross-entropy on logits; the generator uses the non-saturating
 form (maximise log D(G(z))).
 """
@@ -72,6 +77,7 @@ class TumourLabelGAN(pl.LightningModule):
         binary: bool = False,
         lr: float = 2e-4,
         betas: tuple[float, float] | list[float] = (0.5, 0.999),
+        straight_through: bool = True,
         num_samples: int = 16,
         sample_seed: int = 0,
     ) -> None:
@@ -110,6 +116,19 @@ class TumourLabelGAN(pl.LightningModule):
         background = 1.0 - maps.sum(dim=1, keepdim=True)
         return torch.cat([background, maps], dim=1).argmax(dim=1)
 
+    def fake_maps(self, z: torch.Tensor) -> torch.Tensor:
+        """The maps the discriminator judges during training. With `straight_through`, the hard one-hot of
+        the generator's argmax in the forward pass and the softmax's gradient in the backward pass: D
+        then sees fakes exactly as discrete as the real one-hots, and cannot win on softness alone."""
+        soft = self.generator(z)
+        if not self.hparams.straight_through:
+            return soft
+        if self.hparams.binary:
+            hard = (soft > 0.5).float()
+        else:
+            hard = F.one_hot(self.maps_to_labels(soft), 4).permute(0, 3, 1, 2)[:, 1:].to(soft.dtype)
+        return hard + soft - soft.detach()
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
         """`n` tumour label maps (n, S, S) int64 with values 0 (background), 1 NCR/NET, 2 ED, 3 ET
@@ -131,7 +150,7 @@ class TumourLabelGAN(pl.LightningModule):
         opt_g, opt_d = self.optimizers()
         real = self.real_maps(batch["seg"])
         n = real.shape[0]
-        fake = self.generator(self.noise(n))
+        fake = self.fake_maps(self.noise(n))
         ones = torch.ones(n, device=self.device)
         zeros = torch.zeros(n, device=self.device)
 

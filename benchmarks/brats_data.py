@@ -1,0 +1,88 @@
+"""BraTS data speed: phantom generation (s/subject, peak memory of one worker) and slice loading from the
+.npy cache vs decoding NIfTI. Prints one JSON line.
+
+    python benchmarks/brats_data.py [--subjects 3] [--image-size 128] [--data-dir /tmp/brats_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+
+def _phantom_child(data_dir: str, n: int, queue) -> None:
+    from synthmed.data.brats.phantom import PhantomConfig, generate_cohort, load_template
+
+    t0 = time.perf_counter()
+    load_template()
+    t1 = time.perf_counter()
+    generate_cohort(PhantomConfig(num_subjects=n, workers=1), data_dir, progress=False)
+    t2 = time.perf_counter()
+    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    import tempfile
+
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="brats_bench_"))
+    if any(data_dir.glob("brats_phantom/*/BraTSPhantom_*")) or any(data_dir.glob("brats_slices/*")):
+        sys.exit(f"{data_dir} already holds a cohort or cache; give an empty --data-dir to measure generation")
+    ctx = get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_phantom_child, args=(str(data_dir), args.subjects, queue))
+    proc.start()
+    phantom = queue.get()
+    proc.join()
+
+    import numpy as np
+
+    from synthmed.data.brats.phantom import PhantomConfig, cohort_dir
+    from synthmed.data.brats.slices import BratsSliceDataModule, extract_subject
+
+    root = cohort_dir(PhantomConfig(num_subjects=args.subjects), data_dir)
+    dm = BratsSliceDataModule(root=str(root), data_dir=str(data_dir), image_size=args.image_size,
+                              num_train_slices=None, val_fraction=0, test_fraction=0, progress=False)
+    t0 = time.perf_counter()
+    dm.prepare_data()  # decodes NIfTI, z-scores, resizes, writes the cache
+    nifti_s = time.perf_counter() - t0
+    dm.setup()
+    n_cached = sum(len(np.load(p, mmap_mode="r")) for p in dm.cache_root().rglob("slice.npy"))
+    # NIfTI path again, without writing: what a loader without the cache pays per slice
+    t0 = time.perf_counter()
+    for s in dm.subjects:
+        extract_subject(s, dm.modalities, dm.image_size)
+    nifti_only_s = time.perf_counter() - t0
+    ds = dm.datasets["train"]
+    t0 = time.perf_counter()
+    for _ in range(3):
+        for i in range(len(ds)):
+            ds[i]
+    cache_s = (time.perf_counter() - t0) / 3
+    print(json.dumps({
+        "benchmark": "brats_data", "subjects": args.subjects, "image_size": args.image_size,
+        "phantom_s_per_subject": round(phantom["generate_s"] / args.subjects, 2),
+        "phantom_template_load_s": round(phantom["template_load_s"], 2),
+        "phantom_peak_rss_mb": round(phantom["peak_rss_mb"], 1),
+        "cached_slices": n_cached,
+        "nifti_slices_per_s": round(n_cached / nifti_only_s, 1),
+        "first_run_extract_and_cache_s": round(nifti_s, 2),
+        "train_items": len(ds),
+        "cache_slices_per_s": round(len(ds) / cache_s, 1),
+        "cpu_threads": __import__("torch").get_num_threads(),
+    }))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Render throughput: the synthmed.render pipeline vs the naive way, on the same N frames, in one run.
+
+    python benchmarks/render_throughput.py [--frames 8] [--resolution 128] [--workers 2]
+
+pipeline: render_dataset (spawned workers, scene built once per worker, one render per frame giving RGB +
+          object-index mask, sidecars, manifest).
+naive:    per frame, a new scene built from scratch, one full-quality render for the RGB and a second
+          full-quality render for the mask; PNGs + manifest (one process, all threads).
+Prints ONE JSON line: both frames/s, their ratio, peak RSS (MiB) at the start and end of the pipeline run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def naive(cfg: dict, out: str, queue) -> None:
+    """Runs in its own spawned process (bpy is never imported in the benchmark's main process)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # Blender's per-render "Saved: ..." lines: stdout carries only the JSON line
+    os.close(devnull)
+    from synthmed.render.config import frame_seed, resolve_config, sample_params
+    from synthmed.render.post import finish_frame, write_png
+    from synthmed.render.scene import ColonScene
+
+    c = resolve_config(cfg)
+    out_p = Path(out)
+    rows = []
+    t0 = time.perf_counter()
+    for i in range(c["num_frames"]):
+        scene = ColonScene(c, threads=os.cpu_count())  # from scratch, every frame
+        p, seed = sample_params(c, i), frame_seed(c["seed"], i)
+        rgb = scene.render(p, seed)
+        mask_pass = scene.render(p, seed)  # the second full-quality render, for the mask
+        f = finish_frame({**rgb, "index": mask_pass["index"]}, p, c)
+        write_png(out_p / "images" / f"{i:06d}.png", f["image"])
+        write_png(out_p / "masks" / f"{i:06d}.png", f["mask"])
+        rows.append({"id": f"{i:06d}", "seed": seed, "label": f["label"], "visible_pixels": f["visible_pixels"], **p})
+        scene.close()
+    with (out_p / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    queue.put(time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args()
+
+    from synthmed.render import render_dataset
+
+    cfg = {"num_frames": args.frames, "resolution": args.resolution, "seed": 0, "workers": args.workers}
+    tmp = Path(tempfile.mkdtemp(prefix="render_bench_"))
+    try:
+        rss_start = _rss_mib("VmHWM")
+        t0 = time.perf_counter()
+        render_dataset(cfg, tmp / "pipeline", progress=False)
+        t_pipe = time.perf_counter() - t0
+        rss_end = _rss_mib("VmHWM")
+        workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        # steady state (what a long run converges to): frames finished after each worker's first one,
+        # over the time between the first and the last sidecar (excludes process start + scene build)
+        stamps = sorted(f.stat().st_mtime for f in (tmp / "pipeline" / "frames").glob("*.json"))
+        steady = (len(stamps) - args.workers) / (stamps[-1] - stamps[args.workers - 1]) \
+            if len(stamps) > args.workers and stamps[-1] > stamps[args.workers - 1] else None
+        result = {
+            "benchmark": "render_throughput", "frames": args.frames, "resolution": args.resolution,
+            "workers": args.workers, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "pipeline_fps": round(args.frames / t_pipe, 3), "pipeline_s": round(t_pipe, 2),
+            "pipeline_fps_steady": None if steady is None else round(steady, 3),
+            "main_peak_rss_mib_start": round(rss_start, 1), "main_peak_rss_mib_end": round(rss_end, 1),
+            "worker_peak_rss_mib": round(workers_peak, 1),
+        }
+        if not args.skip_naive:
+            (tmp / "naive" / "images").mkdir(parents=True)
+            (tmp / "naive" / "masks").mkdir(parents=True)
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            proc = ctx.Process(target=naive, args=({**cfg, "workers": 1}, str(tmp / "naive"), q))
+            proc.start()
+            t_naive = q.get()
+            proc.join()
+            result.update({"naive_fps": round(args.frames / t_naive, 3), "naive_s": round(t_naive, 2),
+                           "ratio": round(t_naive / t_pipe, 2),
+                           "ratio_steady": None if steady is None else round(steady * t_naive / args.frames, 2)})
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Render the figures of docs/render.md into docs/gallery/ (small PNGs, < 1 MB in all).
+
+    python scripts/make_gallery.py [--frames 8] [--resolution 256] [--out docs/gallery]
+
+gallery.png     frames of the default config (lesion forced present), mask outlines in green
+pairs.png       frame | mask pairs
+height.png      one scene, lesion height increasing left to right (per-frame overrides)
+vessels.png     one scene, vascular density increasing left to right
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _load(root: Path, i: int, outline_mask: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    from synthmed.render.post import outline
+
+    img = np.array(Image.open(root / "images" / f"{i:06d}.png").convert("RGB"))
+    mask = np.array(Image.open(root / "masks" / f"{i:06d}.png"))
+    if outline_mask:
+        img = img.copy()
+        img[outline(mask)] = (0, 255, 0)
+    return img, mask
+
+
+def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    h, w = tiles[0].shape[:2]
+    out = np.full((h, len(tiles) * (w + gap) - gap, 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        out[:, k * (w + gap):k * (w + gap) + w] = t if t.ndim == 3 else np.repeat(t[..., None], 3, -1)
+    return out
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a 256-colour palette keeps the docs small (< 1 MB for all figures)
+    Image.fromarray(arr).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
+    print(f"{path}  {path.stat().st_size // 1024} KiB")
+
+
+def _sweep(base: dict, values: list, key: str, tmp: Path, name: str) -> list[np.ndarray]:
+    """The same frame (index 0) rendered once per value of `key`."""
+    from synthmed.render import render_dataset
+
+    tiles = []
+    for k, v in enumerate(values):
+        out = render_dataset({**base, "num_frames": 1, "overrides": {**base["overrides"], key: v}},
+                             tmp / f"{name}{k}", progress=False)
+        tiles.append(_load(out, 0, outline_mask=False)[0])
+    return tiles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--out", default="docs/gallery")
+    args = ap.parse_args()
+
+    from synthmed.render import render_dataset
+
+    out = Path(args.out)
+    tmp = Path(tempfile.mkdtemp(prefix="gallery_"))
+    base = {"resolution": args.resolution, "seed": args.seed, "workers": 2,
+            "overrides": {"lesion.present": 1}}
+    root = render_dataset({**base, "num_frames": args.frames}, tmp / "main", progress=True)
+    frames = [_load(root, i) for i in range(args.frames)]
+    half = (args.frames + 1) // 2
+    rows = [_row([f[0] for f in frames[:half]])]
+    if args.frames > half:
+        rest = [f[0] for f in frames[half:]] + [np.full_like(frames[0][0], 255)] * (2 * half - args.frames)
+        rows += [np.full((4, rows[0].shape[1], 3), 255, np.uint8), _row(rest)]
+    _save(out / "gallery.png", np.concatenate(rows, 0))
+    raw = [_load(root, i, outline_mask=False) for i in range(min(3, args.frames))]
+    _save(out / "pairs.png", _row([t for img, m in raw for t in (img, m)]))
+    # sweeps: a fixed, visible sessile lesion, one varied factor
+    sweep = {**base, "overrides": {"lesion.present": 1, "lesion.type": "sessile", "lesion.view_offaxis": 0.8,
+                                   "lesion.size_mm": 11.0, "vessels.density": 0.5, "camera.axial_mm": 120.0}}
+    _save(out / "height.png", _row(_sweep(sweep, [1.5, 4.0, 7.0], "lesion.height_mm", tmp, "h")))
+    _save(out / "vessels.png", _row(_sweep(sweep, [0.0, 0.5, 1.0], "vessels.density", tmp, "v")))
+
+
+if __name__ == "__main__":
+    main()

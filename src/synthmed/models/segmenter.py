@@ -1,0 +1,164 @@
+"""LightningModule for semantic segmentation (BraTS slices, colonoscopy frames): Dice + cross-entropy loss,
+IoU and Dice per region, overlays of image / truth / prediction.
+
+Batches are dicts with `image` (B, C, H, W) and `label` (B, H, W) int64 class indices. `target` names the
+regions measured: `wt`, `tc`, `et` (binary masks of that BraTS region), `multiclass` (classes 0..3 =
+background, NCR/NET, ED, ET -> regions wt, tc, et) or `binary` (any 0/1 mask, region `fg`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from synthmed.visual import log_image
+
+MULTICLASS_REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
+
+
+def regions_for(target: str) -> dict[str, tuple[int, ...]]:
+    if target == "multiclass":
+        return dict(MULTICLASS_REGIONS)
+    if target in ("wt", "tc", "et"):
+        return {target: (1,)}
+    if target == "binary":
+        return {"fg": (1,)}
+    raise ValueError(f"model.target={target!r}; expected wt, tc, et, multiclass or binary")
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes (all classes when there are only two: class 1)."""
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1 - dice[1:].mean()
+
+
+class SegmentationModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr: float = 1e-3,
+        target: str = "wt",
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        num_overlays: int = 4,
+        overlay_every: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net, self.optimizer_factory = net, optimizer
+        self.regions = regions_for(target)
+        self.num_classes = int(getattr(net, "out_channels", 2))
+        needed = 4 if target == "multiclass" else 2
+        if self.num_classes != needed:
+            raise ValueError(f"model.target={target!r} needs model.net.out_channels={needed}, got {self.num_classes}")
+        self.metrics = nn.ModuleDict({
+            split: torchmetrics.MetricCollection({
+                **{f"iou_{r}": torchmetrics.classification.BinaryJaccardIndex() for r in self.regions},
+                **{f"dice_{r}": torchmetrics.classification.BinaryF1Score() for r in self.regions},
+            }, prefix=f"{split}/")
+            for split in ("train_", "val", "test")
+        })
+        self._overlay: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h = self.hparams
+        return h.ce_weight * F.cross_entropy(logits, target) + h.dice_weight * soft_dice_loss(logits, target)
+
+    def region_masks(self, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {r: torch.isin(classes, torch.tensor(c, device=classes.device)) for r, c in self.regions.items()}
+
+    def _step(self, batch: dict[str, Any], split: str, batch_idx: int) -> torch.Tensor:
+        image, target = batch["image"], batch["label"].long()
+        logits = self(image)
+        loss = self.loss(logits, target)
+        pred = logits.argmax(1)
+        key = "train_" if split == "train" else split
+        pr, tr = self.region_masks(pred), self.region_masks(target)
+        for r in self.regions:
+            self.metrics[key][f"iou_{r}"].update(pr[r].flatten().long(), tr[r].flatten().long())
+            self.metrics[key][f"dice_{r}"].update(pr[r].flatten().long(), tr[r].flatten().long())
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=split == "train", on_epoch=True, batch_size=len(image))
+        if split != "train" and batch_idx == 0:
+            # the samples with the most foreground, so the picture shows lesions
+            pick = (target > 0).flatten(1).sum(1).argsort(descending=True)[: self.hparams.num_overlays]
+            self._overlay[split] = (image[pick].detach().cpu(), target[pick].cpu(), pred[pick].cpu())
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test", batch_idx)
+
+    def _log_metrics(self, key: str) -> None:
+        values = self.metrics[key].compute()
+        self.log_dict({k.replace("train_/", "train/"): v for k, v in values.items()}, prog_bar=key == "val")
+        self.metrics[key].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train_")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        every = self.hparams.overlay_every
+        last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
+        if not self.trainer.sanity_checking and every and ((self.current_epoch + 1) % every == 0 or last):
+            self._log_overlay("val", step=self.current_epoch)
+        self._overlay.pop("val", None)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self._log_overlay("test")
+
+    def _log_overlay(self, split: str, step: int | None = None) -> None:
+        if split not in self._overlay or self.trainer is None:
+            return
+        log_image(self.trainer, f"{split}/overlay", overlay_figure(*self._overlay.pop(split)), step=step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.parameters(), lr=self.hparams.lr)
+
+
+def overlay_figure(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor):
+    """Rows: samples; columns: image (first channel, or RGB), truth over image, prediction over image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(image)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), dpi=80, squeeze=False)
+    for i in range(n):
+        img = image[i].float().numpy()
+        img = img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0]
+        img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+        for j, (title, mask) in enumerate((("image", None), ("truth", truth[i]), ("prediction", pred[i]))):
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            if mask is not None:
+                m = mask.numpy().astype(float)
+                ax.imshow(np.ma.masked_where(m == 0, m), cmap="autumn", alpha=0.5, vmin=0, vmax=3, interpolation="nearest")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

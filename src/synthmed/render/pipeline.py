@@ -1,0 +1,230 @@
+"""The dataset writer: plans frames, spreads them over spawned worker processes (each builds the Blender
+scene once), writes every frame atomically with a sidecar JSON, and assembles manifest.csv, preview.png,
+(coco.json) and dataset.yaml once all frames of the dataset exist. No bpy here: workers import it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmed.render.config import (
+    dataset_config,
+    dataset_name,
+    frame_seed,
+    param_names,
+    resolve_config,
+    sample_params,
+)
+from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text
+
+SIDE_DIR = "frames"  # one sidecar JSON per finished frame
+SCRATCH = ".scratch"  # the workers' per-frame EXR files; removed when the pool is done
+FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
+DERIVED_COLUMNS = ("camera.offset_mm", "lesion.placed", "lesion.distance_mm")
+
+__all__ = ["dataset_name", "render_dataset", "frame_id"]
+
+
+def frame_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def _threads(cfg: Mapping) -> int:
+    if cfg["threads"]:
+        return int(cfg["threads"])
+    return max(1, (os.cpu_count() or 1) // int(cfg["workers"]))
+
+
+def _sidecar(out: Path, index: int) -> Path:
+    return out / SIDE_DIR / f"{frame_id(index)}.json"
+
+
+def _frame_done(out: Path, index: int) -> bool:
+    i = frame_id(index)
+    return (_sidecar(out, index).exists() and (out / "images" / f"{i}.png").exists()
+            and (out / "masks" / f"{i}.png").exists())
+
+
+# --------------------------------------------------------------------------------- worker side
+_STATE: dict[str, Any] = {}
+
+
+def _worker_init(cfg: dict, out: str, threads: int, scratch: str) -> None:
+    # an exception here would make the Pool respawn workers forever: keep it and raise it per frame
+    try:
+        # Blender prints a line per render ("Saved: ...") on stdout: keep the progress bar readable
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        from synthmed.render.scene import ColonScene
+
+        _STATE["cfg"], _STATE["out"] = cfg, Path(out)
+        _STATE["scene"] = ColonScene(cfg, threads=threads, tmp_root=scratch)
+        import bpy
+
+        _STATE["blender"] = bpy.app.version_string
+    except Exception as e:  # noqa: BLE001
+        _STATE["error"] = RuntimeError(f"render worker failed to build the scene: {type(e).__name__}: {e}")
+
+
+def _worker_frame(index: int) -> int:
+    if "error" in _STATE:
+        raise _STATE["error"]
+    render_frame(_STATE["scene"], _STATE["cfg"], _STATE["out"], index, _STATE["blender"])
+    return index
+
+
+def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> dict[str, Any]:
+    """Render, post-process and write one frame (images, masks, [depth], then its sidecar last)."""
+    from synthmed.render.post import finish_frame, rle_encode, write_png
+
+    p = sample_params(cfg, index)
+    seed = frame_seed(cfg["seed"], index)
+    rendered = scene.render(p, seed)
+    f = finish_frame(rendered, p, cfg)
+    fid = frame_id(index)
+    write_png(out / "images" / f"{fid}.png", f["image"])
+    write_png(out / "masks" / f"{fid}.png", f["mask"])
+    if cfg["depth"]:
+        write_png(out / "depth" / f"{fid}.png", f["depth"])
+    x0, y0, x1, y1 = f["bbox"]
+    row: dict[str, Any] = {"id": fid, "index": index, "seed": seed, "label": f["label"],
+                           "visible_pixels": f["visible_pixels"], "bbox_x0": x0, "bbox_y0": y0,
+                           "bbox_x1": x1, "bbox_y1": y1}
+    row.update(p)
+    row.update({k: rendered["derived"].get(k) for k in DERIVED_COLUMNS})
+    side = {"row": row, "blender": blender}
+    if cfg["coco"]:
+        side["rle"] = rle_encode(f["mask"])
+    atomic_write_json(_sidecar(out, index), side)
+    return side
+
+
+# --------------------------------------------------------------------------------- main side
+def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """Render the dataset of a `render` config into out_dir (resuming a partial one); return out_dir.
+
+    Writes images/, masks/ (0/255), frames/<id>.json sidecars, and, once every frame of the dataset exists
+    (all shards), manifest.csv, preview.png, [coco.json] and finally dataset.yaml.
+    """
+    c = resolve_config(cfg)
+    out = Path(out_dir)
+    for sub in ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    n, shard, shards = int(c["num_frames"]), int(c["shard"]), int(c["num_shards"])
+    todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
+    if todo:
+        _render_frames(c, out, todo, progress)
+    if all(_frame_done(out, i) for i in range(n)):
+        finalize(c, out)
+    return out
+
+
+def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    workers = max(1, min(int(c["workers"]), len(todo)))
+    threads = _threads(c) if c["threads"] else max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress, smoothing=0.1)
+    ctx = mp.get_context("spawn")
+    scratch = out / SCRATCH / str(os.getpid())  # per run: concurrent shards never remove each other's
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(c, str(out), threads, str(scratch))) as pool:
+        try:
+            for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
+                bar.update(1)
+        finally:
+            bar.close()
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        (out / SCRATCH).rmdir()  # only if no other shard is using it
+    except OSError:
+        pass
+
+
+def _read_rows(out: Path, n: int) -> tuple[list[dict], list[dict]]:
+    sides = [json.loads(_sidecar(out, i).read_text()) for i in range(n)]
+    return [s["row"] for s in sides], sides
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    return "" if v is None else str(v)
+
+
+def finalize(c: dict, out: Path) -> None:
+    """Assemble manifest.csv (+ preview, coco) from the sidecars, then dataset.yaml last."""
+    n = int(c["num_frames"])
+    rows, sides = _read_rows(out, n)
+    columns = list(FIXED_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_fmt(r.get(k)) for k in columns])
+    write_preview(out, rows[: int(c["preview_frames"])])
+    if c["coco"]:
+        _write_coco(out, c, rows, sides)
+    with atomic_path(out / "manifest.csv") as tmp:
+        tmp.write_text(buf.getvalue())
+    from omegaconf import OmegaConf
+
+    import synthmed
+
+    meta = {
+        "name": dataset_name(c),
+        "synthmed_version": getattr(synthmed, "__version__", "unknown"),
+        "blender_version": sides[0]["blender"] if sides else None,
+        "num_frames": n,
+        "num_lesion_frames": int(sum(int(r["label"]) for r in rows)),
+        "config": dataset_config(c),
+    }
+    atomic_write_text(out / "dataset.yaml", OmegaConf.to_yaml(OmegaConf.create(meta)))
+
+
+def write_preview(out: Path, rows: list[dict], cols: int = 4) -> None:
+    """A contact sheet of the first frames, lesion mask outlines drawn in green."""
+    from PIL import Image
+
+    from synthmed.render.post import outline, write_png
+
+    if not rows:
+        return
+    tiles = []
+    for r in rows:
+        img = np.array(Image.open(out / "images" / f"{r['id']}.png").convert("RGB"))
+        m = np.array(Image.open(out / "masks" / f"{r['id']}.png"))
+        img[outline(m)] = (0, 255, 0)
+        tiles.append(img)
+    h, w = tiles[0].shape[:2]
+    rows_n = (len(tiles) + cols - 1) // cols
+    sheet = np.zeros((rows_n * (h + 2), min(cols, len(tiles)) * (w + 2), 3), np.uint8)
+    for k, t in enumerate(tiles):
+        y, x = (k // cols) * (h + 2) + 1, (k % cols) * (w + 2) + 1
+        sheet[y:y + h, x:x + w] = t
+    write_png(out / "preview.png", sheet)
+
+
+def _write_coco(out: Path, c: dict, rows: list[dict], sides: list[dict]) -> None:
+    size = int(c["resolution"])
+    images, anns = [], []
+    for k, (r, s) in enumerate(zip(rows, sides, strict=True)):
+        images.append({"id": k, "file_name": f"images/{r['id']}.png", "width": size, "height": size})
+        if int(r["label"]):
+            x0, y0, x1, y1 = (int(r[f"bbox_{a}"]) for a in ("x0", "y0", "x1", "y1"))
+            anns.append({"id": len(anns) + 1, "image_id": k, "category_id": 1, "iscrowd": 1,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(r["visible_pixels"]),
+                         "segmentation": s["rle"]})
+    coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}
+    atomic_write_text(out / "coco.json", json.dumps(coco, sort_keys=True))

@@ -1,0 +1,84 @@
+"""Numpy post-processing of a rendered frame: exposure, vignetting, the endoscope's field-of-view border,
+sRGB encoding, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmed.utils import atomic_path
+
+
+def border_mask(size: int, shape: str, radius: float, octagon_cut: float) -> np.ndarray:
+    """HxW bool: pixels inside the scope's field-of-view border (a circle, or a square with cut corners)."""
+    c = (np.arange(size) + 0.5) / size * 2.0 - 1.0  # pixel centres in [-1, 1]
+    y, x = np.meshgrid(c, c, indexing="ij")
+    if shape == "circle":
+        return x * x + y * y <= radius * radius
+    if shape == "octagon":
+        return np.abs(x) + np.abs(y) <= 2.0 - 2.0 * octagon_cut
+    raise ValueError(f"render.params.endoscope.border: unknown border {shape!r} (circle, octagon)")
+
+
+def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping) -> dict[str, Any]:
+    """Linear passes -> uint8 RGB, 0/255 mask, uint16 depth (mm) and the visible-lesion statistics."""
+    rgb = np.asarray(rendered["rgb"], np.float32)
+    size = rgb.shape[0]
+    endo = cfg["endoscope"]
+    inside = border_mask(size, p["endoscope.border"], float(p["endoscope.border_radius"]), float(endo["octagon_cut"]))
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
+    r2 = c[None, :] ** 2 + c[:, None] ** 2
+    vignette = 1.0 - float(p["endoscope.vignette"]) * np.clip(r2 / 2.0, 0, 1) ** (float(endo["vignette_power"]) / 2.0)
+    lin = np.clip(rgb, 0.0, None) * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
+    img = np.floor(np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    img[~inside] = 0
+    lesion = (np.rint(rendered["index"]) == 1) & inside  # one sample per pixel: never blended
+    mask = lesion.astype(np.uint8) * 255
+    depth = np.where(inside & (rendered["depth"] < 1e9), np.rint(rendered["depth"]), 0).clip(0, 65535).astype(np.uint16)
+    visible = int(lesion.sum())
+    if visible:
+        ys, xs = np.nonzero(lesion)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    else:
+        bbox = [-1, -1, -1, -1]
+    label = int(visible >= int(cfg["min_visible_pixels"]))
+    return {"image": img, "mask": mask, "depth": depth, "visible_pixels": visible, "bbox": bbox, "label": label}
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG with fixed compression and no metadata (no time stamps): identical arrays -> identical bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=6, optimize=False)
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a PNG atomically (temp file + rename): a kill leaves the old file or none, never half of one."""
+    data = png_bytes(array)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed RLE (column-major run lengths, starting with a run of zeros)."""
+    flat = (np.asarray(mask) > 0).flatten(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist() if flat.size else []
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of the mask whose 4-neighbourhood leaves the mask."""
+    m = np.asarray(mask) > 0
+    pad = np.pad(m, 1)
+    inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    return m & ~inner

@@ -1,0 +1,606 @@
+"""The Blender scene: built once per process, re-parameterised per frame. The only module that imports bpy.
+
+`ColonScene(cfg).render(params)` returns linear RGB, the object-index pass (lesion = 1) and depth as numpy
+arrays, plus the values derived while posing the frame (camera and lesion placement).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from synthmed.render.exr import read_exr
+
+LESION_INDEX = 1
+
+
+# ----------------------------------------------------------------------------- centreline (numpy)
+def centreline(p: Mapping[str, float], z: float) -> np.ndarray:
+    """Centre of the lumen at axial position z (mm). Mirrors the geometry-node tree exactly."""
+    tau = 2.0 * math.pi
+    a1, l1 = p["tube.bend_amplitude_mm"], p["tube.bend_wavelength_mm"]
+    a2, l2 = p["tube.bend_amplitude2_mm"], p["tube.bend_wavelength2_mm"]
+    x = a1 * math.sin(tau * z / l1 + p["tube.bend_phase_x1"]) + a2 * math.sin(tau * z / l2 + p["tube.bend_phase_x2"])
+    y = a1 * math.sin(tau * z / l1 + p["tube.bend_phase_y1"]) + a2 * math.sin(tau * z / l2 + p["tube.bend_phase_y2"])
+    return np.array([x, y, z])
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues' rotation of v about a unit axis."""
+    axis = _unit(axis)
+    c, s = math.cos(angle), math.sin(angle)
+    return v * c + np.cross(axis, v) * s + axis * float(np.dot(axis, v)) * (1 - c)
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[float, float, float, float]:
+    """HSV (hue wraps at 1) -> linear RGBA for a shader socket."""
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), max(v, 0.0))
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return (*lin, 1.0)
+
+
+# ----------------------------------------------------------------------------- node helpers
+class _Graph:
+    """Tiny wrapper to build node trees readably: sockets by name (or index), values or links."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.nodes = tree.nodes
+        self.links = tree.links
+
+    def node(self, kind: str, inputs: Mapping | None = None, **props):
+        n = self.nodes.new(kind)
+        for key, value in props.items():
+            setattr(n, key, value)
+        for key, value in (inputs or {}).items():
+            self.connect(value, self._socket(n.inputs, key))
+        return n
+
+    @staticmethod
+    def _socket(sockets, key):
+        if isinstance(key, int):
+            return sockets[key]
+        for s in sockets:  # prefer enabled sockets (mix/map-range nodes have several with one name)
+            if (s.identifier == key or s.name == key) and s.enabled:
+                return s
+        return sockets[key]
+
+    def connect(self, value, socket) -> None:
+        if hasattr(value, "is_output"):
+            self.links.new(value, socket)
+        elif hasattr(value, "outputs"):
+            self.links.new(value.outputs[0], socket)
+        else:
+            socket.default_value = value
+
+    def out(self, node, key=0):
+        return self._socket(node.outputs, key) if not isinstance(key, int) else node.outputs[key]
+
+    def math(self, op: str, a, b=None, c=None):
+        ins = {0: a}
+        if b is not None:
+            ins[1] = b
+        if c is not None:
+            ins[2] = c
+        return self.node("ShaderNodeMath", ins, operation=op).outputs[0]
+
+    def vmath(self, op: str, a, b=None, scale=None):
+        ins = {0: a}
+        if b is not None:
+            ins[1] = b
+        if scale is not None:
+            ins[3] = scale
+        n = self.node("ShaderNodeVectorMath", ins, operation=op)
+        return n.outputs[1] if op in ("DOT_PRODUCT", "LENGTH", "DISTANCE") else n.outputs[0]
+
+    def mix_rgb(self, fac, a, b):
+        n = self.node("ShaderNodeMix", {"Factor_Float": fac, "A_Color": a, "B_Color": b}, data_type="RGBA")
+        return self._socket(n.outputs, "Result_Color")
+
+    def map_range(self, value, fmin, fmax, tmin=0.0, tmax=1.0, interp="LINEAR"):
+        n = self.node("ShaderNodeMapRange", {"Value": value, "From Min": fmin, "From Max": fmax,
+                                             "To Min": tmin, "To Max": tmax}, interpolation_type=interp)
+        return n.outputs[0]
+
+
+class _Inputs:
+    """Per-frame knobs of a node tree: named Value nodes whose outputs we set each frame."""
+
+    def __init__(self, g: _Graph):
+        self.g = g
+        self.nodes: dict[str, Any] = {}
+
+    def __getitem__(self, name: str):
+        if name not in self.nodes:
+            n = self.g.node("ShaderNodeValue")
+            n.name = n.label = name
+            self.nodes[name] = n
+        return self.nodes[name].outputs[0]
+
+    def rgb(self, name: str):
+        key = name + "#rgb"
+        if key not in self.nodes:
+            n = self.g.node("ShaderNodeRGB")
+            n.name = n.label = key
+            self.nodes[key] = n
+        return self.nodes[key].outputs[0]
+
+
+# ----------------------------------------------------------------------------- the scene
+class ColonScene:
+    """A colon lumen, its mucosa, three lesion models, an endoscope camera and light. Build once; `render`
+    many times with different parameters."""
+
+    def __init__(self, cfg: Mapping, threads: int | None = None, tmp_root: str | None = None):
+        import bpy
+
+        self.bpy = bpy
+        self.cfg = cfg
+        self.sc = cfg["scene"]
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        self.scene = bpy.context.scene
+        if tmp_root:
+            os.makedirs(tmp_root, exist_ok=True)
+        self.tmpdir = tempfile.mkdtemp(prefix="synthmed_render_", dir=tmp_root)
+        self._setup_render(threads)
+        self._build_tube()
+        self._build_lesions()
+        self._build_camera()
+        self._build_compositor()
+
+    # ---- render settings
+    def _setup_render(self, threads: int | None) -> None:
+        bpy, cfg, eng = self.bpy, self.cfg, self.cfg["engine"]
+        s = self.scene
+        s.render.engine = "CYCLES"
+        cy = s.cycles
+        cy.device = "CPU"
+        cy.samples = int(cfg["samples"])
+        cy.use_adaptive_sampling = True
+        cy.adaptive_threshold = float(eng["adaptive_threshold"])
+        cy.adaptive_min_samples = int(eng["adaptive_min_samples"])
+        cy.use_denoising = False
+        cy.max_bounces = int(cfg["max_bounces"])
+        cy.diffuse_bounces = int(eng["diffuse_bounces"])
+        cy.glossy_bounces = int(eng["glossy_bounces"])
+        cy.transmission_bounces = 0
+        cy.volume_bounces = 0
+        cy.transparent_max_bounces = 0
+        cy.caustics_reflective = False
+        cy.caustics_refractive = False
+        cy.sample_clamp_direct = float(eng["clamp_direct"])
+        cy.sample_clamp_indirect = float(eng["clamp_indirect"])
+        cy.pixel_filter_type = "BLACKMAN_HARRIS"
+        cy.filter_width = float(eng["filter_width"])
+        cy.use_animated_seed = False
+        s.render.resolution_x = s.render.resolution_y = int(cfg["resolution"])
+        s.render.resolution_percentage = 100
+        s.render.use_persistent_data = True
+        s.render.film_transparent = False
+        s.render.use_compositing = True
+        s.render.use_sequencer = False
+        if threads:
+            s.render.threads_mode = "FIXED"
+            s.render.threads = int(threads)
+        world = bpy.data.worlds.new("dark")
+        world.color = (0.0, 0.0, 0.0)
+        bg = world.node_tree.nodes.get("Background") if world.node_tree else None
+        if bg is not None:
+            bg.inputs["Strength"].default_value = 0.0
+        s.world = world
+        vl = s.view_layers[0]
+        vl.use_pass_object_index = True
+        vl.use_pass_z = True
+
+    # ---- lumen: geometry nodes
+    def _build_tube(self) -> None:
+        bpy, sc = self.bpy, self.sc
+        tree = bpy.data.node_groups.new("ColonLumen", "GeometryNodeTree")
+        tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        g = _Graph(tree)
+        k = self.tube_in = _Inputs(g)
+        tau = 2 * math.pi
+        length = float(sc["tube_length_mm"])
+        line = g.node("GeometryNodeCurvePrimitiveLine", {"Start": (0, 0, 0), "End": (0, 0, length)})
+        res = g.node("GeometryNodeResampleCurve", {"Curve": line.outputs[0], "Count": int(sc["segments_along"]) + 1})
+        pos = g.node("GeometryNodeInputPosition").outputs[0]
+        z = g.node("ShaderNodeSeparateXYZ", {0: pos}).outputs[2]
+        store = g.node("GeometryNodeStoreNamedAttribute", {"Geometry": res.outputs[0], "Name": "axial", "Value": z},
+                       data_type="FLOAT", domain="POINT")
+
+        def wave(amp, wavelength, phase):
+            arg = g.math("ADD", g.math("MULTIPLY", g.math("DIVIDE", z, wavelength), tau), phase)
+            return g.math("MULTIPLY", g.math("SINE", arg), amp)
+
+        x = g.math("ADD", wave(k["tube.bend_amplitude_mm"], k["tube.bend_wavelength_mm"], k["tube.bend_phase_x1"]),
+                   wave(k["tube.bend_amplitude2_mm"], k["tube.bend_wavelength2_mm"], k["tube.bend_phase_x2"]))
+        y = g.math("ADD", wave(k["tube.bend_amplitude_mm"], k["tube.bend_wavelength_mm"], k["tube.bend_phase_y1"]),
+                   wave(k["tube.bend_amplitude2_mm"], k["tube.bend_wavelength2_mm"], k["tube.bend_phase_y2"]))
+        offset = g.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: 0.0}).outputs[0]
+        bent = g.node("GeometryNodeSetPosition", {"Geometry": store.outputs[0], "Offset": offset})
+        # slow radius change along the length (the profile is a unit circle scaled per curve point)
+        radius = g.math("MULTIPLY", k["tube.radius_mm"],
+                        g.math("ADD", 1.0, wave(k["tube.radius_variation"], k["tube.radius_wavelength_mm"],
+                                                k["tube.radius_phase"])))
+        circle = g.node("GeometryNodeCurvePrimitiveCircle", {"Resolution": int(sc["segments_around"]), "Radius": 1.0})
+        mesh = g.node("GeometryNodeCurveToMesh", {"Curve": bent.outputs[0], "Profile Curve": circle.outputs[0],
+                                                   "Scale": radius, "Fill Caps": False})
+        # haustral folds: ridges at regular axial spacing, deeper on part of the ring (crescents)
+        axial = g.node("GeometryNodeInputNamedAttribute", {"Name": "axial"}, data_type="FLOAT").outputs[0]
+        phase = g.math("SUBTRACT", g.math("DIVIDE", axial, k["tube.fold_spacing_mm"]), k["tube.fold_phase"])
+        ridge = g.math("POWER", g.math("ADD", 0.5, g.math("MULTIPLY", 0.5, g.math("COSINE", g.math("MULTIPLY", phase, tau)))),
+                       k["tube.fold_sharpness"])
+        pos2 = g.node("GeometryNodeInputPosition").outputs[0]
+        ring_noise = g.node("ShaderNodeTexNoise", {"Vector": pos2, "W": k["tube.noise_seed"], "Scale": 0.045,
+                                                   "Detail": 1.0}, noise_dimensions="4D").outputs[0]
+        crescent = g.map_range(ring_noise, 0.38, 0.62, 0.0, 1.0)
+        ring = g.math("SUBTRACT", 1.0, g.math("MULTIPLY", k["tube.fold_partial"], g.math("SUBTRACT", 1.0, crescent)))
+        fold = g.math("MULTIPLY", g.math("MULTIPLY", ridge, ring), g.math("MULTIPLY", k["tube.fold_depth"], k["tube.radius_mm"]))
+        wall_noise = g.node("ShaderNodeTexNoise", {"Vector": pos2, "W": g.math("ADD", k["tube.noise_seed"], 17.0),
+                                                   "Scale": k["tube.wall_noise_scale"], "Detail": 3.0},
+                            noise_dimensions="4D").outputs[0]
+        bumps = g.math("MULTIPLY", g.math("SUBTRACT", wall_noise, 0.5), g.math("MULTIPLY", k["tube.wall_noise_mm"], 2.0))
+        inward = g.math("ADD", fold, bumps)
+        normal = g.node("GeometryNodeInputNormal").outputs[0]
+        shift = g.vmath("SCALE", normal, scale=g.math("MULTIPLY", inward, -1.0))
+        walled = g.node("GeometryNodeSetPosition", {"Geometry": mesh.outputs[0], "Offset": shift})
+        flipped = g.node("GeometryNodeFlipFaces", {"Mesh": walled.outputs[0]})  # normals face the lumen
+        smooth = g.node("GeometryNodeSetShadeSmooth", {"Mesh": flipped.outputs[0], "Shade Smooth": True})
+        # generated geometry carries no material of its own: assign the mucosa explicitly
+        self.mucosa, self.mucosa_in = self._mucosa_material()
+        setmat = g.node("GeometryNodeSetMaterial", {"Geometry": smooth.outputs[0], "Material": self.mucosa})
+        out = g.node("NodeGroupOutput")
+        g.connect(setmat.outputs[0], out.inputs[0])
+
+        mesh_data = bpy.data.meshes.new("lumen")
+        self.tube = bpy.data.objects.new("lumen", mesh_data)
+        self.scene.collection.objects.link(self.tube)
+        mod = self.tube.modifiers.new("lumen", "NODES")
+        mod.node_group = tree
+        self.tube.pass_index = 0
+        mesh_data.materials.append(self.mucosa)
+
+    # ---- mucosa: shader nodes
+    def _mucosa_material(self):
+        bpy, sc = self.bpy, self.sc
+        mat = bpy.data.materials.new("mucosa")
+        nt = mat.node_tree
+        nt.nodes.clear()
+        g = _Graph(nt)
+        k = _Inputs(g)
+        co = g.node("ShaderNodeTexCoord").outputs["Object"]
+        seed = k["mucosa.texture_seed"]
+        # mottled base colour
+        mottle = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, seed), "Scale": 0.06, "Detail": 2.0},
+                        noise_dimensions="3D").outputs[0]
+        base_a, base_b = k.rgb("mucosa.colour"), k.rgb("mucosa.colour_dark")
+        fac = g.math("MULTIPLY", g.map_range(mottle, 0.3, 0.7), k["mucosa.mottle"])
+        base = g.mix_rgb(fac, base_a, base_b)
+        # vessels: noise-distorted Voronoi cell edges, two scales; density thins them with a noise mask
+        warp = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 5.0)), "Scale": 0.08, "Detail": 1.0},
+                      noise_dimensions="3D").outputs["Color"]
+        warped = g.vmath("ADD", co, g.vmath("SCALE", g.vmath("SUBTRACT", warp, (0.5, 0.5, 0.5)),
+                                           scale=g.math("DIVIDE", k["vessels.distortion"], k["vessels.scale"])))
+
+        def vessel_layer(scale, width):
+            vor = g.node("ShaderNodeTexVoronoi", {"Vector": _seeded(g, warped, seed), "Scale": scale, "Randomness": 1.0},
+                         feature="DISTANCE_TO_EDGE", voronoi_dimensions="3D")
+            return g.map_range(vor.outputs["Distance"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+
+        main = vessel_layer(k["vessels.scale"], k["vessels.width"])
+        fine = vessel_layer(g.math("MULTIPLY", k["vessels.scale"], float(sc["vessel_fine_ratio"])),
+                            g.math("MULTIPLY", k["vessels.width"], 0.8))
+        patch = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 11.0)), "Scale": 0.05, "Detail": 2.0},
+                       noise_dimensions="3D").outputs[0]
+        # density 0 -> only the strongest patches show vessels; 1 -> the whole wall
+        thresh = g.math("SUBTRACT", 0.75, g.math("MULTIPLY", k["vessels.density"], 0.6))
+        shown = g.map_range(patch, thresh, g.math("ADD", thresh, 0.12), 0.0, 1.0, "SMOOTHSTEP")
+        vessels = g.math("MULTIPLY", g.math("MAXIMUM", main, g.math("MULTIPLY", fine, 0.6)), shown, )
+        vessels = g.math("MULTIPLY", vessels, k["vessels.contrast"])
+        coloured = g.mix_rgb(vessels, base, k.rgb("vessels.colour"))
+        # fake translucency: warmer, lighter where the surface turns away (light scattered under the surface)
+        facing = g.node("ShaderNodeLayerWeight", {"Blend": 0.4}).outputs["Facing"]
+        rim = g.math("MULTIPLY", facing, k["mucosa.translucency"])
+        coloured = g.mix_rgb(rim, coloured, k.rgb("mucosa.colour_rim"))
+        # wet, bumpy surface: fine noise bump under a glossy coat -> many small specular glints
+        bump_n = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 23.0)),
+                                               "Scale": float(sc["mucosa_bump_scale"]), "Detail": 2.0},
+                        noise_dimensions="3D").outputs[0]
+        bump_c = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 29.0)), "Scale": 0.12, "Detail": 1.0},
+                        noise_dimensions="3D").outputs[0]
+        height = g.math("ADD", g.math("MULTIPLY", bump_n, 0.35), bump_c)
+        bump = g.node("ShaderNodeBump", {"Strength": k["mucosa.bump_strength"], "Distance": 1.0, "Height": height})
+        bsdf = g.node("ShaderNodeBsdfPrincipled", {
+            "Base Color": coloured, "Roughness": k["mucosa.roughness"], "Normal": bump.outputs[0],
+            "Coat Weight": k["mucosa.wetness"], "Coat Roughness": k["mucosa.coat_roughness"], "Coat IOR": 1.33,
+            "Coat Normal": bump.outputs[0], "Specular IOR Level": 0.5,
+        })
+        if self.cfg["engine"]["subsurface"]:
+            g.connect(0.3, bsdf.inputs["Subsurface Weight"])
+            g.connect((1.0, 0.35, 0.2), bsdf.inputs["Subsurface Radius"])
+            g.connect(1.0, bsdf.inputs["Subsurface Scale"])
+        out = g.node("ShaderNodeOutputMaterial")
+        g.connect(bsdf.outputs[0], out.inputs["Surface"])
+        return mat, k
+
+    # ---- lesions: three meshes, one shared lobulation modifier and material
+    def _build_lesions(self) -> None:
+        import bmesh
+
+        bpy, sc = self.bpy, self.sc
+        seg = int(sc["lesion_segments"])
+        tree = bpy.data.node_groups.new("LesionShape", "GeometryNodeTree")
+        tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        g = _Graph(tree)
+        k = self.lesion_shape_in = _Inputs(g)
+        gin, gout = g.node("NodeGroupInput"), g.node("NodeGroupOutput")
+        pos = g.node("GeometryNodeInputPosition").outputs[0]
+        noise = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, pos, k["lesion.seed"]), "Scale": 1.6, "Detail": 2.0},
+                       noise_dimensions="3D").outputs[0]
+        amount = g.math("MULTIPLY", g.math("SUBTRACT", noise, 0.5), g.math("MULTIPLY", k["lesion.lobulation"], 2.0))
+        above = g.math("GREATER_THAN", g.node("ShaderNodeSeparateXYZ", {0: pos}).outputs[2], 0.0)
+        shift = g.vmath("SCALE", g.node("GeometryNodeInputNormal").outputs[0], scale=g.math("MULTIPLY", amount, above))
+        setp = g.node("GeometryNodeSetPosition", {"Geometry": gin.outputs[0], "Offset": shift})
+        smooth = g.node("GeometryNodeSetShadeSmooth", {"Mesh": setp.outputs[0], "Shade Smooth": True})
+        g.connect(smooth.outputs[0], gout.inputs[0])
+
+        self.lesion_mat, self.lesion_mat_in = self._lesion_material()
+        self.lesions = {}
+        for kind in ("sessile", "pedunculated", "flat"):
+            bm = bmesh.new()
+            if kind == "pedunculated":
+                # unit frame: width 1, height 1 (z = 0 at the wall); stalk then a round head
+                bmesh.ops.create_cone(bm, cap_ends=True, segments=seg // 2, radius1=0.2, radius2=0.16, depth=0.8,
+                                      matrix=_translation(0, 0, 0.2))
+                bmesh.ops.create_uvsphere(bm, u_segments=seg, v_segments=seg // 2, radius=0.5,
+                                          matrix=_translation(0, 0, 0.5))
+            else:
+                # unit sphere -> dome after scaling (half of it sits inside the wall)
+                bmesh.ops.create_uvsphere(bm, u_segments=seg, v_segments=seg // 2, radius=1.0)
+            me = bpy.data.meshes.new(f"lesion_{kind}")
+            bm.to_mesh(me)
+            bm.free()
+            me.materials.append(self.lesion_mat)
+            ob = bpy.data.objects.new(f"lesion_{kind}", me)
+            ob.pass_index = LESION_INDEX
+            mod = ob.modifiers.new("shape", "NODES")
+            mod.node_group = tree
+            ob.hide_render = True
+            self.scene.collection.objects.link(ob)
+            self.lesions[kind] = ob
+
+    def _lesion_material(self):
+        bpy = self.bpy
+        mat = bpy.data.materials.new("lesion")
+        nt = mat.node_tree
+        nt.nodes.clear()
+        g = _Graph(nt)
+        k = _Inputs(g)
+        co = g.node("ShaderNodeTexCoord").outputs["Object"]  # object space: texture scales with the lesion
+        noise = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, k["lesion.seed"]), "Scale": k["lesion.texture_scale_obj"],
+                                              "Detail": 4.0, "Roughness": 0.6}, noise_dimensions="3D").outputs[0]
+        fac = g.math("MULTIPLY", g.map_range(noise, 0.35, 0.65), g.math("MULTIPLY", k["lesion.texture_strength"], 0.6))
+        colour = g.mix_rgb(fac, k.rgb("lesion.colour"), k.rgb("lesion.colour_dark"))
+        bump = g.node("ShaderNodeBump", {"Strength": g.math("MULTIPLY", k["lesion.texture_strength"], 0.5),
+                                         "Distance": 0.05, "Height": noise})
+        bsdf = g.node("ShaderNodeBsdfPrincipled", {
+            "Base Color": colour, "Roughness": 0.4, "Normal": bump.outputs[0], "Coat Weight": 0.8,
+            "Coat Roughness": 0.05, "Coat IOR": 1.33, "Coat Normal": bump.outputs[0],
+        })
+        out = g.node("ShaderNodeOutputMaterial")
+        g.connect(bsdf.outputs[0], out.inputs["Surface"])
+        return mat, k
+
+    # ---- camera + light
+    def _build_camera(self) -> None:
+        bpy, sc, endo = self.bpy, self.sc, self.cfg["endoscope"]
+        cam_data = bpy.data.cameras.new("endoscope")
+        cam_data.type = "PANO"
+        cam_data.panorama_type = "FISHEYE_EQUISOLID"
+        cam_data.sensor_fit = "HORIZONTAL"
+        cam_data.sensor_width = float(endo["sensor_width_mm"])
+        cam_data.clip_start = float(sc["near_clip_mm"])
+        cam_data.clip_end = float(sc["far_clip_mm"])
+        self.camera = bpy.data.objects.new("endoscope", cam_data)
+        self.scene.collection.objects.link(self.camera)
+        self.scene.camera = self.camera
+        light_data = bpy.data.lights.new("tip_light", "POINT")
+        light_data.shadow_soft_size = float(endo["light_soft_radius_mm"])
+        self.light = bpy.data.objects.new("tip_light", light_data)
+        self.scene.collection.objects.link(self.light)
+
+    # ---- compositor: write Combined, object index and depth to one uncompressed EXR per frame
+    def _build_compositor(self) -> None:
+        bpy = self.bpy
+        ng = bpy.data.node_groups.new("passes", "CompositorNodeTree")
+        self.scene.compositing_node_group = ng
+        rl = ng.nodes.new("CompositorNodeRLayers")
+        fo = ng.nodes.new("CompositorNodeOutputFile")
+        fo.directory = self.tmpdir + os.sep
+        fo.file_name = "passes"
+        fo.format.media_type = "MULTI_LAYER_IMAGE"
+        fo.format.file_format = "OPEN_EXR_MULTILAYER"
+        fo.format.exr_codec = "NONE"
+        fo.format.color_depth = "32"
+        fo.format.use_exr_interleave = True  # one part, so our small reader handles it
+        for name, kind, src in (("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth")):
+            fo.file_output_items.new(kind, name)
+            ng.links.new(rl.outputs[src], fo.inputs[name])
+        self.exr_path = os.path.join(self.tmpdir, "passes.exr")
+
+    # ------------------------------------------------------------------------- per frame
+    def _ray(self, origin: np.ndarray, direction: np.ndarray, depsgraph) -> tuple[np.ndarray, np.ndarray, float] | None:
+        from mathutils import Vector
+
+        ok, loc, normal, _ = self.tube.ray_cast(Vector(origin.tolist()), Vector(_unit(direction).tolist()),
+                                                depsgraph=depsgraph)
+        if not ok:
+            return None
+        loc = np.array(loc[:])
+        return loc, np.array(normal[:]), float(np.linalg.norm(loc - origin))
+
+    def pose(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        """Set every node input, transform and visibility for one frame; return derived placement values."""
+        bpy = self.bpy
+        for name in self.tube_in.nodes:
+            self.tube_in.nodes[name].outputs[0].default_value = float(p[name])
+        mucosa_rgb = _hsv(p["mucosa.hue"], p["mucosa.saturation"], p["mucosa.value"])
+        rgb_values = {
+            "mucosa.colour": mucosa_rgb,
+            "mucosa.colour_dark": _hsv(p["mucosa.hue"] - 0.015, min(1.0, p["mucosa.saturation"] + 0.15),
+                                       p["mucosa.value"] * 0.7),
+            "mucosa.colour_rim": _hsv(p["mucosa.hue"] + 0.02, p["mucosa.saturation"] * 0.8,
+                                      min(1.0, p["mucosa.value"] * 1.15)),
+            "vessels.colour": _hsv(p["vessels.hue"], p["vessels.saturation"], p["vessels.value"]),
+        }
+        self._set_inputs(self.mucosa_in, p, rgb_values)
+        size = float(p["lesion.size_mm"])
+        lesion_rgb = {
+            "lesion.colour": _hsv(p["lesion.hue"], p["lesion.saturation"], p["lesion.value"]),
+            "lesion.colour_dark": _hsv(p["lesion.hue"] - 0.02, min(1.0, p["lesion.saturation"] + 0.15),
+                                       p["lesion.value"] * 0.72),
+        }
+        lesion_vals = dict(p)
+        lesion_vals["lesion.texture_scale_obj"] = float(p["lesion.texture_scale"]) * size
+        self._set_inputs(self.lesion_mat_in, lesion_vals, lesion_rgb)
+        self._set_inputs(self.lesion_shape_in, p, {})
+
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        depsgraph.update()
+        derived: dict[str, Any] = {}
+        cam_pos, forward, up = self._pose_camera(p, depsgraph, derived)
+        # light on the scope tip, slightly above the lens
+        self.light.location = (cam_pos + up * float(self.cfg["endoscope"]["light_offset_mm"])).tolist()
+        warm = float(p["light.warmth"])
+        self.light.data.color = (1.0, 1.0 - 0.3 * warm, 1.0 - warm)
+        self.light.data.energy = float(p["light.power_w"]) * float(self.cfg["endoscope"]["light_power_scale"])
+
+        for ob in self.lesions.values():
+            ob.hide_render = True
+        derived.update({"lesion.placed": 0, "lesion.distance_mm": -1.0})
+        if int(p["lesion.present"]):
+            self._place_lesion(p, depsgraph, cam_pos, forward, up, derived)
+        return derived
+
+    def _set_inputs(self, k: _Inputs, p: Mapping[str, Any], rgb: Mapping[str, Any]) -> None:
+        for name, node in k.nodes.items():
+            if name.endswith("#rgb"):
+                node.outputs[0].default_value = rgb[name[:-4]]
+            else:
+                node.outputs[0].default_value = float(p[name])
+
+    def _pose_camera(self, p, depsgraph, derived):
+        z = float(p["camera.axial_mm"])
+        centre = centreline(p, z)
+        tangent = _unit(centreline(p, z + 0.5) - centreline(p, z - 0.5))
+        side = _unit(np.cross(tangent, np.array([0.0, 1.0, 0.0])))
+        upv = np.cross(side, tangent)
+        a = math.radians(float(p["camera.offset_angle_deg"]))
+        direction = side * math.cos(a) + upv * math.sin(a)
+        want = float(p["camera.offset"]) * float(p["tube.radius_mm"])
+        hit = self._ray(centre, direction, depsgraph)
+        room = (hit[2] if hit else want + 1e3) - float(self.sc["min_wall_clearance_mm"])
+        off = max(0.0, min(want, room))
+        cam_pos = centre + direction * off
+        derived["camera.offset_mm"] = off
+        forward = _rotate(tangent, upv, math.radians(float(p["camera.yaw_deg"])))
+        forward = _rotate(forward, side, math.radians(float(p["camera.pitch_deg"])))
+        right = _unit(np.cross(forward, upv))
+        up = _unit(np.cross(right, forward))
+        roll = math.radians(float(p["camera.roll_deg"]))
+        right, up = _rotate(right, forward, roll), _rotate(up, forward, roll)
+        from mathutils import Matrix
+
+        rot = Matrix([[right[i], up[i], -forward[i]] for i in range(3)])  # camera looks down -Z, +Y up
+        self.camera.matrix_world = Matrix.Translation(cam_pos.tolist()) @ rot.to_4x4()
+        # equisolid fisheye: r = 2 f sin(theta / 2); fov spans the frame width
+        fov = math.radians(float(p["camera.fov_deg"]))
+        cam = self.camera.data
+        cam.fisheye_lens = float(cam.sensor_width) / (4.0 * math.sin(fov / 4.0))
+        cam.fisheye_fov = math.radians(min(359.0, float(p["camera.fov_deg"]) * 1.45))  # corners too
+        return cam_pos, forward, up
+
+    def _place_lesion(self, p, depsgraph, cam_pos, forward, up, derived) -> None:
+        from mathutils import Matrix, Vector
+
+        if p["lesion.placement"] == "view":
+            # a ray from the lens, inside (or just outside) the field of view: the lesion sits where it lands
+            half = math.radians(float(p["camera.fov_deg"])) / 2.0
+            off = float(p["lesion.view_offaxis"]) * half
+            az = math.radians(float(p["lesion.view_azimuth_deg"]))
+            right = _unit(np.cross(forward, up))
+            d = _rotate(forward, right * math.cos(az) + up * math.sin(az), off)
+            hit = self._ray(cam_pos, d, depsgraph)
+        elif p["lesion.placement"] == "axial":
+            z = float(p["lesion.axial_mm"])
+            centre = centreline(p, z)
+            tangent = _unit(centreline(p, z + 0.5) - centreline(p, z - 0.5))
+            side = _unit(np.cross(tangent, np.array([0.0, 1.0, 0.0])))
+            a = math.radians(float(p["lesion.angle_deg"]))
+            hit = self._ray(centre, side * math.cos(a) + np.cross(side, tangent) * math.sin(a), depsgraph)
+        else:
+            raise ValueError(f"render.params.lesion.placement: unknown placement {p['lesion.placement']!r}")
+        if hit is None:
+            return
+        loc, normal, _ = hit
+        axis_pt = centreline(p, float(loc[2]))
+        if np.dot(normal, axis_pt - loc) < 0:  # make it point into the lumen
+            normal = -normal
+        normal = _unit(normal)
+        ob = self.lesions[p["lesion.type"]]
+        size, height = float(p["lesion.size_mm"]), float(p["lesion.height_mm"])
+        if p["lesion.type"] == "pedunculated":
+            scale = (size, size, height)
+        else:
+            scale = (size / 2.0, size / 2.0, height)
+        tilt_axis = _rotate(_unit(np.cross(normal, [0.0, 0.0, 1.0]) if abs(normal[2]) < 0.99 else np.array([1.0, 0, 0])),
+                            normal, math.radians(float(p["lesion.tilt_azimuth_deg"])))
+        zaxis = _rotate(normal, tilt_axis, math.radians(float(p["lesion.tilt_deg"])))
+        quat = Vector(zaxis.tolist()).to_track_quat("Z", "Y")
+        spin = Matrix.Rotation(math.radians(float(p["lesion.spin_deg"])), 4, "Z")
+        base = loc - normal * float(self.sc["lesion_sink_mm"])
+        ob.matrix_world = (Matrix.Translation(base.tolist()) @ quat.to_matrix().to_4x4() @ spin
+                           @ Matrix.Diagonal((*scale, 1.0)))
+        ob.hide_render = False
+        derived["lesion.placed"] = 1
+        derived["lesion.distance_mm"] = float(np.linalg.norm(loc - cam_pos))
+
+    def render(self, p: Mapping[str, Any], cycles_seed: int) -> dict[str, Any]:
+        """Render one frame. Returns {"rgb": HxWx3 linear float32, "index": HxW float32, "depth": HxW float32,
+        "derived": {...}}. Row 0 is the top of the image."""
+        derived = self.pose(p)
+        self.scene.cycles.seed = int(cycles_seed)
+        if os.path.exists(self.exr_path):
+            os.remove(self.exr_path)
+        self.bpy.ops.render.render()
+        ch = read_exr(self.exr_path)
+        rgb = np.stack([ch["rgb.R"], ch["rgb.G"], ch["rgb.B"]], axis=-1)
+        return {"rgb": rgb, "index": ch["index.V"], "depth": ch["depth.V"], "derived": derived}
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _seeded(g: _Graph, co, seed):
+    """3D texture coordinates shifted by a seed (cheaper than 4D textures with W = seed)."""
+    return g.vmath("ADD", co, g.vmath("SCALE", (0.913, 1.37, 0.771), scale=seed))
+
+
+def _translation(x: float, y: float, z: float):
+    from mathutils import Matrix
+
+    return Matrix.Translation((x, y, z))

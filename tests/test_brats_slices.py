@@ -1,0 +1,130 @@
+"""BratsSliceDataModule: subject-level splits, slice selection, targets, cache reuse, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_brats_discovery import write_subject
+
+import synthmed.data.brats.slices as slices_mod
+from synthmed.augment import TransformAugmenter
+from synthmed.data.brats.slices import BratsSliceDataModule
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("brats")
+    for i in range(8):
+        write_subject(base / ("HGG" if i % 2 else "LGG"), f"Sub{i:02d}", seed=i, tumour_slices=(3, 3 + 3 + i % 3))
+    return base
+
+
+def make_dm(root, data_dir, **kw):
+    args = dict(root=str(root), data_dir=str(data_dir), image_size=16, num_train_slices=None, batch_size=4,
+                val_fraction=0.25, test_fraction=0.25, split_seed=0, progress=False)
+    args.update(kw)
+    dm = BratsSliceDataModule(**args)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_subject_level_split_and_items(root, tmp_path):
+    dm = make_dm(root, tmp_path)
+    sets = {k: set(v) for k, v in dm.splits.items()}
+    assert sets["train"].isdisjoint(sets["val"]) and sets["train"].isdisjoint(sets["test"])
+    assert sets["val"].isdisjoint(sets["test"]) and sum(map(len, sets.values())) == 8
+    for split, ds in dm.datasets.items():
+        assert {ds[i]["subject"] for i in range(len(ds))} <= sets[split]
+    item = dm.datasets["train"][0]
+    assert item["image"].shape == (4, 16, 16) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (16, 16) and item["label"].dtype == torch.int64
+    assert item["seg"].max() <= 3 and item["brain"].shape == (1, 16, 16)
+    assert item["label"].sum() > 0  # tumour slices only by default
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (4, 16, 16)
+    other = make_dm(root, tmp_path, split_seed=1)
+    assert other.splits != dm.splits
+
+
+def test_counts_modalities_targets(root, tmp_path):
+    dm = make_dm(root, tmp_path, num_train_slices=5, modalities=["flair", "t2"], target="et", empty_fraction=0.4)
+    train = dm.datasets["train"]
+    assert len(train) == 5
+    assert train[0]["image"].shape == (2, 16, 16)
+    with_tumour = sum(int(train[i]["seg"].sum() > 0) for i in range(5))
+    assert with_tumour == 3
+    for i in range(5):
+        assert torch.equal(train[i]["label"], (train[i]["seg"] == 3).long())
+    mc = make_dm(root, tmp_path, target="multiclass")
+    item = mc.datasets["train"][0]
+    assert torch.equal(item["label"], item["seg"])
+
+
+def test_zscore_within_brain(root, tmp_path):
+    dm = make_dm(root, tmp_path / "z", image_size=32)
+    sub = dm.subjects[0]
+    images, brain, _ = slices_mod.preprocess_volumes(sub, dm.modalities)
+    for m in range(4):
+        vals = images[m][brain]
+        assert abs(vals.mean()) < 1e-3 and abs(vals.std() - 1) < 1e-3
+        assert (images[m][~brain] == 0).all()
+
+
+def test_second_run_reads_no_nifti(root, tmp_path, monkeypatch):
+    first = make_dm(root, tmp_path)
+    assert first.nifti_reads == 8
+    files = sorted((tmp_path / "brats_slices").rglob("image.npy"))
+    assert len(files) == 8
+    assert isinstance(np.load(files[0], mmap_mode="r"), np.memmap)
+
+    def boom(*a, **k):
+        raise AssertionError("NIfTI decoded on a cached run")
+
+    monkeypatch.setattr(slices_mod, "read_volume", boom)
+    monkeypatch.setattr("nibabel.load", boom)
+    second = make_dm(root, tmp_path)
+    assert second.nifti_reads == 0
+    a, b = first.datasets["train"][0], second.datasets["train"][0]
+    assert torch.equal(a["image"], b["image"]) and a["subject"] == b["subject"]
+
+
+def test_bad_options(root, tmp_path):
+    with pytest.raises(ValueError, match="data.modalities"):
+        BratsSliceDataModule(root=str(root), modalities=["dwi"])
+    with pytest.raises(ValueError, match="data.target"):
+        BratsSliceDataModule(root=str(root), target="all")
+
+
+def test_transform_aug_adds_extra(root, tmp_path):
+    dm = make_dm(root, tmp_path, aug={"_target_": "synthmed.augment.TransformAugmenter", "extra": 6})
+    base = make_dm(root, tmp_path)
+    assert len(dm.datasets["train"]) == len(base.datasets["train"]) + 6
+    extra = dm.datasets["train"][len(dm.datasets["train"]) - 1]
+    assert extra["image"].shape == (4, 16, 16) and extra["label"].dtype == torch.int64
+    assert set(extra["seg"].unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.equal(extra["label"], (extra["seg"] > 0).long())
+    again = make_dm(root, tmp_path, aug=TransformAugmenter(extra=6))
+    assert torch.equal(again.datasets["train"][len(again.datasets["train"]) - 1]["image"], extra["image"])
+    none = make_dm(root, tmp_path, aug={"_target_": "synthmed.augment.NoAugment", "name": "none", "extra": 0})
+    assert len(none.datasets["train"]) == len(base.datasets["train"])
+
+
+def test_transform_aug_generic_rgb():
+    items = [{"image": torch.rand(3, 16, 16), "label": (torch.rand(16, 16) > 0.5).long()} for _ in range(3)]
+    out = TransformAugmenter(extra=4).extra_samples(items, seed=0)
+    assert len(out) == 4 and out[0]["image"].shape == (3, 16, 16) and out[0]["label"].shape == (16, 16)
+    assert set(out[0]["label"].unique().tolist()) <= {0, 1}
+
+
+def test_invalid_subject_raises_or_is_skipped(tmp_path):
+    root = tmp_path / "root"
+    for i in range(4):
+        write_subject(root, f"S{i}", seed=i)
+    write_subject(root, "Broken", skip=("t2",))
+    with pytest.raises(FileNotFoundError, match="Broken.*t2"):
+        make_dm(root, tmp_path / "a")
+    with pytest.warns(UserWarning, match="Broken"):
+        dm = make_dm(root, tmp_path / "b", skip_invalid=True)
+    assert "Broken" not in sum(dm.splits.values(), [])

@@ -1,0 +1,147 @@
+"""Real (tiny) Blender renders through synthmed.render: contract, determinism, resume, occlusion, config."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# find, don't import: bpy must only ever be imported in the render workers
+if importlib.util.find_spec("bpy") is None:
+    pytest.skip("bpy is not installed", allow_module_level=True)
+
+from synthmed.render import RenderConfigError, dataset_name, render_dataset  # noqa: E402
+from synthmed.render.config import param_names, resolve_config  # noqa: E402
+
+TINY = {"resolution": 48, "num_frames": 6, "samples": 2, "min_visible_pixels": 4, "lesion_probability": 0.8,
+        "preview_frames": 4, "engine": {"adaptive_min_samples": 1}}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for sub in ("images", "masks"):
+        for p in sorted((root / sub).glob("*.png")):
+            out[f"{sub}/{p.name}"] = p.read_bytes()
+    out["manifest.csv"] = (root / "manifest.csv").read_bytes()
+    return out
+
+
+def _rows(root: Path) -> list[dict]:
+    with (root / "manifest.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean")
+    render_dataset({**TINY, "workers": 1}, out, progress=False)
+    return out
+
+
+def test_contract(clean):
+    for name in ("manifest.csv", "dataset.yaml", "preview.png"):
+        assert (clean / name).exists(), name
+    rows = _rows(clean)
+    assert len(rows) == TINY["num_frames"]
+    assert not (set(param_names(resolve_config(TINY))) - set(rows[0])), "manifest lacks sampled parameters"
+    assert {"id", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y1"} <= set(rows[0])
+    assert len({r["seed"] for r in rows}) == len(rows)
+    for r in rows:
+        img = np.array(Image.open(clean / "images" / f"{r['id']}.png"))
+        mask = np.array(Image.open(clean / "masks" / f"{r['id']}.png"))
+        assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+        assert mask.shape == (48, 48)
+        assert set(np.unique(mask)) <= {0, 255}
+        visible = int((mask == 255).sum())
+        assert visible == int(r["visible_pixels"])
+        assert int(r["label"]) == int(visible >= TINY["min_visible_pixels"])
+        if visible:
+            ys, xs = np.nonzero(mask)
+            assert [int(r[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")] == \
+                [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert any(int(r["label"]) for r in rows), "no visible lesion in the tiny set: test is not meaningful"
+    meta = (clean / "dataset.yaml").read_text()
+    assert "blender_version" in meta and "synthmed_version" in meta
+
+
+def test_workers_identical(clean, tmp_path):
+    render_dataset({**TINY, "workers": 2}, tmp_path, progress=False)
+    assert _files(tmp_path) == _files(clean)
+
+
+def test_shards_merge(clean, tmp_path):
+    render_dataset({**TINY, "workers": 1, "num_shards": 2, "shard": 1}, tmp_path, progress=False)
+    assert not (tmp_path / "manifest.csv").exists()  # shard 0's frames are still missing
+    render_dataset({**TINY, "workers": 1, "num_shards": 2, "shard": 0}, tmp_path, progress=False)
+    assert _files(tmp_path) == _files(clean) and (tmp_path / "dataset.yaml").exists()
+
+
+def test_rerun_skips_finished(clean):
+    before = {p: p.stat().st_mtime_ns for p in (clean / "images").glob("*.png")}
+    t = time.time()
+    render_dataset({**TINY, "workers": 1}, clean, progress=False)
+    assert time.time() - t < 5
+    assert before == {p: p.stat().st_mtime_ns for p in (clean / "images").glob("*.png")}
+
+
+def test_resume_after_kill(clean, tmp_path):
+    cfg = {**TINY, "workers": 1, "engine": {"adaptive_min_samples": 1}}
+    script = textwrap.dedent(f"""
+        from synthmed.render import render_dataset
+        if __name__ == "__main__":
+            render_dataset({cfg!r}, {str(tmp_path)!r}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list((tmp_path / "frames").glob("*.json"))) < 2:
+            time.sleep(0.05)
+        assert proc.poll() is None, "render finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the render and its worker, mid-way
+        proc.wait()
+    assert not (tmp_path / "manifest.csv").exists()
+    for p in (tmp_path / "images").glob("*.png"):
+        Image.open(p).load()  # every PNG on disk decodes
+    render_dataset(cfg, tmp_path, progress=False)
+    assert len(_rows(tmp_path)) == TINY["num_frames"]
+    assert _files(tmp_path) == _files(clean)
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_hidden_lesion_not_in_mask(tmp_path):
+    # a lesion placed on the wall along a ray 150% of the half-FOV off axis, i.e. behind the camera's view
+    cfg = {**TINY, "num_frames": 2, "workers": 1,
+           "overrides": {"lesion.present": 1, "lesion.view_offaxis": 2.2, "lesion.type": "sessile",
+                         "lesion.size_mm": 6.0, "camera.fov_deg": 130.0}}
+    render_dataset(cfg, tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    for r in rows:
+        assert r["lesion.present"] == "1" and r["lesion.placed"] == "1"
+        assert int(r["visible_pixels"]) == 0 and r["label"] == "0"
+        assert not np.array(Image.open(tmp_path / "masks" / f"{r['id']}.png")).any()
+
+
+def test_dataset_name_and_bad_key():
+    assert dataset_name({**TINY, "workers": 1}) == dataset_name({**TINY, "workers": 3, "threads": 2, "shard": 0})
+    assert dataset_name(TINY) != dataset_name({**TINY, "seed": 1})
+    with pytest.raises(RenderConfigError, match="render.engine.sampels"):
+        resolve_config({"engine": {"sampels": 3}})
+    with pytest.raises(RenderConfigError, match="render.overrides.lesion.sise_mm"):
+        resolve_config({"overrides": {"lesion.sise_mm": 3}})
+
+
+def test_import_is_lazy():
+    code = "import sys, synthmed.render; assert 'bpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
