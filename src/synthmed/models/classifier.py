@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from synthmed.models.base import SplitMetricsModule
 from synthmed.visual import log_image
 
 LOSSES = ("cross_entropy", "mse_softmax")
 
 
-class LesionClassifier(L.LightningModule):
+class LesionClassifier(SplitMetricsModule):
     """Wraps a plain classification net (e.g. `LesionCNN`).
 
     loss: `cross_entropy` (default) or `mse_softmax`, the study's mean squared error between the softmax and
@@ -88,19 +88,8 @@ class LesionClassifier(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_metrics(self, key: str) -> None:
-        values = self.metrics[key].compute()
-        self.log_dict({k.replace("train_/", "train/"): v for k, v in values.items()}, prog_bar=key == "val")
-        self.metrics[key].reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train_")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        super().on_test_epoch_end()
         self._log_confusion(self.confusion.compute().cpu().numpy())
         self.confusion.reset()
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from synthmed.models.base import SplitMetricsModule
 from synthmed.visual import log_image
 
 MULTICLASS_REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
@@ -43,7 +43,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - dice[1:].mean()
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(SplitMetricsModule):
     def __init__(
         self,
         net: nn.Module,
@@ -107,14 +107,6 @@ class SegmentationModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test", batch_idx)
-
-    def _log_metrics(self, key: str) -> None:
-        values = self.metrics[key].compute()
-        self.log_dict({k.replace("train_/", "train/"): v for k, v in values.items()}, prog_bar=key == "val")
-        self.metrics[key].reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train_")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
