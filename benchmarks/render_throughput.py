@@ -6,7 +6,9 @@ pipeline: render_dataset (spawned workers, scene built once per worker, one rend
           object-index mask, sidecars, manifest).
 naive:    per frame, a new scene built from scratch, one full-quality render for the RGB and a second
           full-quality render for the mask; PNGs + manifest (one process, all threads).
-Prints ONE JSON line: both frames/s, their ratio, peak RSS (MiB) at the start and end of the pipeline run.
+Prints ONE JSON line: both frames/s, their ratio, the main process's peak RSS (MiB) at the start and end of
+the pipeline run, and the render workers' RSS over the first and the last tenth of the frames (flat memory
+over a long run: `--frames 2000 --skip-naive`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +31,47 @@ def _rss_mib(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def _children_rss_mib() -> float:
+    """Resident memory of this process's child processes (the render workers), from /proc."""
+    me, total = str(os.getpid()), 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024.0
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+class RssTrack(threading.Thread):
+    """Samples the workers' total RSS against the number of frames finished, every `interval` seconds."""
+
+    def __init__(self, frames_dir: Path, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.frames_dir, self.interval, self.samples = frames_dir, interval, []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            done = len(os.listdir(self.frames_dir)) if self.frames_dir.is_dir() else 0
+            rss = _children_rss_mib()
+            if rss > 0:
+                self.samples.append((done, rss))
+
+    def summary(self, frames: int) -> dict:
+        """Workers' RSS over the first and the last tenth of the frames: flat memory means equal figures."""
+        s = [(d, r) for d, r in self.samples if d > 0]
+        if len(s) < 4:
+            return {}
+        early = [r for d, r in s if d <= frames * 0.1] or [s[0][1]]
+        late = [r for d, r in s if d >= frames * 0.9] or [s[-1][1]]
+        return {"workers_rss_mib_first_10pct": round(max(early), 1), "workers_rss_mib_last_10pct": round(max(late), 1),
+                "workers_rss_mib_max": round(max(r for _, r in s), 1), "rss_samples": len(s)}
 
 
 def naive(cfg: dict, out: str, queue) -> None:
@@ -66,6 +110,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--rss-interval", type=float, default=2.0, help="seconds between samples of the workers' RSS")
     args = ap.parse_args()
 
     from synthmed.render import render_dataset
@@ -74,9 +119,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="render_bench_"))
     try:
         rss_start = _rss_mib("VmHWM")
+        track = RssTrack(tmp / "pipeline" / "frames", args.rss_interval)
+        track.start()
         t0 = time.perf_counter()
         render_dataset(cfg, tmp / "pipeline", progress=False)
         t_pipe = time.perf_counter() - t0
+        track.stop.set()
         rss_end = _rss_mib("VmHWM")
         workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         # steady state (what a long run converges to): frames finished after each worker's first one,
@@ -90,7 +138,7 @@ def main() -> None:
             "pipeline_fps": round(args.frames / t_pipe, 3), "pipeline_s": round(t_pipe, 2),
             "pipeline_fps_steady": None if steady is None else round(steady, 3),
             "main_peak_rss_mib_start": round(rss_start, 1), "main_peak_rss_mib_end": round(rss_end, 1),
-            "worker_peak_rss_mib": round(workers_peak, 1),
+            "worker_peak_rss_mib": round(workers_peak, 1), **track.summary(args.frames),
         }
         if not args.skip_naive:
             (tmp / "naive" / "images").mkdir(parents=True)

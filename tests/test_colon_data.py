@@ -36,6 +36,35 @@ def test_rendered_layout_batches(frames_dir, task):
     assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 40
 
 
+def test_flips_move_image_and_mask_together_on_train_only(frames_dir):
+    import torch
+
+    plain = ColonFramesDataModule(root=str(frames_dir), task="segmentation", image_size=32, flips=False)
+    flipped = ColonFramesDataModule(root=str(frames_dir), task="segmentation", image_size=32, flips=True)
+    plain.setup()
+    flipped.setup()
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(len(plain.splits["train"])):
+        a, b = plain.splits["train"][i], flipped.splits["train"][i]
+        # the one of the 8 flips / quarter turns that maps the image also maps the mask
+        matches = [(k, f) for k in range(4) for f in range(2)
+                   if torch.equal(_dihedral(a["image"], k, f, (1, 2)), b["image"])]
+        assert matches, f"train item {i} is not a flip / quarter turn of the frame"
+        assert any(torch.equal(_dihedral(a["label"], k, f, (0, 1)), b["label"]) for k, f in matches)
+        seen.add(matches[0])
+    assert len(seen) > 1  # random per item
+    for split in ("val", "test"):  # evaluation frames are never flipped
+        assert torch.equal(plain.splits[split][0]["image"], flipped.splits[split][0]["image"])
+
+
+def _dihedral(x, k, flip, dims):
+    import torch
+
+    y = torch.rot90(x, k, dims)
+    return y.flip(dims[1]) if flip else y
+
+
 def test_imagefolder_and_kvasir_layouts(frames_dir, tmp_path):
     _, rows = read_frame_index(frames_dir)
     for row in rows:

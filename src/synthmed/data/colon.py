@@ -26,15 +26,23 @@ class FrameDataset(Dataset):
     `label` is the class (int64 scalar) for classification, the 0/1 mask (int64 HxW) for segmentation.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str]) -> None:
-        self.images, self.targets, self.ids = images, targets, ids
+    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str], flips: bool = False) -> None:
+        self.images, self.targets, self.ids, self.flips = images, targets, ids, flips
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255.0).sub_(0.5).div_(0.5)
-        return {"image": image, "label": torch.as_tensor(self.targets[i]).long(), "id": self.ids[i]}
+        label = torch.as_tensor(self.targets[i]).long()
+        if self.flips:  # a random one of the 8 flips/quarter turns (an endoscope rolls freely), mask alike
+            k, flip = (int(v) for v in torch.randint(0, 4, (2,)))
+            image = torch.rot90(image, k, (1, 2))
+            image = image.flip(2) if flip % 2 else image
+            if label.ndim == 2:
+                label = torch.rot90(label, k, (0, 1))
+                label = label.flip(1) if flip % 2 else label
+        return {"image": image, "label": label, "id": self.ids[i]}
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -127,6 +135,7 @@ class ColonFramesDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         split_seed: int | None = 0,
         num_workers: int = 0,
+        flips: bool = False,
     ) -> None:
         super().__init__()
         if task not in ("classification", "segmentation"):
@@ -139,6 +148,7 @@ class ColonFramesDataModule(L.LightningDataModule):
         self.fractions = (float(val_fraction), float(test_fraction))
         self.split_seed = 0 if split_seed is None else int(split_seed)
         self.splits: dict[str, FrameDataset] = {}
+        self.flips = bool(flips)
 
     @staticmethod
     def _rendered_root(data_dir: str, render: Mapping | None) -> Path | None:
@@ -209,7 +219,8 @@ class ColonFramesDataModule(L.LightningDataModule):
         train, val, test = stratified_split(strata, *self.fractions, seed=self.split_seed)
         ids = [r["id"] for r in rows]
         for name, idx in (("train", train), ("val", val), ("test", test)):
-            self.splits[name] = FrameDataset(images[idx], targets[idx], [ids[i] for i in idx])
+            self.splits[name] = FrameDataset(images[idx], targets[idx], [ids[i] for i in idx],
+                                             flips=self.flips and name == "train")
         log.info("frames from %s (%s): train %d, val %d, test %d", self.root, layout, len(train), len(val), len(test))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

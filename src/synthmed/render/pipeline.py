@@ -58,9 +58,24 @@ def _frame_done(out: Path, index: int) -> bool:
 _STATE: dict[str, Any] = {}
 
 
-def _worker_init(cfg: dict, out: str, threads: int, scratch: str) -> None:
+def _pin_worker(threads: int, workers: int) -> None:
+    """Give this worker its own `threads` cores before bpy is imported. Blender's task scheduler sizes itself
+    from the affinity mask; unpinned, each worker keeps an idle scheduler thread spinning on a core the
+    other workers need (measured: ~0.4 s of CPU per frame wasted at 1 thread a worker)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    ident = mp.current_process()._identity
+    if not ident or workers * threads > len(cores):
+        return
+    k = (ident[-1] - 1) % workers
+    os.sched_setaffinity(0, cores[k * threads:(k + 1) * threads])
+
+
+def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int = 1) -> None:
     # an exception here would make the Pool respawn workers forever: keep it and raise it per frame
     try:
+        _pin_worker(threads, workers)
         # Blender prints a line per render ("Saved: ...") on stdout: keep the progress bar readable
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
@@ -137,7 +152,7 @@ def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     bar = tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress, smoothing=0.1)
     ctx = mp.get_context("spawn")
     scratch = out / SCRATCH / str(os.getpid())  # per run: concurrent shards never remove each other's
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(c, str(out), threads, str(scratch))) as pool:
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(c, str(out), threads, str(scratch), workers)) as pool:
         try:
             for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
                 bar.update(1)
