@@ -21,9 +21,12 @@ def _phantom_child(data_dir: str, n: int, queue) -> None:
     t0 = time.perf_counter()
     load_template()
     t1 = time.perf_counter()
-    generate_cohort(PhantomConfig(num_subjects=n, workers=1), data_dir, progress=False)
+    root = generate_cohort(PhantomConfig(num_subjects=n, workers=1), data_dir, progress=False)
     t2 = time.perf_counter()
-    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1,
+    # steady state: between the first and the last subject's finish (the first pays torch/scipy warm-up)
+    done = sorted(max(f.stat().st_mtime for f in d.iterdir()) for d in Path(root).glob("BraTSPhantom_*"))
+    steady = (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else None
+    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1, "steady_s": steady,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -72,6 +75,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "brats_data", "subjects": args.subjects, "image_size": args.image_size,
         "phantom_s_per_subject": round(phantom["generate_s"] / args.subjects, 2),
+        "phantom_s_per_subject_steady": None if phantom["steady_s"] is None else round(phantom["steady_s"], 2),
         "phantom_template_load_s": round(phantom["template_load_s"], 2),
         "phantom_peak_rss_mb": round(phantom["peak_rss_mb"], 1),
         "cached_slices": n_cached,

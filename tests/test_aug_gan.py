@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from test_brats_slices import make_dm, root  # noqa: F401  (root is a fixture)
 
-from synthmed.augment.gan import GanAugmenter
+from synthmed.augment.gan import CombinedAugmenter, GanAugmenter
 
 DCGAN = {"_target_": "synthmed.models.dcgan.TumourLabelGAN", "image_size": 32, "g_channels": 8, "d_channels": 8}
 PIX2PIX = {"_target_": "synthmed.models.pix2pix.BrainSliceTranslator", "image_size": 32, "out_channels": 4,
@@ -90,3 +96,82 @@ def test_gan_transform_adds_both_kinds(root, tmp_path):  # noqa: F811
     assert len(train) == len(base.datasets["train"]) + 7
     added = [train[i]["subject"] for i in range(len(base.datasets["train"]), len(train))]
     assert added.count("synthetic") == 4
+
+
+def test_generators_leave_the_global_random_stream_alone(root, tmp_path):  # noqa: F811
+    """Training the generators (first run) and reading them from the cache (later runs) leave the U-Net the
+    same random stream: the same config + seed give the same numbers whether or not the cache existed."""
+
+    def draw() -> tuple:
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    def seed() -> None:
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
+
+    seed()
+    expected = draw()
+    for _ in range(2):  # trains and caches, then reuses
+        seed()
+        make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, extra=3))
+        got = draw()
+        assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_generators_depend_on_their_cache_key_not_on_the_callers_rng(root, tmp_path):  # noqa: F811
+    """Two fresh caches, different global RNG states before: the same generators and pairs."""
+    trained = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        cache = tmp_path / f"cache{caller_seed}"
+        dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(cache, extra=3))
+        (folder,) = (cache / "gan").iterdir()
+        trained.append((torch.load(folder / "dcgan.pt", weights_only=True), dm.datasets["train"]))
+    (first, train_a), (second, train_b) = trained
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(train_a[len(train_a) - i]["image"], train_b[len(train_b) - i]["image"]) for i in (1, 2, 3))
+
+
+def ci_datamodule(brats_root, data_dir, aug: str):
+    """The brats_seg experiment's datamodule at scale=ci, composed from the real configs."""
+    overrides = ["experiment=brats_seg", "scale=ci", f"aug={aug}", f"data.root={brats_root}",
+                 f"paths.data_dir={data_dir}"]
+    if aug != "none":  # one-epoch generators on the tiny fixture: relax the degeneracy rule (as the notebook does)
+        overrides += ["aug.min_tumour_pixels=0", "aug.max_tumour_fraction=1.0"]
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    return dm, cfg
+
+
+def test_synthetic_only_trains_on_the_gan_pairs_alone(root, tmp_path):  # noqa: F811
+    real, _ = ci_datamodule(root, tmp_path, "none")
+    synth, cfg = ci_datamodule(root, tmp_path, "synthetic_only")
+    n, n_real = int(cfg.aug.extra), len(real.datasets["train"])
+    assert cfg.aug.name == "synthetic_only" and n > 0 and n_real > 0
+    train = synth.datasets["train"]
+    assert len(train) == n and synth.describe()["train_items"] == {"real": 0, "extra": n}
+    assert [train[i]["subject"] for i in range(n)] == ["synthetic"] * n
+    assert all(train[i]["image"].shape == (4, 64, 64) for i in range(n))
+    # the generators learnt from the real training split: aug=gan (real + pairs) reuses the same cache folder
+    gan, _ = ci_datamodule(root, tmp_path, "gan")
+    assert gan.describe()["train_items"] == {"real": n_real, "extra": n}
+    assert len(list((tmp_path / "gan").iterdir())) == 1
+    for i in range(n):
+        assert torch.equal(train[i]["image"], gan.datasets["train"][n_real + i]["image"])
+    assert len(synth.real_train) == n_real
+    for split in ("val", "test"):  # validation and test stay the real slices
+        a, b = real.datasets[split], synth.datasets[split]
+        assert len(a) == len(b) > 0
+        assert [(a[i]["subject"], a[i]["slice"]) for i in range(len(a))] == \
+            [(b[i]["subject"], b[i]["slice"]) for i in range(len(b))]
+        assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in range(len(a)))
+
+
+def test_replace_real_needs_samples_and_belongs_to_the_whole_regime():
+    with pytest.raises(ValueError, match="aug.replace_real=true needs aug.extra > 0"):
+        GanAugmenter(extra=0, dcgan=DCGAN, pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1, replace_real=True)
+    part = {"_target_": "synthmed.augment.TransformAugmenter", "extra": 2, "replace_real": True}
+    with pytest.raises(ValueError, match="aug.parts.transform.replace_real=true"):
+        CombinedAugmenter(parts={"transform": part})

@@ -128,3 +128,44 @@ def test_invalid_subject_raises_or_is_skipped(tmp_path):
     with pytest.warns(UserWarning, match="Broken"):
         dm = make_dm(root, tmp_path / "b", skip_invalid=True)
     assert "Broken" not in sum(dm.splits.values(), [])
+
+
+def test_tumour_slices_show_tumour_at_the_training_size(tmp_path):
+    """A tumour of one voxel vanishes when 32 px become 8: that slice is tumour-free at the size the
+    model sees, so it is neither served as a tumour slice nor counted as one."""
+    import nibabel as nib
+
+    root = tmp_path / "root"
+    for i in range(4):
+        write_subject(root, f"S{i}", seed=i, tumour_slices=(4, 8))
+    seg_file = root / "S0" / "S0_seg.nii.gz"
+    seg = np.asarray(nib.load(str(seg_file)).dataobj).copy()
+    seg[16, 16, 10] = 2  # nearest-exact 32 -> 8 samples rows/columns 2, 6, ..., 30: never 16
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(seg_file))
+    dm = make_dm(root, tmp_path / "data", image_size=8, val_fraction=0.25, test_fraction=0.25)
+    for split, ds in dm.datasets.items():
+        assert all(ds[i]["seg"].any() for i in range(len(ds))), split
+        assert all(ds[i]["slice"] in range(4, 8) for i in range(len(ds))), split
+    cached = slices_mod._CachedSubject(dm._subject_dir(dm.subject("S0")), "S0")
+    assert 10 in cached.slices.tolist() and not cached.tumour[cached.slices.tolist().index(10)]
+
+
+def test_empty_fraction_is_served_or_refused(root, tmp_path):
+    dm = make_dm(root, tmp_path, empty_fraction=0.5)
+    for split, ds in dm.datasets.items():
+        with_tumour = sum(int(ds[i]["seg"].any()) for i in range(len(ds)))
+        assert with_tumour == len(ds) - with_tumour, split  # half and half, val and test included
+    with pytest.raises(ValueError, match=r"data.empty_fraction=0.6 must be in \[0, 0.5\]"):
+        BratsSliceDataModule(root=str(root), empty_fraction=0.6)
+
+
+def test_extra_samples_of_the_wrong_shape_fail_naming_the_regime(root, tmp_path):
+    class ThreeChannels(TransformAugmenter):  # e.g. a generator trained for other modalities
+        name = "three_channels"
+
+        def extra_samples(self, dataset, seed=0):
+            return [{"image": torch.zeros(3, 16, 16), "seg": torch.zeros(16, 16), "brain": torch.ones(1, 16, 16)}]
+
+    with pytest.raises(ValueError, match=r"aug=three_channels: extra sample 0 has image shape \(3, 16, 16\), "
+                                         r"the real slices \(4, 16, 16\)"):
+        make_dm(root, tmp_path, aug=ThreeChannels(extra=1))

@@ -68,8 +68,10 @@ class EmbeddingAnalysis:
         datamodule.setup("fit")
         train = datamodule.datasets["train"]
         items = [train[i] for i in range(len(train))]
-        real = [it for it in items if it["subject"] != "synthetic"]
         synthetic = [it for it in items if it["subject"] == "synthetic"]
+        # the real slices the generators learnt from (also under aug=synthetic_only, where train holds none)
+        real_set = getattr(datamodule, "real_train", None) or train
+        real = [it for it in (real_set[i] for i in range(len(real_set))) if it["subject"] != "synthetic"]
         if not synthetic:
             raise ValueError("brats_embed needs synthetic slices: run it with aug=gan (aug.extra > 0)")
 

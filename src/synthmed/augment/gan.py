@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+import os
+import random
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from synthmed.utils import atomic_path, config_hash, to_plain
 
 log = logging.getLogger(__name__)
 
+CACHE_VERSION = 2  # part of the cache key; 2: generators seeded before their weights are initialised
+
 
 def _training_slices(dataset: Dataset) -> dict[str, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]
@@ -38,6 +43,29 @@ def _digest(arrays: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(arrays[key].contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _global_rng_untouched() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global RNG states (and Lightning's seed variables) on exit.
+
+    Training the generators reseeds and draws from the global RNGs; a later run that reads the cache does
+    not. Without this, the U-Net after `aug=gan` would train on a different random stream depending on
+    whether the cache existed, and the same config + seed would not give the same numbers.
+    """
+    states = random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 class GanAugmenter(Augmenter):
@@ -59,8 +87,9 @@ class GanAugmenter(Augmenter):
         max_tumour_fraction: float = 0.5,
         max_tries: int = 20,
         name: str | None = None,
+        replace_real: bool = False,
     ) -> None:
-        super().__init__(extra, name)
+        super().__init__(extra, name, replace_real)
         self.dcgan_cfg, self.pix2pix_cfg = to_plain(dcgan), to_plain(pix2pix)
         self.epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
         self.batch_size, self.cache_dir = int(batch_size), Path(cache_dir)
@@ -74,10 +103,13 @@ class GanAugmenter(Augmenter):
         import lightning as L
         from hydra.utils import instantiate
 
+        # seeded before the weights are initialised: a generator depends on its cache key alone, never on
+        # what the caller drew from the global RNG before (e.g. the width of the U-Net it augments for)
+        L.seed_everything(seed, workers=True, verbose=False)
         module = instantiate(self.dcgan_cfg if kind == "dcgan" else self.pix2pix_cfg)
         if path.exists():
             module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log.info("aug=gan: reusing the cached %s generator %s", kind, path)
+            log.info("aug=%s: reusing the cached %s generator %s", self.name, kind, path)
             return module
         if self.generators and self.generators.get(kind):
             given = Path(self.generators[kind])
@@ -86,7 +118,6 @@ class GanAugmenter(Augmenter):
             state = torch.load(given, map_location="cpu", weights_only=True)
             module.load_state_dict(state.get("state_dict", state))
             return module
-        L.seed_everything(seed, workers=True, verbose=False)
         items = [{k: v[i] for k, v in data.items()} for i in range(len(data["seg"]))]
         if kind == "dcgan":  # the tumour generator learns from slices that show tumour
             items = [item for item in items if item["seg"].any()]
@@ -94,7 +125,8 @@ class GanAugmenter(Augmenter):
         trainer = L.Trainer(max_epochs=self.epochs[kind], accelerator="cpu", logger=False, deterministic=True,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
                             default_root_dir=str(path.parent), num_sanity_val_steps=0, limit_val_batches=0)
-        log.info("aug=gan: training the %s generator on %d slices (%d epochs)", kind, len(items), self.epochs[kind])
+        log.info("aug=%s: training the %s generator on %d real slices (%d epochs)", self.name, kind, len(items),
+                 self.epochs[kind])
         trainer.fit(module, loader)
         with atomic_path(path) as tmp:
             torch.save(module.state_dict(), tmp)
@@ -123,9 +155,9 @@ class GanAugmenter(Augmenter):
             kept_brain.append(brain[ok][:need])
         seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
         if len(seg) < self.extra:
-            raise RuntimeError(f"aug=gan: only {len(seg)} of aug.extra={self.extra} sampled label maps passed the "
-                               f"degeneracy rule after {self.max_tries} tries; train the tumour generator longer "
-                               f"or relax aug.min_tumour_pixels / aug.max_tumour_fraction")
+            raise RuntimeError(f"aug={self.name}: only {len(seg)} of aug.extra={self.extra} sampled label maps "
+                               f"passed the degeneracy rule after {self.max_tries} tries; train the tumour generator "
+                               f"longer or relax aug.min_tumour_pixels / aug.max_tumour_fraction")
         with torch.no_grad():
             images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
         images = images * brain  # background stays background, as in the real z-scored slices
@@ -136,17 +168,21 @@ class GanAugmenter(Augmenter):
     def extra_samples(self, dataset: Dataset, seed: int = 0) -> list[dict[str, Any]]:
         if self.extra == 0:
             return []
+        with _global_rng_untouched():
+            return self._extra_samples(dataset, seed)
+
+    def _extra_samples(self, dataset: Dataset, seed: int) -> list[dict[str, Any]]:
         data = _training_slices(dataset)
         key = config_hash({"dcgan": self.dcgan_cfg, "pix2pix": self.pix2pix_cfg, "epochs": self.epochs,
                            "batch_size": self.batch_size, "seed": seed, "data": _digest(data),
-                           "generators": self.generators})
+                           "generators": self.generators, "version": CACHE_VERSION})
         folder = self.cache_dir / key
         folder.mkdir(parents=True, exist_ok=True)
         pairs_key = config_hash({"extra": self.extra, "min": self.min_tumour_pixels,
                                  "max": self.max_tumour_fraction, "tries": self.max_tries})
         pairs_path = folder / f"pairs_{pairs_key}.npz"
         if pairs_path.exists():
-            log.info("aug=gan: reusing %s", pairs_path)
+            log.info("aug=%s: reusing %s", self.name, pairs_path)
             pairs = dict(np.load(pairs_path))
         else:
             tumour_gan = self._train("dcgan", data, seed, folder / "dcgan.pt")
@@ -155,7 +191,7 @@ class GanAugmenter(Augmenter):
             with atomic_path(pairs_path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **pairs)
             _save_grid(folder / f"pairs_{pairs_key}.png", pairs)
-        log.info("aug=gan: adding %d synthetic pairs from %s", len(pairs["seg"]), folder)
+        log.info("aug=%s: %d synthetic pairs from %s", self.name, len(pairs["seg"]), folder)
         return [{"image": torch.from_numpy(pairs["image"][i]), "seg": torch.from_numpy(pairs["seg"][i]),
                  "brain": torch.from_numpy(pairs["brain"][i]), "subject": "synthetic", "slice": -1}
                 for i in range(len(pairs["seg"]))]
@@ -182,11 +218,14 @@ class CombinedAugmenter(Augmenter):
 
     name = "combined"
 
-    def __init__(self, parts: Mapping[str, Any], name: str | None = None) -> None:
+    def __init__(self, parts: Mapping[str, Any], name: str | None = None, replace_real: bool = False) -> None:
         from hydra.utils import instantiate
 
         self.parts = {key: part if isinstance(part, Augmenter) else instantiate(part) for key, part in parts.items()}
-        super().__init__(sum(p.extra for p in self.parts.values()), name)
+        inner = [key for key, part in self.parts.items() if getattr(part, "replace_real", False)]
+        if inner:  # the datamodule reads the flag of the regime it was given, never of its parts
+            raise ValueError(f"aug.parts.{inner[0]}.replace_real=true: set aug.replace_real on the combined regime")
+        super().__init__(sum(p.extra for p in self.parts.values()), name, replace_real)
 
     def extra_samples(self, dataset: Dataset, seed: int = 0) -> list[dict[str, Any]]:
         return [item for part in self.parts.values() for item in part.extra_samples(dataset, seed)]

@@ -19,8 +19,8 @@ class TransformAugmenter(Augmenter):
 
     def __init__(self, extra: int = 0, name: str | None = None, flip_prob: float = 0.5, rotate_deg: float = 15.0,
                  scale: float = 0.1, elastic_prob: float = 0.3, elastic_sigma: tuple[float, float] = (6.0, 8.0),
-                 elastic_magnitude: tuple[float, float] = (20.0, 60.0)) -> None:
-        super().__init__(extra, name)
+                 elastic_magnitude: tuple[float, float] = (20.0, 60.0), replace_real: bool = False) -> None:
+        super().__init__(extra, name, replace_real)
         self.flip_prob, self.rotate_deg, self.scale = float(flip_prob), float(rotate_deg), float(scale)
         self.elastic_prob = float(elastic_prob)
         self.elastic_sigma, self.elastic_magnitude = tuple(elastic_sigma), tuple(elastic_magnitude)

@@ -8,7 +8,9 @@ Per subject, the extraction (read NIfTI, z-score each modality within the brain,
         slice.npy (S,) int16 (axial index), tumour.npy (S,) bool, done.json (written last)
 
 Cached slices: every slice with tumour, plus non-tumour brain slices (evenly spaced, as many as there are
-tumour slices) so that `empty_fraction` can be served. A second run with the same settings opens no NIfTI.
+tumour slices) so that `empty_fraction` (up to 0.5) can be served. A slice's tumour flag is read from its
+resized mask, so a "tumour slice" always shows tumour at `image_size` (a few voxels of tumour can vanish
+when 240 px become 64). A second run with the same settings opens no NIfTI.
 
 Items (the batch contract other modules rely on)::
 
@@ -42,7 +44,8 @@ from synthmed.utils import atomic_path, atomic_write_json, config_hash
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: tumour.npy from the resized mask (1: from the full-resolution one)
+MAX_EMPTY_FRACTION = 0.5  # the cache holds at most as many tumour-free slices as tumour slices
 TARGETS = ("wt", "tc", "et", "multiclass")
 # Regions over the mapped labels (1 NCR/NET, 2 ED, 3 ET).
 REGION_CLASSES: dict[str, tuple[int, ...]] = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
@@ -109,8 +112,9 @@ def extract_subject(subject: BratsSubject, modalities: Sequence[str], image_size
     image = _resize(np.moveaxis(images[..., keep], -1, 0), image_size, "bilinear").astype(np.float16)
     seg_s = _resize(np.moveaxis(seg[..., keep], -1, 0)[:, None], image_size, "nearest")[:, 0].astype(np.uint8)
     brain_s = _resize(np.moveaxis(brain[..., keep], -1, 0)[:, None], image_size, "nearest")[:, 0].astype(np.uint8)
+    # the flag describes the mask the model is trained on, not the full-resolution one
     return {"image": image, "seg": seg_s, "brain": brain_s, "slice": keep.astype(np.int16),
-            "tumour": (seg[..., keep] > 0).any(axis=(0, 1))}
+            "tumour": (seg_s > 0).any(axis=(1, 2))}
 
 
 class _CachedSubject:
@@ -171,7 +175,8 @@ class BratsSliceDataModule(L.LightningDataModule):
     Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`); training takes
     `num_train_slices` slices (None: all tumour slices) of which `empty_fraction` have no tumour; val/test
     take all tumour slices of their subjects plus the same share without. `aug` (config with `_target_`
-    or an object with `extra_samples(dataset, seed)`) appends its samples to the training set.
+    or an object with `extra_samples(dataset, seed)`) appends its samples to the training set, or replaces
+    the real slices with them when it has `replace_real=True` (it still learns from the real slices).
     """
 
     def __init__(
@@ -201,8 +206,9 @@ class BratsSliceDataModule(L.LightningDataModule):
             raise ValueError(f"data.modalities={modalities}: choose distinct names from {list(MODALITIES)}")
         if target not in TARGETS:
             raise ValueError(f"data.target={target!r} is not one of {list(TARGETS)}")
-        if not 0.0 <= float(empty_fraction) < 1.0:
-            raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, 1)")
+        if not 0.0 <= float(empty_fraction) <= MAX_EMPTY_FRACTION:
+            raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, {MAX_EMPTY_FRACTION}]: the slice "
+                             "cache keeps at most as many slices without tumour as with")
         if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
             raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
                              "must be >= 0 and leave subjects for training")
@@ -224,7 +230,9 @@ class BratsSliceDataModule(L.LightningDataModule):
         self.subjects: list[BratsSubject] = []
         self.splits: dict[str, list[str]] = {}
         self.datasets: dict[str, Dataset] = {}
-        self.real_train: Dataset | None = None
+        self.real_train: Dataset | None = None  # the real training slices (what an augmenter learns from)
+        self.train_items: dict[str, int] = {}  # {"real": n, "extra": m}: what the training set is made of
+        self._aug_name = "none"
         self.summary: dict[str, Any] = {}
         self.nifti_reads = 0
         self._prepared = False
@@ -325,11 +333,14 @@ class BratsSliceDataModule(L.LightningDataModule):
             for row, has in enumerate(cached.tumour):
                 (tumour if has else empty).append((cached, row))
         f = self.empty_fraction
+        wanted_empty = round(f / (1 - f) * len(tumour)) if count is None else round(f * count)
+        n_empty = min(len(empty), wanted_empty)
+        if n_empty < wanted_empty:
+            warnings.warn(f"data.empty_fraction={f}: only {n_empty} of {wanted_empty} slices without tumour "
+                          f"available in the {name} subjects", UserWarning, stacklevel=3)
         if count is None:
             n_tumour = len(tumour)
-            n_empty = min(len(empty), round(f / (1 - f) * n_tumour))
         else:
-            n_empty = min(len(empty), round(f * count))
             n_tumour = min(len(tumour), count - n_empty)
             if n_tumour + n_empty < count:
                 warnings.warn(f"data.num_train_slices={count}: only {n_tumour + n_empty} slices available "
@@ -352,8 +363,9 @@ class BratsSliceDataModule(L.LightningDataModule):
             raise TypeError(f"aug: {type(aug).__name__} has no extra_samples(dataset, seed)")
         return aug
 
-    def _complete(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        """An augmenter's sample in the item format: the target is derived from `seg` when missing."""
+    def _complete(self, item: Mapping[str, Any], index: int, like: Mapping[str, Any] | None) -> dict[str, Any]:
+        """An augmenter's sample in the item format: the target is derived from `seg` when missing. `like`
+        (a real item) fixes the shapes, so a mismatch fails here, naming the regime, not in a later batch."""
         out = dict(item)
         out["seg"] = torch.as_tensor(out["seg"]).long()
         out["image"] = torch.as_tensor(out["image"]).float()
@@ -363,6 +375,12 @@ class BratsSliceDataModule(L.LightningDataModule):
             out["brain"] = torch.as_tensor(out["brain"]).float()
         out.setdefault("subject", "synthetic")
         out.setdefault("slice", -1)
+        for key in ("image", "label", "seg", "brain") if like is not None else ():
+            got = tuple(out[key].shape) if key in out else None
+            if got != tuple(like[key].shape):
+                raise ValueError(f"aug={self._aug_name}: extra sample {index} has {key} shape {got}, the real "
+                                 f"slices {tuple(like[key].shape)} (data.modalities={self.modalities}, "
+                                 f"data.image_size={self.image_size})")
         return out
 
     def setup(self, stage: str | None = None) -> None:
@@ -376,17 +394,27 @@ class BratsSliceDataModule(L.LightningDataModule):
             self.datasets[name] = BratsSliceDataset(self._rows(self.splits[name], counts[name], rng, name), self.target)
         self.real_train = self.datasets["train"]
         augmenter = self._augmenter()
-        if augmenter is not None:
-            extra = augmenter.extra_samples(self.real_train, seed=self.split_seed)
-            if extra:
-                items = [self._complete(item) for item in extra]
-                self.datasets["train"] = ConcatDataset([self.real_train, _ItemList(items)])
-        log.info("BraTS splits (subjects): %s; slices: %s", {k: len(v) for k, v in self.splits.items()},
-                 {k: len(v) for k, v in self.datasets.items()})
+        self._aug_name = str(getattr(augmenter, "name", "none"))
+        extra: list[dict[str, Any]] = []
+        if augmenter is not None:  # the augmenter learns from (or transforms) the real training slices
+            like = self.real_train[0] if len(self.real_train) else None
+            samples = augmenter.extra_samples(self.real_train, seed=self.split_seed)
+            extra = [self._complete(item, i, like) for i, item in enumerate(samples)]
+        replace_real = bool(getattr(augmenter, "replace_real", False))
+        if replace_real and not extra:
+            raise ValueError(f"aug={self._aug_name} has replace_real=true but made no samples: no training data")
+        # the training set: the real slices + the augmenter's samples, or its samples alone (replace_real)
+        parts = ([] if replace_real else [self.real_train]) + ([_ItemList(extra)] if extra else [])
+        self.datasets["train"] = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        self.train_items = {"real": 0 if replace_real else len(self.real_train), "extra": len(extra)}
+        log.info("BraTS splits (subjects): %s; slices: %s; training set: %d real + %d extra slices (aug=%s)",
+                 {k: len(v) for k, v in self.splits.items()}, {k: len(v) for k, v in self.datasets.items()},
+                 self.train_items["real"], self.train_items["extra"], self._aug_name)
 
     def describe(self) -> dict[str, Any]:
         return {"subjects": self.summary, "splits": {k: len(v) for k, v in self.splits.items()},
-                "slices": {k: len(v) for k, v in self.datasets.items()}, "cache": str(self.cache_root())}
+                "slices": {k: len(v) for k, v in self.datasets.items()}, "train_items": dict(self.train_items),
+                "cache": str(self.cache_root())}
 
     # ---- loaders -------------------------------------------------------------------------------
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
