@@ -1,7 +1,14 @@
 """BraTS data speed: phantom generation (s/subject, peak memory of one worker) and slice loading from the
 .npy cache vs decoding NIfTI. Prints one JSON line.
 
-    python benchmarks/brats_data.py [--subjects 3] [--image-size 128] [--data-dir /tmp/brats_bench]
+    python benchmarks/brats_data.py [--subjects 4] [--workers 1] [--image-size 128] [--data-dir /tmp/brats_bench]
+
+phantom_*: a cohort of --subjects generated in --workers processes (1 thread each), in a fresh process;
+  s_per_subject = wall time / subjects, steady = between the first and the last subject's finish.
+nifti_per_item_slices_per_s: what a loader without a cache pays: per item, decode the subject's five
+  NIfTI files, z-score, take the slice and resize it (measured on --per-item items).
+nifti_bulk_slices_per_s: decoding whole subjects and keeping every cached slice (the first run's cost).
+cache_slices_per_s: items from the memory-mapped cache, as the training loader reads them.
 """
 
 from __future__ import annotations
@@ -15,24 +22,30 @@ from multiprocessing import get_context
 from pathlib import Path
 
 
-def _phantom_child(data_dir: str, n: int, queue) -> None:
+def _phantom_child(data_dir: str, n: int, workers: int, queue) -> None:
+    import torch
+
     from synthmed.data.brats.phantom import PhantomConfig, generate_cohort, load_template
 
+    torch.set_num_threads(1)  # as generate_cohort's worker processes run
     t0 = time.perf_counter()
     load_template()
     t1 = time.perf_counter()
-    root = generate_cohort(PhantomConfig(num_subjects=n, workers=1), data_dir, progress=False)
+    root = generate_cohort(PhantomConfig(num_subjects=n, workers=workers), data_dir, progress=False)
     t2 = time.perf_counter()
-    # steady state: between the first and the last subject's finish (the first pays torch/scipy warm-up)
+    # steady state: from the moment every worker has finished its first subject (which pays the process
+    # start and the torch/scipy warm-up) to the last finish
     done = sorted(max(f.stat().st_mtime for f in d.iterdir()) for d in Path(root).glob("BraTSPhantom_*"))
-    steady = (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else None
-    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1, "steady_s": steady,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    steady = (done[-1] - done[workers - 1]) / (len(done) - workers) if len(done) > workers else None
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1, "steady_s": steady, "peak_rss_mb": peak / 1024})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="phantom processes (the cohort default is 2)")
+    parser.add_argument("--per-item", type=int, default=8, help="items decoded from NIfTI one by one")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
@@ -43,7 +56,7 @@ def main() -> None:
         sys.exit(f"{data_dir} already holds a cohort or cache; give an empty --data-dir to measure generation")
     ctx = get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_phantom_child, args=(str(data_dir), args.subjects, queue))
+    proc = ctx.Process(target=_phantom_child, args=(str(data_dir), args.subjects, args.workers, queue))
     proc.start()
     phantom = queue.get()
     proc.join()
@@ -51,7 +64,7 @@ def main() -> None:
     import numpy as np
 
     from synthmed.data.brats.phantom import PhantomConfig, cohort_dir
-    from synthmed.data.brats.slices import BratsSliceDataModule, extract_subject
+    from synthmed.data.brats.slices import BratsSliceDataModule, _resize, extract_subject, preprocess_volumes
 
     root = cohort_dir(PhantomConfig(num_subjects=args.subjects), data_dir)
     dm = BratsSliceDataModule(root=str(root), data_dir=str(data_dir), image_size=args.image_size,
@@ -67,6 +80,16 @@ def main() -> None:
         extract_subject(s, dm.modalities, dm.image_size)
     nifti_only_s = time.perf_counter() - t0
     ds = dm.datasets["train"]
+    # A loader without a cache: every item decodes its subject's volumes and keeps one slice.
+    picks = np.random.default_rng(0).choice(len(ds), size=min(args.per_item, len(ds)), replace=False)
+    t0 = time.perf_counter()
+    for i in picks:
+        cached, row = ds.rows[int(i)]
+        images, _, seg = preprocess_volumes(dm.subject(cached.subject), dm.modalities)
+        z = int(cached.slices[row])
+        _resize(images[None, ..., z], dm.image_size, "bilinear")
+        _resize(seg[None, None, ..., z].astype(np.float32), dm.image_size, "nearest")
+    per_item_s = (time.perf_counter() - t0) / len(picks)
     t0 = time.perf_counter()
     for _ in range(3):
         for i in range(len(ds)):
@@ -74,15 +97,19 @@ def main() -> None:
     cache_s = (time.perf_counter() - t0) / 3
     print(json.dumps({
         "benchmark": "brats_data", "subjects": args.subjects, "image_size": args.image_size,
+        "phantom_workers": args.workers,
         "phantom_s_per_subject": round(phantom["generate_s"] / args.subjects, 2),
         "phantom_s_per_subject_steady": None if phantom["steady_s"] is None else round(phantom["steady_s"], 2),
         "phantom_template_load_s": round(phantom["template_load_s"], 2),
         "phantom_peak_rss_mb": round(phantom["peak_rss_mb"], 1),
         "cached_slices": n_cached,
-        "nifti_slices_per_s": round(n_cached / nifti_only_s, 1),
+        "nifti_per_item_slices_per_s": round(1 / per_item_s, 2),
+        "nifti_bulk_slices_per_s": round(n_cached / nifti_only_s, 1),
         "first_run_extract_and_cache_s": round(nifti_s, 2),
         "train_items": len(ds),
         "cache_slices_per_s": round(len(ds) / cache_s, 1),
+        "cache_vs_nifti_per_item": round(per_item_s * len(ds) / cache_s, 1),
+        "cache_vs_nifti_bulk": round(nifti_only_s / n_cached * len(ds) / cache_s, 1),
         "cpu_threads": __import__("torch").get_num_threads(),
     }))
     sys.stdout.flush()

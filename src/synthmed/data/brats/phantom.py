@@ -21,9 +21,9 @@ warp + mass effect) and upsampled trilinearly, and one `grid_sample` call resamp
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
+import zlib
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
@@ -368,34 +368,36 @@ def make_subject(cfg: PhantomConfig, index: int) -> dict[str, np.ndarray]:
     sampled = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     del grid, stack
     brain = sampled[4].numpy() > 0.5
-    idx = np.nonzero(brain)
+    flat = np.flatnonzero(brain)  # brain voxels of the box, as flat indices (cheaper than index tuples)
 
     # Labels: nearest-neighbour lookup, only where the map lands inside a tumour's box.
-    seg_box = np.zeros(brain.shape, np.uint8)
-    c = coords.numpy()
+    seg_flat = np.zeros(brain.size, np.uint8)
+    pts_all = coords.numpy().reshape(3, -1)[:, flat]
     for box in boxes:
-        pts = np.stack([c[a][idx] for a in range(3)])
-        near = np.ones(pts.shape[1], bool)
+        near = np.ones(len(flat), bool)
         for axis, sl in enumerate(box):
-            near &= (pts[axis] >= sl.start - 0.5) & (pts[axis] <= sl.stop - 0.5)
+            near &= (pts_all[axis] >= sl.start - 0.5) & (pts_all[axis] <= sl.stop - 0.5)
         if near.any():
-            values = ndi.map_coordinates(labels, pts[:, near], order=0, mode="constant", cval=0, prefilter=False)
-            sel = tuple(i[near] for i in idx)
-            seg_box[sel] = np.where(values > 0, values, seg_box[sel])
+            values = ndi.map_coordinates(labels, pts_all[:, near], order=0, mode="constant", cval=0, prefilter=False)
+            sel = flat[near]
+            seg_flat[sel] = np.where(values > 0, values, seg_flat[sel])
+    del pts_all
 
     out: dict[str, np.ndarray] = {}
     sigma = cfg.noise * float(np.max(tpl.signal))
     gains = rng.uniform(0.85, 1.15, len(MODALITY_ORDER)) * 1000.0
     for m, name in enumerate(MODALITY_ORDER):
-        values = sampled[m].numpy()[idx] * np.exp(log_bias[m].numpy()[idx])
+        values = sampled[m].numpy().reshape(-1)[flat] * np.exp(log_bias[m].numpy().reshape(-1)[flat])
         real = values + sigma * rng.standard_normal(values.shape, dtype=np.float32)
         imag = sigma * rng.standard_normal(values.shape, dtype=np.float32)
         magnitude = np.sqrt(real * real + imag * imag) * gains[m]  # Rician: magnitude of a complex signal
+        box_values = np.zeros(brain.size, np.int16)
+        box_values[flat] = np.clip(np.rint(magnitude), 1, 32767).astype(np.int16)  # 0 = outside the brain
         volume = np.zeros(OUTPUT_SHAPE, np.int16)
-        volume[out_box][idx] = np.clip(np.rint(magnitude), 1, 32767).astype(np.int16)  # 0 = outside the brain
+        volume[out_box] = box_values.reshape(brain.shape)
         out[name] = volume
     seg = np.zeros(OUTPUT_SHAPE, np.uint8)
-    seg[out_box] = seg_box
+    seg[out_box] = seg_flat.reshape(brain.shape)
     out["seg"] = seg
     return out
 
@@ -409,10 +411,17 @@ def _write_nifti(path: Path, data: np.ndarray) -> None:
     import nibabel as nib
 
     img = nib.Nifti1Image(data, OUTPUT_AFFINE)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(OUTPUT_AFFINE, code=1)
-    img.header.set_sform(OUTPUT_AFFINE, code=1)
-    payload = gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    hdr = img.header
+    hdr.set_xyzt_units("mm")
+    hdr.set_qform(OUTPUT_AFFINE, code=1)
+    hdr.set_sform(OUTPUT_AFFINE, code=1)
+    img.update_header()
+    hdr["vox_offset"], hdr["scl_slope"], hdr["scl_inter"] = 352, 1.0, 0.0
+    # What nibabel's to_bytes() would give (header, empty extension flag, voxels in Fortran order), gzipped
+    # in one pass: to_bytes() copies the volume in small chunks first, which cost as much as compressing it.
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container, mtime 0
+    voxels = np.ascontiguousarray(data).ravel(order="F")
+    payload = comp.compress(hdr.binaryblock + bytes(4)) + comp.compress(memoryview(voxels).cast("B")) + comp.flush()
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
 
