@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from synthmed.models.dcgan import TumourLabelGAN
+from synthmed.models.nets.dcgan import TumourLabelDiscriminator
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator
 from synthmed.models.pix2pix import BrainSliceTranslator
 
@@ -139,6 +140,39 @@ def test_dcgan_sample_labels_and_determinism(fitted_dcgan):
     assert set(a.unique().tolist()) <= {0, 1, 2, 3}
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert model.generator.training  # mode restored
+
+
+def test_dcgan_stabilisers_train_and_anneal(tmp_path):
+    """instance noise (annealed to 0 over the epochs), one-sided label smoothing and the minibatch-std
+    channel: both optimisers still step, losses stay finite, the noise follows its schedule."""
+    model = TumourLabelGAN(image_size=32, g_channels=8, d_channels=8, max_channels=32,
+                           instance_noise=0.2, real_label=0.9, minibatch_std=True)
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_start(self, trainer_, module):
+            seen.append(round(module.noise_std(), 6))
+
+    before_g, before_d = snapshot(model.generator), snapshot(model.discriminator)
+    t = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path, callbacks=[Watch()])
+    t.fit(model, loader(48))
+    assert seen == [0.2, 0.1]
+    assert all_changed(model.generator, before_g) and all_changed(model.discriminator, before_d)
+    for key in ("train/d_loss", "train/g_loss"):
+        assert math.isfinite(float(t.callback_metrics[key])), key
+
+
+def test_minibatch_std_makes_the_logit_depend_on_the_batch():
+    torch.manual_seed(0)
+    maps = torch.rand(2, 3, 32, 32)
+    for mbstd in (False, True):
+        d = TumourLabelDiscriminator(3, 32, 8, 32, minibatch_std=mbstd).eval()
+        with torch.no_grad():
+            alone_in_copies = d(maps[[0, 0]])[0]
+            with_another = d(maps)[0]
+        # eval-mode batch norm: without the channel a map's logit ignores its batch-mates
+        assert torch.allclose(alone_in_copies, with_another) is (not mbstd)
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])

@@ -29,7 +29,8 @@ from synthmed.utils import atomic_path, config_hash, to_plain
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # part of the cache key; 2: generators seeded before their weights are initialised
+CACHE_VERSION = 3  # part of the cache key; 2: generators seeded before their weights are initialised;
+#                    3: DCGAN discriminator split into features + head (minibatch-std option)
 
 
 def _training_slices(dataset: Dataset) -> dict[str, torch.Tensor]:
@@ -85,6 +86,7 @@ class GanAugmenter(Augmenter):
         generators: Mapping | None = None,
         min_tumour_pixels: int = 20,
         max_tumour_fraction: float = 0.5,
+        max_components: int | None = None,
         max_tries: int = 20,
         name: str | None = None,
         replace_real: bool = False,
@@ -95,6 +97,7 @@ class GanAugmenter(Augmenter):
         self.batch_size, self.cache_dir = int(batch_size), Path(cache_dir)
         self.generators = to_plain(generators) if generators else None
         self.min_tumour_pixels, self.max_tumour_fraction = int(min_tumour_pixels), float(max_tumour_fraction)
+        self.max_components = None if max_components is None else int(max_components)
         self.max_tries = int(max_tries)
         self.counts: dict[str, int] = {}
 
@@ -150,6 +153,8 @@ class GanAugmenter(Augmenter):
             tumour = (maps > 0).flatten(1).sum(1)
             area = (brain > 0).flatten(1).sum(1).clamp(min=1)
             ok = (tumour >= self.min_tumour_pixels) & (tumour <= self.max_tumour_fraction * area)
+            if self.max_components is not None:  # speckle from an unconverged generator is not a tumour
+                ok &= torch.as_tensor([_components(m) <= self.max_components for m in maps.numpy()])
             dropped += int((~ok).sum())
             kept_seg.append(maps[ok][:need])
             kept_brain.append(brain[ok][:need])
@@ -157,7 +162,8 @@ class GanAugmenter(Augmenter):
         if len(seg) < self.extra:
             raise RuntimeError(f"aug={self.name}: only {len(seg)} of aug.extra={self.extra} sampled label maps "
                                f"passed the degeneracy rule after {self.max_tries} tries; train the tumour generator "
-                               f"longer or relax aug.min_tumour_pixels / aug.max_tumour_fraction")
+                               f"longer (see its sample grids under {self.cache_dir}) or relax aug.min_tumour_pixels / "
+                               f"aug.max_tumour_fraction / aug.max_components")
         with torch.no_grad():
             images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
         images = images * brain  # background stays background, as in the real z-scored slices
@@ -178,8 +184,11 @@ class GanAugmenter(Augmenter):
                            "generators": self.generators, "version": CACHE_VERSION})
         folder = self.cache_dir / key
         folder.mkdir(parents=True, exist_ok=True)
-        pairs_key = config_hash({"extra": self.extra, "min": self.min_tumour_pixels,
-                                 "max": self.max_tumour_fraction, "tries": self.max_tries})
+        rule = {"extra": self.extra, "min": self.min_tumour_pixels, "max": self.max_tumour_fraction,
+                "tries": self.max_tries}
+        if self.max_components is not None:
+            rule["components"] = self.max_components
+        pairs_key = config_hash(rule)
         pairs_path = folder / f"pairs_{pairs_key}.npz"
         if pairs_path.exists():
             log.info("aug=%s: reusing %s", self.name, pairs_path)
@@ -195,6 +204,13 @@ class GanAugmenter(Augmenter):
         return [{"image": torch.from_numpy(pairs["image"][i]), "seg": torch.from_numpy(pairs["seg"][i]),
                  "brain": torch.from_numpy(pairs["brain"][i]), "subject": "synthetic", "slice": -1}
                 for i in range(len(pairs["seg"]))]
+
+
+def _components(label_map: np.ndarray) -> int:
+    """Connected pieces (8-connectivity) of the tumour in one label map."""
+    from scipy import ndimage as ndi
+
+    return int(ndi.label(label_map > 0, structure=np.ones((3, 3), bool))[1])
 
 
 def _save_grid(path: Path, pairs: dict[str, np.ndarray], n: int = 8) -> None:

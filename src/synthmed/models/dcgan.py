@@ -78,6 +78,9 @@ class TumourLabelGAN(pl.LightningModule):
         lr: float = 2e-4,
         betas: tuple[float, float] | list[float] = (0.5, 0.999),
         straight_through: bool = True,
+        instance_noise: float = 0.0,
+        real_label: float = 1.0,
+        minibatch_std: bool = False,
         num_samples: int = 16,
         sample_seed: int = 0,
     ) -> None:
@@ -87,7 +90,7 @@ class TumourLabelGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = TumourLabelGenerator(latent_dim, image_size, g_channels, max_channels, binary)
         self.discriminator = TumourLabelDiscriminator(
-            self.generator.out_channels, image_size, d_channels, max_channels
+            self.generator.out_channels, image_size, d_channels, max_channels, minibatch_std
         )
 
     # --- data -> maps ---------------------------------------------------------------------------
@@ -146,6 +149,19 @@ class TumourLabelGAN(pl.LightningModule):
         return torch.cat(out) if out else torch.empty(0, size, size, dtype=torch.long, device=self.device)
 
     # --- training -----------------------------------------------------------------------------
+    def noise_std(self) -> float:
+        """Std of the instance noise added to every map D sees: `instance_noise`, annealed linearly to 0
+        over the run (D cannot win early on details no generator has yet; it sees them clearly later)."""
+        trainer = self._trainer
+        if not self.hparams.instance_noise or trainer is None or not trainer.max_epochs or trainer.max_epochs < 0:
+            return float(self.hparams.instance_noise)
+        done = self.current_epoch / trainer.max_epochs
+        return float(self.hparams.instance_noise) * max(0.0, 1.0 - done)
+
+    def _judge(self, maps: torch.Tensor) -> torch.Tensor:
+        std = self.noise_std()
+        return self.discriminator(maps + std * torch.randn_like(maps) if std > 0 else maps)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         real = self.real_maps(batch["seg"])
@@ -154,11 +170,11 @@ class TumourLabelGAN(pl.LightningModule):
         ones = torch.ones(n, device=self.device)
         zeros = torch.zeros(n, device=self.device)
 
-        # discriminator: real -> 1, fake -> 0 (fake detached: no generator gradients here)
+        # discriminator: real -> real_label (1, or less for one-sided smoothing), fake -> 0 (fake detached)
         with self.toggled_optimizer(opt_d):
             d_loss = 0.5 * (
-                F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
-                + F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), zeros)
+                F.binary_cross_entropy_with_logits(self._judge(real), ones * self.hparams.real_label)
+                + F.binary_cross_entropy_with_logits(self._judge(fake.detach()), zeros)
             )
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -166,7 +182,7 @@ class TumourLabelGAN(pl.LightningModule):
 
         # generator: non-saturating loss, make D call the fakes real
         with self.toggled_optimizer(opt_g):
-            g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+            g_loss = F.binary_cross_entropy_with_logits(self._judge(fake), ones)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()

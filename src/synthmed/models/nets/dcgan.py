@@ -6,7 +6,8 @@ Both networks are built for a square power-of-two `image_size` (>= 8). The gener
 4x4 feature map with one transposed convolution and then doubles the resolution log2(image_size / 4)
 times (transposed conv 4x4 / stride 2 + batch norm + ReLU; the last stage has no norm and emits
 logits). The discriminator mirrors it (conv 4x4 / stride 2 + batch norm + LeakyReLU(0.2), no norm on
-the first stage as in the DCGAN paper) down to 4x4, then one 4x4 convolution to a single logit.
+the first stage as in the DCGAN paper) down to 4x4, then one 4x4 convolution to a single logit
+(optionally with a minibatch-standard-deviation channel appended at 4x4).
 """
 
 from __future__ import annotations
@@ -102,10 +103,12 @@ class TumourLabelDiscriminator(nn.Module):
         image_size: int = 128,
         base_channels: int = 64,
         max_channels: int = 512,
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__()
         stages = _num_stages(image_size)
         widths = [_width(base_channels, i, max_channels) for i in range(stages)]
+        self.minibatch_std = minibatch_std
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, widths[0], 4, 2, 1),
             nn.LeakyReLU(0.2, inplace=True),
@@ -116,9 +119,15 @@ class TumourLabelDiscriminator(nn.Module):
                 nn.BatchNorm2d(c_out),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0))  # 4x4 -> 1x1
-        self.net = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(widths[-1] + int(minibatch_std), 1, 4, 1, 0)  # 4x4 -> 1x1
         init_gan_weights(self)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.net(maps).flatten()
+        x = self.features(maps)
+        if self.minibatch_std:
+            # one more 4x4 channel: how much the batch's features vary (a collapsed generator's batch does
+            # not), so D can tell a batch of near-copies from real variety and G is pushed to spread out
+            spread = x.std(dim=0, unbiased=False).mean() if len(x) > 1 else x.new_zeros(())
+            x = torch.cat([x, spread.expand(len(x), 1, *x.shape[2:])], dim=1)
+        return self.head(x).flatten()
