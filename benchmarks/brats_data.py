@@ -4,7 +4,8 @@
     python benchmarks/brats_data.py [--subjects 4] [--workers 1] [--image-size 128] [--data-dir /tmp/brats_bench]
 
 phantom_*: a cohort of --subjects generated in --workers processes (1 thread each), in a fresh process;
-  s_per_subject = wall time / subjects, steady = between the first and the last subject's finish.
+  s_per_subject = wall time / subjects; steady = from the moment every worker finished its first subject
+  to the last finish, per subject (needs --subjects > --workers).
 nifti_per_item_slices_per_s: what a loader without a cache pays: per item, decode the subject's five
   NIfTI files, z-score, take the slice and resize it (measured on --per-item items).
 nifti_bulk_slices_per_s: decoding whole subjects and keeping every cached slice (the first run's cost).
