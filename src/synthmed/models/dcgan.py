@@ -6,10 +6,13 @@ generator emits 4 logits per pixel and a softmax over them, so its region channe
 that sum (with background) to 1 — the soft version of the same one-hot. `sample()` takes the argmax.
 With `binary=True` there is a single whole-tumour channel (sigmoid) and samples are 0/1.
 
-Soft versus hard. Real maps are exactly one-hot; a softmax never is, and a discriminator learns to
-tell them apart by softness alone (it then wins outright and the generator collapses onto the easy
-classes). With `straight_through=True` (default) D sees the generator's argmax as a hard one-hot and the
-gradient flows back through the softmax (the straight-through estimator).
+Soft versus hard. Real maps are exactly one-hot; a softmax never is, and a discriminator can tell them
+apart by softness alone. Two answers: `straight_through=True` shows D the generator's argmax as a hard
+one-hot, the gradient flowing back through the softmax (the straight-through estimator); or instance
+noise (`instance_noise`, annealed to 0) masks the softness while the generator learns. On the phantom's
+maps the second, with one-sided label smoothing (`real_label`) and a minibatch-std channel in D
+(`minibatch_std`), is what converged; straight-through drew speckle (docs/gan.md). The configs default
+to it.
 
 Loss: the DCGAN minimax with binary cross-entropy on logits; the generator uses the non-saturating
 form (maximise log D(G(z))).
