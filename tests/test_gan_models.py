@@ -203,7 +203,7 @@ def test_dcgan_real_maps_resize_and_reject_bad_labels():
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_dcgan_straight_through_fakes_are_hard_with_gradients(binary):
-    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4, binary=binary)
+    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4, binary=binary, straight_through=True)
     fake = model.fake_maps(torch.randn(2, 100))
     hard = fake.detach().round()  # hard + soft - soft.detach() is exact up to float rounding
     torch.testing.assert_close(fake.detach(), hard)

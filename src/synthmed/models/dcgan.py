@@ -11,8 +11,8 @@ apart by softness alone. Two answers: `straight_through=True` shows D the genera
 one-hot, the gradient flowing back through the softmax (the straight-through estimator); or instance
 noise (`instance_noise`, annealed to 0) masks the softness while the generator learns. On the phantom's
 maps the second, with one-sided label smoothing (`real_label`) and a minibatch-std channel in D
-(`minibatch_std`), is what converged; straight-through drew speckle (docs/gan.md). The configs default
-to it.
+(`minibatch_std`), is what converged; straight-through drew speckle (docs/gan.md). It is the default, here and in
+`conf/model/dcgan.yaml`.
 
 Loss: the DCGAN minimax with binary cross-entropy on logits; the generator uses the non-saturating
 form (maximise log D(G(z))).
@@ -80,10 +80,10 @@ class TumourLabelGAN(pl.LightningModule):
         binary: bool = False,
         lr: float = 2e-4,
         betas: tuple[float, float] | list[float] = (0.5, 0.999),
-        straight_through: bool = True,
-        instance_noise: float = 0.0,
-        real_label: float = 1.0,
-        minibatch_std: bool = False,
+        straight_through: bool = False,
+        instance_noise: float = 0.15,
+        real_label: float = 0.9,
+        minibatch_std: bool = True,
         num_samples: int = 16,
         sample_seed: int = 0,
     ) -> None:
