@@ -95,6 +95,10 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     assert results["test/num_synthetic"] == 8.0 and results["test/num_real"] > 0
     assert 0.0 <= results["test/c2st_accuracy"] <= 1.0 and results["test/frechet_distance"] >= 0
     assert (tmp_path / "job" / "images" / "embeddings.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "job" / "images" / "real_vs_synthetic.png")  # 4 rows x 6 slices, 1.6 in each
+    assert grid.size == (960, 680)
     with pytest.raises(ValueError, match="aug=gan"):
         EmbeddingAnalysis()(make_dm(root, tmp_path, image_size=32), tmp_path / "job2")
 
@@ -188,3 +192,29 @@ def test_replace_real_needs_samples_and_belongs_to_the_whole_regime():
     part = {"_target_": "synthmed.augment.TransformAugmenter", "extra": 2, "replace_real": True}
     with pytest.raises(ValueError, match="aug.parts.transform.replace_real=true"):
         CombinedAugmenter(parts={"transform": part})
+
+
+def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
+    """`experiment=brats_embed` end to end: metrics.json, the pictures, and the same numbers in its W&B run."""
+    import json
+
+    from conftest import run_synthmed
+    from test_brats_discovery import write_subject
+    from wandb_records import logged_history
+
+    root = tmp_path / "brats"
+    for i in range(5):
+        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={root}",
+                  "analysis.feature_epochs=1", "analysis.cv_folds=2"], cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
+    numbers = json.loads(metrics_file.read_text())["test"]
+    assert 0.0 <= numbers["test/c2st_accuracy"] <= 1.0 and numbers["test/num_synthetic"] > 0
+    job = metrics_file.parent
+    for picture in ("embeddings.png", "real_vs_synthetic.png"):
+        assert (job / "images" / picture).read_bytes()[:4] == b"\x89PNG"
+    history = logged_history(next(job.glob("wandb/offline-run-*/run-*.wandb")))
+    logged = {k: v for row in history for k, v in row.items()}
+    assert logged["test/c2st_accuracy"] == pytest.approx(numbers["test/c2st_accuracy"])
+    images = {key.split("/")[1] for key in logged if key.startswith("analysis/")}  # nested: <key>/filenames, ...
+    assert images == {"embeddings", "real_vs_synthetic"}, sorted(logged)

@@ -53,6 +53,17 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def _log_analysis(cfg: DictConfig, numbers: dict[str, float], output_dir: Path, name: str, group: str | None) -> None:
+    """An analysis job (no model) reports to the same loggers as a training job: its numbers, and in W&B
+    its pictures (`images/*.png`)."""
+    for logger in _instantiate_group(cfg.get("logger"), wandb={"name": name, "group": group}):
+        logger.log_metrics(numbers)
+        if type(logger).__name__ == "WandbLogger":
+            for png in sorted((output_dir / "images").glob("*.png")):
+                logger.log_image(key=f"analysis/{png.stem}", images=[str(png)])
+        logger.finalize("success")
+
+
 def load_pretrained(model: Any, path: str | Path) -> None:
     """Load the weights of a synthmed checkpoint (or a bare state dict) into `model`, safely
     (`weights_only=True`): the fine-tuning step of the colonoscopy study."""
@@ -106,6 +117,7 @@ def run(cfg: DictConfig) -> float | None:
             record["data"] = getattr(datamodule, "describe", dict)()
             if cfg.get("analysis"):
                 record["test"] = instantiate(cfg.analysis)(datamodule, output_dir)
+                _log_analysis(cfg, record["test"], output_dir, run_name(cfg, overrides), group)
             record.update(status="ok", wall_time_s=round(time.time() - start, 2))
             atomic_write_json(output_dir / "metrics.json", record)
             failed = False

@@ -38,6 +38,42 @@ def label_diversity(labels: np.ndarray, pairs: int = 500, seed: int = 0) -> floa
     return float(np.mean(1 - 2 * inter / np.maximum(total, 1)))
 
 
+def real_vs_synthetic_grid(real: list[dict], synthetic: list[dict], path: Path, n: int = 6, seed: int = 0,
+                           channel: int = 0) -> Path:
+    """Rows: real label maps, their slices, synthetic label maps, their slices (modality `channel`,
+    each slice windowed at its own 1st-99th brain percentiles). Real slices drawn among those with tumour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from synthmed.models.dcgan import colourise_labels
+
+    rng = np.random.default_rng(seed)
+    with_tumour = [it for it in real if torch.as_tensor(it["seg"]).any()] or real
+    n = min(n, len(with_tumour), len(synthetic))
+    picks = {"real": [with_tumour[i] for i in sorted(rng.choice(len(with_tumour), n, replace=False))],
+             "synthetic": [synthetic[i] for i in sorted(rng.choice(len(synthetic), n, replace=False))]}
+    fig, axes = plt.subplots(4, n, figsize=(1.6 * n, 6.8), dpi=100, squeeze=False)
+    for block, (name, items) in enumerate(picks.items()):
+        for col, it in enumerate(items):
+            image = torch.as_tensor(it["image"])[channel].numpy()
+            inside = torch.as_tensor(it["brain"])[0].numpy() > 0
+            lo, hi = np.percentile(image[inside], [1, 99]) if inside.any() else (image.min(), image.max())
+            axes[2 * block, col].imshow(colourise_labels(torch.as_tensor(it["seg"]).numpy()))
+            axes[2 * block + 1, col].imshow(np.clip(image, lo, hi), cmap="gray", vmin=lo, vmax=hi)
+        axes[2 * block, 0].set_ylabel(f"{name}\nlabels", fontsize=9)
+        axes[2 * block + 1, 0].set_ylabel(f"{name}\nslice", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(figure_to_array(fig)).save(path)
+    return path
+
+
 class _FeatureNet(nn.Module):
     """A small CNN trained here (no downloaded weights) to tell tumour size bins apart on real slices;
     its penultimate layer gives the features for the Fréchet distance."""
@@ -74,6 +110,7 @@ class EmbeddingAnalysis:
         real = [it for it in (real_set[i] for i in range(len(real_set))) if it["subject"] != "synthetic"]
         if not synthetic:
             raise ValueError("brats_embed needs synthetic slices: run it with aug=gan (aug.extra > 0)")
+        self._real_vs_synthetic = (real, synthetic)  # full size, for the picture
 
         def stack(group, key):
             x = torch.stack([torch.as_tensor(it[key]) for it in group]).float()
@@ -119,6 +156,8 @@ class EmbeddingAnalysis:
             "PCA(50) → t-SNE": TSNE(perplexity=perplexity, random_state=self.seed, init="pca").fit_transform(pca50),
         }
         self._plot(views, is_synth, has_tumour, Path(output_dir) / "images" / "embeddings.png")
+        real_vs_synthetic_grid(*self._real_vs_synthetic, Path(output_dir) / "images" / "real_vs_synthetic.png",
+                               seed=self.seed)
         folds = max(2, min(self.cv_folds, int(min(len(real), len(synthetic)))))
         c2st = cross_val_score(LogisticRegression(max_iter=2000), pca50, is_synth, cv=folds, scoring="accuracy")
         feats_real, feats_synth = self._features(real, synthetic, real_seg)
