@@ -202,10 +202,10 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
     from test_brats_discovery import write_subject
     from wandb_records import logged_history
 
-    root = tmp_path / "brats"
+    folder = tmp_path / "brats"
     for i in range(5):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
-    run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={root}",
+        write_subject(folder, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={folder}",
                   "analysis.feature_epochs=1", "analysis.cv_folds=2"], cwd=tmp_path, env={"WANDB_MODE": "offline"})
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     numbers = json.loads(metrics_file.read_text())["test"]
