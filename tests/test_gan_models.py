@@ -267,6 +267,20 @@ def test_pix2pix_translate_shape(size):
     assert model.generator.training
 
 
+def test_pix2pix_resize_upsampling():
+    """upsample='resize': no transposed convolutions left, same shapes, trains (gradients reach the decoder)."""
+    model = BrainSliceTranslator(image_size=64, g_channels=4, d_channels=4, max_channels=32, upsample="resize")
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.generator.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in model.generator.modules()) == model.generator.num_downs
+    labels, brain = torch.randint(0, 4, (2, 64, 64)), torch.ones(2, 1, 64, 64)
+    out = model.generator(model.condition(labels, brain))
+    assert out.shape == (2, 4, 64, 64)
+    out.abs().mean().backward()
+    assert model.generator.up[0][1][1].weight.grad.abs().sum() > 0  # the last 3x3 conv after the upsampling
+    with pytest.raises(ValueError, match="upsample must be 'transpose' or 'resize'"):
+        BrainUNetGenerator(4, 4, num_downs=3, upsample="bilinear")
+
+
 def test_pix2pix_pads_to_power_of_two_and_crops_centre():
     net = BrainUNetGenerator(4, 2, num_downs=8, base_channels=4, max_channels=16).eval()
     seen = []

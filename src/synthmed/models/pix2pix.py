@@ -44,6 +44,7 @@ class BrainSliceTranslator(pl.LightningModule):
         norm: str = "batch",
         num_dropout: int = 3,
         dropout: float = 0.5,
+        upsample: str = "transpose",
         gan_mode: str = "vanilla",
         l1_weight: float = 100.0,
         lr: float = 2e-4,
@@ -66,6 +67,7 @@ class BrainSliceTranslator(pl.LightningModule):
             norm=norm,
             num_dropout=num_dropout,
             dropout=dropout,
+            upsample=upsample,
         )
         # D judges the pair: conditioning and image stacked along channels
         self.discriminator = PatchDiscriminator(

@@ -33,7 +33,8 @@ class BrainUNetGenerator(nn.Module):
 
     U-Net with `num_downs` levels (conv 4x4 / stride 2). Encoder: LeakyReLU(0.2) + conv + norm (no norm
     on the first and the innermost level); decoder: ReLU + transposed conv + norm, its output
-    concatenated with the mirrored encoder output (skip connection). Dropout(p) follows the norm in the
+    concatenated with the mirrored encoder output (skip connection); `upsample="resize"` swaps each
+    transposed conv for nearest x2 + conv 3x3. Dropout(p) follows the norm in the
     `num_dropout` decoder blocks just above the innermost one (pix2pix's noise source; active only in
     train mode). The last layer is linear: the targets are z-scored intensities, unbounded, so a tanh
     would clip them.
@@ -53,10 +54,20 @@ class BrainUNetGenerator(nn.Module):
         norm: str = "batch",
         num_dropout: int = 3,
         dropout: float = 0.5,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         if num_downs < 2:
             raise ValueError(f"num_downs must be >= 2, got {num_downs}")
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
+
+        def up(c_in: int, c_out: int, with_bias: bool) -> nn.Module:
+            """x2 upsampling: transposed conv 4x4 / stride 2 (pix2pix), or nearest x2 + conv 3x3 ('resize',
+            which cannot draw the checkerboard pattern overlapping transposed kernels can)."""
+            if upsample == "transpose":
+                return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=with_bias)
+            return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=with_bias))
         self.num_downs = num_downs
         bias = norm == "instance"  # batch norm has its own shift
         widths = [min(base_channels * 2**i, max_channels) for i in range(num_downs)]
@@ -74,14 +85,14 @@ class BrainUNetGenerator(nn.Module):
 
         # up[i] produces the resolution of down[i - 1]'s output; up[0] produces the image
         ups: list[nn.Module] = [
-            nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(2 * widths[0], out_channels, 4, 2, 1))
+            nn.Sequential(nn.ReLU(), up(2 * widths[0], out_channels, True))
         ]
         dropout_levels = set(range(num_downs - 2, max(0, num_downs - 2 - num_dropout), -1))
         for i in range(1, num_downs):
             c_in = widths[i] if i == num_downs - 1 else 2 * widths[i]
             block = [
                 nn.ReLU(),
-                nn.ConvTranspose2d(c_in, widths[i - 1], 4, 2, 1, bias=bias),
+                up(c_in, widths[i - 1], bias),
                 _norm(norm, widths[i - 1]),
             ]
             if i in dropout_levels and dropout > 0:
