@@ -100,7 +100,7 @@ class EmbeddingAnalysis:
         self.size, self.perplexity, self.feature_epochs = int(size), float(tsne_perplexity), int(feature_epochs)
         self.cv_folds, self.seed = int(cv_folds), int(seed)
 
-    def _arrays(self, datamodule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self, datamodule) -> tuple[tuple[np.ndarray, ...], tuple[list[dict], list[dict]]]:
         datamodule.setup("fit")
         train = datamodule.datasets["train"]
         items = [train[i] for i in range(len(train))]
@@ -110,7 +110,6 @@ class EmbeddingAnalysis:
         real = [it for it in (real_set[i] for i in range(len(real_set))) if it["subject"] != "synthetic"]
         if not synthetic:
             raise ValueError("brats_embed needs synthetic slices: run it with aug=gan (aug.extra > 0)")
-        self._real_vs_synthetic = (real, synthetic)  # full size, for the picture
 
         def stack(group, key):
             x = torch.stack([torch.as_tensor(it[key]) for it in group]).float()
@@ -119,7 +118,8 @@ class EmbeddingAnalysis:
             mode = "nearest" if key == "seg" else "area"
             return F.interpolate(x, size=(self.size, self.size), mode=mode).numpy()
 
-        return stack(real, "image"), stack(synthetic, "image"), stack(real, "seg")[:, 0], stack(synthetic, "seg")[:, 0]
+        arrays = stack(real, "image"), stack(synthetic, "image"), stack(real, "seg")[:, 0], stack(synthetic, "seg")[:, 0]
+        return arrays, (real, synthetic)  # the items at full size, for the picture
 
     def _features(self, real: np.ndarray, synthetic: np.ndarray, real_seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch.manual_seed(self.seed)
@@ -143,7 +143,7 @@ class EmbeddingAnalysis:
         from sklearn.manifold import TSNE
         from sklearn.model_selection import cross_val_score
 
-        real, synthetic, real_seg, synth_seg = self._arrays(datamodule)
+        (real, synthetic, real_seg, synth_seg), items = self._arrays(datamodule)
         flat = np.concatenate([real, synthetic]).reshape(len(real) + len(synthetic), -1)
         is_synth = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
         has_tumour = np.r_[(real_seg > 0).any((1, 2)), (synth_seg > 0).any((1, 2))]
@@ -156,7 +156,7 @@ class EmbeddingAnalysis:
             "PCA(50) → t-SNE": TSNE(perplexity=perplexity, random_state=self.seed, init="pca").fit_transform(pca50),
         }
         self._plot(views, is_synth, has_tumour, Path(output_dir) / "images" / "embeddings.png")
-        real_vs_synthetic_grid(*self._real_vs_synthetic, Path(output_dir) / "images" / "real_vs_synthetic.png",
+        real_vs_synthetic_grid(*items, Path(output_dir) / "images" / "real_vs_synthetic.png",
                                seed=self.seed)
         folds = max(2, min(self.cv_folds, int(min(len(real), len(synthetic)))))
         c2st = cross_val_score(LogisticRegression(max_iter=2000), pca50, is_synth, cv=folds, scoring="accuracy")
