@@ -78,7 +78,7 @@ def test_given_generators_must_exist(root, tmp_path):  # noqa: F811
 def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     import numpy as np
 
-    from synthmed.analysis.embedding import EmbeddingAnalysis, frechet_distance, label_diversity
+    from synthmed.analysis.embedding import EmbeddingAnalysis, frechet_distance, label_diversity, label_map_stats
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 3))
@@ -89,10 +89,21 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     disjoint = np.zeros((2, 8, 8), dtype=int)
     disjoint[0, :4], disjoint[1, 4:] = 1, 1
     assert label_diversity(disjoint) == pytest.approx(1.0)
+    # label-map statistics: two blobs (NCR core in ED) in a 100-pixel brain, and one empty map (ignored)
+    maps = np.zeros((2, 10, 10), dtype=int)
+    maps[0, 0:3, 0:3], maps[0, 1, 1], maps[0, 6:8, 6:8] = 2, 1, 3
+    brains = np.ones((2, 10, 10))
+    stats = label_map_stats(maps, brains)
+    assert stats["pieces_median"] == 2 and stats["tumour_share_median"] == pytest.approx(13 / 100)
+    assert (stats["ncr_share"], stats["ed_share"], stats["et_share"]) == pytest.approx((1 / 13, 8 / 13, 4 / 13))
+    assert all(np.isnan(v) for v in label_map_stats(maps[1:], brains[1:]).values())
 
     dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, extra=8))
     results = EmbeddingAnalysis(size=32, feature_epochs=1, cv_folds=2)(dm, tmp_path / "job")
     assert results["test/num_synthetic"] == 8.0 and results["test/num_real"] > 0
+    shares = [results[f"test/labels_{r}_share_real"] for r in ("ncr", "ed", "et")]  # the maps' statistics
+    assert sum(shares) == pytest.approx(1.0) and results["test/labels_pieces_median_real"] >= 1
+    assert "test/labels_tumour_share_median_synthetic" in results  # NaN when a 1-epoch DCGAN drew no tumour
     assert 0.0 <= results["test/c2st_accuracy"] <= 1.0 and results["test/frechet_distance"] >= 0
     assert (tmp_path / "job" / "images" / "embeddings.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image

@@ -38,6 +38,29 @@ def label_diversity(labels: np.ndarray, pairs: int = 500, seed: int = 0) -> floa
     return float(np.mean(1 - 2 * inter / np.maximum(total, 1)))
 
 
+def label_map_stats(labels: np.ndarray, brains: np.ndarray) -> dict[str, float]:
+    """What tumour label maps look like, for comparing generated maps with real ones: over the maps that
+    hold tumour, the median and 95th percentile of connected tumour pieces (8-connectivity; speckle from an
+    unconverged generator has dozens), the median share of the brain the tumour covers, and the share of
+    each region (NCR/NET, ED, ET = labels 1, 2, 3) among all tumour pixels. `labels` (N, H, W) in 0..3,
+    `brains` (N, H, W) brain masks. All NaN when no map holds tumour."""
+    from scipy import ndimage as ndi
+
+    labels, brains = np.asarray(labels), np.asarray(brains) > 0
+    tumour = labels > 0
+    keep = tumour.reshape(len(labels), -1).any(1)
+    if not keep.any():
+        return dict.fromkeys(("pieces_median", "pieces_p95", "tumour_share_median", "ncr_share", "ed_share",
+                              "et_share"), float("nan"))
+    labels, tumour, brains = labels[keep], tumour[keep], brains[keep]
+    pieces = np.array([ndi.label(t, structure=np.ones((3, 3), bool))[1] for t in tumour])
+    share = tumour.reshape(len(tumour), -1).sum(1) / np.maximum(brains.reshape(len(brains), -1).sum(1), 1)
+    regions = np.array([(labels == c).sum() for c in (1, 2, 3)], dtype=float) / tumour.sum()
+    return {"pieces_median": float(np.median(pieces)), "pieces_p95": float(np.percentile(pieces, 95)),
+            "tumour_share_median": float(np.median(share)), "ncr_share": float(regions[0]),
+            "ed_share": float(regions[1]), "et_share": float(regions[2])}
+
+
 def real_vs_synthetic_grid(real: list[dict], synthetic: list[dict], path: Path, n: int = 6, seed: int = 0,
                            channel: int = 0) -> Path:
     """Rows: real label maps, their slices, synthetic label maps, their slices (modality `channel`,
@@ -72,6 +95,12 @@ def real_vs_synthetic_grid(real: list[dict], synthetic: list[dict], path: Path, 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(figure_to_array(fig)).save(path)
     return path
+
+
+def _seg_and_brain(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    seg = np.stack([torch.as_tensor(it["seg"]).numpy() for it in items])
+    brain = np.stack([torch.as_tensor(it["brain"]).numpy().reshape(seg.shape[1:]) for it in items])
+    return seg, brain
 
 
 class _FeatureNet(nn.Module):
@@ -166,6 +195,8 @@ class EmbeddingAnalysis:
             "test/frechet_distance": frechet_distance(feats_real, feats_synth),
             "test/label_diversity_synthetic": label_diversity(synth_seg, seed=self.seed),
             "test/label_diversity_real": label_diversity(real_seg, seed=self.seed),
+            **{f"test/labels_{key}_{name}": value for name, group in zip(("real", "synthetic"), items, strict=True)
+               for key, value in label_map_stats(*_seg_and_brain(group)).items()},
             "test/num_real": float(len(real)),
             "test/num_synthetic": float(len(synthetic)),
         }
