@@ -90,6 +90,43 @@ def test_second_run_reads_no_nifti(root, tmp_path, monkeypatch):
     assert torch.equal(a["image"], b["image"]) and a["subject"] == b["subject"]
 
 
+def _nifti_reads(root, data_dir) -> int:
+    dm = BratsSliceDataModule(root=str(root), data_dir=str(data_dir), image_size=16, progress=False)
+    dm.prepare_data()
+    return dm.nifti_reads
+
+
+def test_parallel_jobs_cache_the_slices_once(root, tmp_path):
+    """Two jobs of a parallel sweep start on an empty cache at once: one extracts, the other waits and reuses."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        reads = pool.starmap(_nifti_reads, [(root, tmp_path)] * 2)
+    assert sorted(reads) == [0, 8]
+    assert len(list((tmp_path / "brats_slices").rglob("done.json"))) == 8
+
+
+def test_file_lock_serialises_processes(tmp_path):
+    import multiprocessing
+
+    counter = tmp_path / "counter.txt"
+    counter.write_text("0")
+    with multiprocessing.get_context("fork").Pool(4) as pool:  # read-sleep-write: lost updates without the lock
+        pool.map(_locked_increment, [counter] * 4)
+    assert counter.read_text() == "4"
+
+
+def _locked_increment(path) -> None:
+    import time
+
+    from synthmed.utils import file_lock
+
+    with file_lock(path.with_suffix(".lock")):
+        value = int(path.read_text())
+        time.sleep(0.1)
+        path.write_text(str(value + 1))
+
+
 def test_bad_options(root, tmp_path):
     with pytest.raises(ValueError, match="data.modalities"):
         BratsSliceDataModule(root=str(root), modalities=["dwi"])

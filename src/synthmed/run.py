@@ -88,6 +88,7 @@ def _scalar(value: Any) -> float:
 def run(cfg: DictConfig) -> float | None:
     """Run one job of an experiment and return `cfg.optimized_metric` from its test metrics (or None)."""
     import lightning as L
+    import torch
 
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
@@ -100,6 +101,10 @@ def run(cfg: DictConfig) -> float | None:
         if missing:
             raise ValueError(f"{cfg.name} needs a value for {', '.join(missing)}: set it on the command line, "
                              f"e.g. `python -m synthmed experiment={cfg.name} {missing[0]}=...`")
+        if cfg.get("threads") is not None:
+            if int(cfg.threads) < 1:
+                raise ValueError(f"threads={cfg.threads}: give a positive number of torch CPU threads, or null")
+            torch.set_num_threads(int(cfg.threads))
         if cfg.seed is not None:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -108,6 +113,7 @@ def run(cfg: DictConfig) -> float | None:
             "experiment": cfg.name,
             "seed": cfg.seed,
             "scale": cfg.scale.name,
+            "threads": torch.get_num_threads(),
             "overrides": overrides,
             "git_commit": git_commit(),
             "synthmed_version": __version__,

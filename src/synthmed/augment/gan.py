@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from synthmed.augment.base import Augmenter
-from synthmed.utils import atomic_path, config_hash, to_plain
+from synthmed.utils import atomic_path, config_hash, file_lock, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -190,16 +190,17 @@ class GanAugmenter(Augmenter):
             rule["components"] = self.max_components
         pairs_key = config_hash(rule)
         pairs_path = folder / f"pairs_{pairs_key}.npz"
-        if pairs_path.exists():
-            log.info("aug=%s: reusing %s", self.name, pairs_path)
-            pairs = dict(np.load(pairs_path))
-        else:
-            tumour_gan = self._train("dcgan", data, seed, folder / "dcgan.pt")
-            translator = self._train("pix2pix", data, seed, folder / "pix2pix.pt")
-            pairs = self._sample_pairs(tumour_gan, translator, data, seed)
-            with atomic_path(pairs_path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **pairs)
-            _save_grid(folder / f"pairs_{pairs_key}.png", pairs)
+        with file_lock(folder / ".lock"):  # parallel jobs sharing generators train them once
+            if pairs_path.exists():
+                log.info("aug=%s: reusing %s", self.name, pairs_path)
+                pairs = dict(np.load(pairs_path))
+            else:
+                tumour_gan = self._train("dcgan", data, seed, folder / "dcgan.pt")
+                translator = self._train("pix2pix", data, seed, folder / "pix2pix.pt")
+                pairs = self._sample_pairs(tumour_gan, translator, data, seed)
+                with atomic_path(pairs_path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **pairs)
+                _save_grid(folder / f"pairs_{pairs_key}.png", pairs)
         log.info("aug=%s: %d synthetic pairs from %s", self.name, len(pairs["seg"]), folder)
         return [{"image": torch.from_numpy(pairs["image"][i]), "seg": torch.from_numpy(pairs["seg"][i]),
                  "brain": torch.from_numpy(pairs["brain"][i]), "subject": "synthetic", "slice": -1}

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, config_hash
+from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, config_hash, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -454,11 +454,16 @@ def generate_cohort(cfg: PhantomConfig | Mapping[str, Any], data_dir: str | Path
 
     Finished subjects are kept, missing ones are generated (in `cfg.workers` processes).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(cfg, PhantomConfig):
         cfg = PhantomConfig.from_mapping(cfg)
     out = cohort_dir(cfg, data_dir)
+    with file_lock(out / ".lock"):  # parallel jobs: one makes the cohort, the others wait
+        return _generate_cohort(cfg, out, progress)
+
+
+def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "cohort.json").exists():
         atomic_write_json(out / "cohort.json", {"generator": "synthmed.data.brats.phantom", **cfg.key()})

@@ -40,7 +40,7 @@ from synthmed.data.brats.discovery import (
     summarize,
     to_brats_labels,
 )
-from synthmed.utils import atomic_path, atomic_write_json, config_hash
+from synthmed.utils import atomic_path, atomic_write_json, config_hash, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -289,10 +289,20 @@ class BratsSliceDataModule(L.LightningDataModule):
                     continue
             present.append(s)
         self._skip_or_raise(problems)
-        todo = [s for s in present if not (self._subject_dir(s) / "done.json").exists()]
+        root = self.cache_root()
+        with file_lock(root / ".lock"):  # parallel jobs: one extracts, the others wait
+            self._extract(present)
+        self.subjects = [s for s in present if (self._subject_dir(s) / "done.json").exists()]
+        if len(self.subjects) < 1:
+            raise ValueError("no valid BraTS subject to train on")
+        self._prepared = True
+
+    def _extract(self, present: list[BratsSubject]) -> None:
+        """Cache the slices of the subjects not cached yet (one folder each, `done.json` written last)."""
         from tqdm.auto import tqdm
 
-        problems = []
+        todo = [s for s in present if not (self._subject_dir(s) / "done.json").exists()]
+        problems: list[tuple[BratsSubject, Exception]] = []
         for s in tqdm(todo, desc="extracting BraTS slices", unit="subject", disable=not self.progress or not todo):
             try:
                 arrays = extract_subject(s, self.modalities, self.image_size)
@@ -308,10 +318,6 @@ class BratsSliceDataModule(L.LightningDataModule):
             atomic_write_json(out / "done.json", {"subject": s.id, "source": s.source, "grade": s.grade,
                                                   "slices": int(len(arrays["slice"]))})
         self._skip_or_raise(problems)
-        self.subjects = [s for s in present if (self._subject_dir(s) / "done.json").exists()]
-        if len(self.subjects) < 1:
-            raise ValueError("no valid BraTS subject to train on")
-        self._prepared = True
 
     # ---- splits and slices ---------------------------------------------------------------------
     def _split(self) -> dict[str, list[str]]:
