@@ -211,7 +211,7 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
 
     from conftest import run_synthmed
     from test_brats_discovery import write_subject
-    from wandb_records import logged_history
+    from wandb_records import logged_history, run_info
 
     folder = tmp_path / "brats"
     for i in range(5):
@@ -224,7 +224,10 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
     job = metrics_file.parent
     for picture in ("embeddings.png", "real_vs_synthetic.png"):
         assert (job / "images" / picture).read_bytes()[:4] == b"\x89PNG"
-    history = logged_history(next(job.glob("wandb/offline-run-*/run-*.wandb")))
+    run_file = next(job.glob("wandb/offline-run-*/run-*.wandb"))
+    config = run_info(run_file)["config"]  # the job's config as the run's hyperparameters
+    assert config["name"] == "brats_embed" and config["analysis"]["cv_folds"] == 2, sorted(config)
+    history = logged_history(run_file)
     logged = {k: v for row in history for k, v in row.items()}
     assert logged["test/c2st_accuracy"] == pytest.approx(numbers["test/c2st_accuracy"])
     images = {key.split("/")[1] for key in logged if key.startswith("analysis/")}  # nested: <key>/filenames, ...

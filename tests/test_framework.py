@@ -83,6 +83,8 @@ def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
     history = logged_history(run_files[0])
     test_rows = [h for h in history if "test/acc" in h]
     assert test_rows and test_rows[-1]["test/acc"] == pytest.approx(metrics["test"]["test/acc"])
+    config = run_info(run_files[0])["config"]  # the resolved config as hyperparameters
+    assert config["seed"] == 0 and config["scale"]["name"] == "ci" and config["data"]["root"] == str(frames_dir)
     kinds = {r.WhichOneof("record_type") for r in read_records(run_files[0])}
     assert {"run", "history", "exit"} <= kinds  # wandb.finish() was called
     # checkpoints load with weights_only=True

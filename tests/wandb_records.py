@@ -58,8 +58,18 @@ def logged_history(path: Path) -> list[dict[str, object]]:
 
 
 def run_info(path: Path) -> dict[str, object]:
+    """Name, group and config of a run. The config is what `wandb.init` got (the run record) updated by every
+    later `wandb.config.update` (config records: where a logger's `log_hyperparams` goes)."""
+    info: dict[str, object] = {}
+    config: dict[str, object] = {}
     for record in read_records(path):
-        if record.WhichOneof("record_type") == "run":
-            config = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.run.config.update}
-            return {"name": record.run.display_name, "group": record.run.run_group, "config": config}
-    return {}
+        kind = record.WhichOneof("record_type")
+        if kind == "run" and not info:
+            info = {"name": record.run.display_name, "group": record.run.run_group}
+            updates = record.run.config.update
+        elif kind == "config":
+            updates = record.config.update
+        else:
+            continue
+        config.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in updates})
+    return {**info, "config": config} if info else {}

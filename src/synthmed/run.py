@@ -54,9 +54,10 @@ def _finish_wandb(failed: bool) -> None:
 
 
 def _log_analysis(cfg: DictConfig, numbers: dict[str, float], output_dir: Path, name: str, group: str | None) -> None:
-    """An analysis job (no model) reports to the same loggers as a training job: its numbers, and in W&B
-    its pictures (`images/*.png`)."""
+    """An analysis job (no model) reports to the same loggers as a training job: its config, its numbers,
+    and in W&B its pictures (`images/*.png`)."""
     for logger in _instantiate_group(cfg.get("logger"), wandb={"name": name, "group": group}):
+        logger.log_hyperparams(to_plain(cfg))
         logger.log_metrics(numbers)
         if type(logger).__name__ == "WandbLogger":
             for png in sorted((output_dir / "images").glob("*.png")):
