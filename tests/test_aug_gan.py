@@ -78,7 +78,12 @@ def test_given_generators_must_exist(root, tmp_path):  # noqa: F811
 def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     import numpy as np
 
-    from synthmed.analysis.embedding import EmbeddingAnalysis, frechet_distance, label_diversity, label_map_stats
+    from synthmed.analysis.embedding import (
+        EmbeddingAnalysis,
+        frechet_distance,
+        label_diversity,
+        label_map_stats,
+    )
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 3))
