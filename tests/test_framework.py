@@ -180,3 +180,21 @@ def test_wheel_ships_the_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "synthmed/conf/config.yaml" in names
     assert {f"synthmed/conf/experiment/{e}.yaml" for e in EXPERIMENTS} <= names
+
+
+def _spawn_pool_in_this_process() -> list[float]:
+    import math
+
+    from synthmed.utils import spawn_context
+
+    with spawn_context() as ctx, ctx.Pool(2) as pool:
+        return pool.map(math.sqrt, [4.0, 9.0])
+
+
+def test_spawn_pools_work_inside_parallel_sweep_workers():
+    """A job of `hydra/launcher=local_parallel` runs in a joblib (loky) worker; the pools it starts (phantom
+    generation, render workers) must still spawn children there."""
+    from joblib import Parallel, delayed
+
+    results = Parallel(n_jobs=2, backend="loky")(delayed(_spawn_pool_in_this_process)() for _ in range(2))
+    assert results == [[2.0, 3.0]] * 2

@@ -79,6 +79,25 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def spawn_context() -> Iterator[Any]:
+    """A "spawn" multiprocessing context for a pool used inside the block, also inside a worker of a
+    parallel sweep. A spawned child restores its parent's global start method first; in a joblib (loky)
+    worker that is "loky", which a fresh child does not know ("cannot find context for 'loky'"), so for
+    the block the global start method is "spawn", then restored."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    standard = method in (None, *multiprocessing.get_all_start_methods())
+    if not standard:
+        multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield multiprocessing.get_context("spawn")
+    finally:
+        if not standard:
+            multiprocessing.set_start_method(method, force=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

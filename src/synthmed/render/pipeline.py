@@ -24,7 +24,7 @@ from synthmed.render.config import (
     resolve_config,
     sample_params,
 )
-from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text
+from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, spawn_context
 
 SIDE_DIR = "frames"  # one sidecar JSON per finished frame
 SCRATCH = ".scratch"  # the workers' per-frame EXR files; removed when the pool is done
@@ -150,9 +150,9 @@ def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     workers = max(1, min(int(c["workers"]), len(todo)))
     threads = _threads(c) if c["threads"] else max(1, (os.cpu_count() or 1) // workers)
     bar = tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress, smoothing=0.1)
-    ctx = mp.get_context("spawn")
     scratch = out / SCRATCH / str(os.getpid())  # per run: concurrent shards never remove each other's
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(c, str(out), threads, str(scratch), workers)) as pool:
+    with spawn_context() as ctx, ctx.Pool(workers, initializer=_worker_init,
+                                          initargs=(c, str(out), threads, str(scratch), workers)) as pool:
         try:
             for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
                 bar.update(1)

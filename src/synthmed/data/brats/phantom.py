@@ -28,14 +28,20 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, config_hash, file_lock
+from synthmed.utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    config_hash,
+    file_lock,
+    spawn_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +485,7 @@ def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
             _write_subject(cfg, str(out), i)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        with spawn_context() as ctx, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = [pool.submit(_write_subject, cfg, str(out), i) for i in todo]
             for future in as_completed(futures):
                 future.result()
