@@ -152,6 +152,9 @@ def test_bad_override_names_the_key(tmp_path):
     assert proc.returncode != 0 and "lrr" in proc.stderr
     proc = run_synthmed(["experiment=colon_clss"], cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "colon_clss" in proc.stderr
+    proc = run_synthmed(["experiment=brats_seg", "scale=ci", "threads=0"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "threads=0" in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json")) and not (tmp_path / "data" / "brats_phantom").exists()
 
 
 def test_missing_or_empty_data_root_says_how_to_make_one(tmp_path):
