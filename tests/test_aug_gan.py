@@ -56,13 +56,13 @@ def test_degenerate_samples_are_dropped_with_a_clear_error(root, tmp_path):  # n
 
 
 def test_speckle_maps_fail_the_component_rule(root, tmp_path):  # noqa: F811
-    from synthmed.augment.gan import _components
+    from synthmed.augment.gan import tumour_pieces
 
     blobs = np.zeros((32, 32), np.int64)
     blobs[4:9, 4:9], blobs[20:24, 18:25], blobs[6, 8] = 2, 1, 3  # two pieces (the lone pixel touches the first)
     speckle = np.zeros((32, 32), np.int64)
     speckle[::3, ::3] = 2  # 121 isolated pixels: what an unconverged DCGAN draws
-    assert _components(blobs) == 2 and _components(speckle) == 121
+    assert tumour_pieces(blobs) == 2 and tumour_pieces(speckle) == 121
     # min 1 tumour pixel and at most 0 pieces: no map can pass, and the error names the knob
     with pytest.raises(RuntimeError, match="aug.max_components"):
         make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, min_tumour_pixels=1, max_components=0, max_tries=2))

@@ -44,7 +44,7 @@ def label_map_stats(labels: np.ndarray, brains: np.ndarray) -> dict[str, float]:
     unconverged generator has dozens), the median share of the brain the tumour covers, and the share of
     each region (NCR/NET, ED, ET = labels 1, 2, 3) among all tumour pixels. `labels` (N, H, W) in 0..3,
     `brains` (N, H, W) brain masks. All NaN when no map holds tumour."""
-    from scipy import ndimage as ndi
+    from synthmed.augment.gan import tumour_pieces
 
     labels, brains = np.asarray(labels), np.asarray(brains) > 0
     tumour = labels > 0
@@ -53,7 +53,7 @@ def label_map_stats(labels: np.ndarray, brains: np.ndarray) -> dict[str, float]:
         return dict.fromkeys(("pieces_median", "pieces_p95", "tumour_share_median", "ncr_share", "ed_share",
                               "et_share"), float("nan"))
     labels, tumour, brains = labels[keep], tumour[keep], brains[keep]
-    pieces = np.array([ndi.label(t, structure=np.ones((3, 3), bool))[1] for t in tumour])
+    pieces = np.array([tumour_pieces(m) for m in labels])
     share = tumour.reshape(len(tumour), -1).sum(1) / np.maximum(brains.reshape(len(brains), -1).sum(1), 1)
     regions = np.array([(labels == c).sum() for c in (1, 2, 3)], dtype=float) / tumour.sum()
     return {"pieces_median": float(np.median(pieces)), "pieces_p95": float(np.percentile(pieces, 95)),

@@ -154,7 +154,7 @@ class GanAugmenter(Augmenter):
             area = (brain > 0).flatten(1).sum(1).clamp(min=1)
             ok = (tumour >= self.min_tumour_pixels) & (tumour <= self.max_tumour_fraction * area)
             if self.max_components is not None:  # speckle from an unconverged generator is not a tumour
-                ok &= torch.as_tensor([_components(m) <= self.max_components for m in maps.numpy()])
+                ok &= torch.as_tensor([tumour_pieces(m) <= self.max_components for m in maps.numpy()])
             dropped += int((~ok).sum())
             kept_seg.append(maps[ok][:need])
             kept_brain.append(brain[ok][:need])
@@ -207,7 +207,7 @@ class GanAugmenter(Augmenter):
                 for i in range(len(pairs["seg"]))]
 
 
-def _components(label_map: np.ndarray) -> int:
+def tumour_pieces(label_map: np.ndarray) -> int:
     """Connected pieces (8-connectivity) of the tumour in one label map."""
     from scipy import ndimage as ndi
 
