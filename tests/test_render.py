@@ -86,6 +86,37 @@ def test_shards_merge(clean, tmp_path):
     assert _files(tmp_path) == _files(clean) and (tmp_path / "dataset.yaml").exists()
 
 
+def _frames_rendered_here(cfg: dict, out: str, results) -> None:
+    """render_dataset in this process; puts the number of frames it rendered itself (its log line)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("synthmed.render.pipeline")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    render_dataset(cfg, out, progress=False)
+    results.put(sum(int(r.args[0]) for r in records if r.msg.startswith("rendering")))
+
+
+def test_parallel_jobs_render_once(clean, tmp_path):
+    """Two jobs of a parallel sweep need the same dataset at once: one renders it, the other waits and reuses."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # not a Pool: its daemonic workers may not start render workers
+    results = ctx.Queue()
+    jobs = [ctx.Process(target=_frames_rendered_here, args=({**TINY, "workers": 1}, str(tmp_path), results))
+            for _ in range(2)]
+    for j in jobs:
+        j.start()
+    counts = sorted(results.get(timeout=300) for _ in jobs)
+    for j in jobs:
+        j.join()
+    assert counts == [0, TINY["num_frames"]]
+    assert _files(tmp_path) == _files(clean)
+
+
 def test_rerun_skips_finished(clean):
     before = {p: p.stat().st_mtime_ns for p in (clean / "images").glob("*.png")}
     t = time.time()

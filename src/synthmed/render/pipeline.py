@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import multiprocessing as mp
 import os
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from synthmed.render.config import (
     resolve_config,
     sample_params,
 )
-from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, spawn_context
+from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, file_lock, spawn_context
 
 SIDE_DIR = "frames"  # one sidecar JSON per finished frame
 SCRATCH = ".scratch"  # the workers' per-frame EXR files; removed when the pool is done
@@ -32,6 +33,8 @@ FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "b
 DERIVED_COLUMNS = ("camera.offset_mm", "lesion.placed", "lesion.distance_mm")
 
 __all__ = ["dataset_name", "render_dataset", "frame_id"]
+
+log = logging.getLogger(__name__)
 
 
 def frame_id(index: int) -> str:
@@ -136,11 +139,16 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
     for sub in ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     n, shard, shards = int(c["num_frames"]), int(c["shard"]), int(c["num_shards"])
-    todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
-    if todo:
-        _render_frames(c, out, todo, progress)
-    if all(_frame_done(out, i) for i in range(n)):
-        finalize(c, out)
+    # jobs that need the same frames (e.g. the seeds of a parallel sweep) take turns: the later one waits,
+    # then finds them made; other shards of the dataset hold other locks and render side by side
+    with file_lock(out / f".render-shard{shard}of{shards}.lock"):
+        todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
+        if todo:
+            log.info("rendering %d of the %d frames of shard %d/%d into %s", len(todo), n, shard, shards, out)
+            _render_frames(c, out, todo, progress)
+    with file_lock(out / ".finalize.lock"):
+        if all(_frame_done(out, i) for i in range(n)):
+            finalize(c, out)
     return out
 
 
