@@ -73,6 +73,16 @@ def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
     assert f"data.root={frames_dir}" in metrics["overrides"]
     assert (out / "images" / "test_confusion_matrix.png").stat().st_size > 0
     assert (out / "images" / "loss_curves.png").stat().st_size > 0
+    # every test frame's prediction, consistent with the logged accuracy; a picture of the misclassified ones
+    with (out / "test_predictions.csv").open() as f:
+        preds = list(csv.DictReader(f))
+    manifest_ids = {r["id"] for r in csv.DictReader((frames_dir / "manifest.csv").open())}
+    assert preds and {r["id"] for r in preds} <= manifest_ids and len({r["id"] for r in preds}) == len(preds)
+    for r in preds:
+        assert int(r["predicted"]) == int(float(r["score"]) >= 0.5)
+    accuracy = sum(r["label"] == r["predicted"] for r in preds) / len(preds)
+    assert accuracy == pytest.approx(metrics["test"]["test/acc"])
+    assert (out / "images" / "test_errors.png").exists() == (accuracy < 1.0)
     # CSV log holds the per-epoch validation loss
     with (out / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))

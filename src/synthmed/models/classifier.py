@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,11 @@ class LesionClassifier(SplitMetricsModule):
     """Wraps a plain classification net (e.g. `LesionCNN`).
 
     loss: `cross_entropy` (default) or `mse_softmax`, the study's mean squared error between the softmax and
-    the one-hot label. Logs loss, accuracy, AUROC and F1 per split and a confusion-matrix picture.
+    the one-hot label. Logs loss, accuracy, AUROC and F1 per split, a confusion-matrix picture and the first
+    misclassified test frames; writes every test frame's prediction to `test_predictions.csv`.
     """
+
+    MAX_ERRORS_SHOWN = 16
 
     def __init__(
         self,
@@ -77,7 +81,21 @@ class LesionClassifier(SplitMetricsModule):
         self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(target))
         if split == "test":
             self.confusion.update(scores, target)
+            self._collect_test(batch, scores.detach(), target)
         return loss
+
+    def _collect_test(self, batch: dict[str, Any], scores: torch.Tensor, target: torch.Tensor) -> None:
+        """Per-frame test predictions (for test_predictions.csv) and the first misclassified frames."""
+        if self.num_classes == 2:
+            pred, score = (scores >= 0.5).long(), scores
+        else:
+            score, pred = scores.max(1)
+        ids = batch.get("id", [str(len(self._test_rows) + k) for k in range(len(target))])
+        wrong = (pred != target).nonzero().flatten().tolist()
+        for k, (i, t, p_, s_) in enumerate(zip(ids, target.tolist(), pred.tolist(), score.tolist(), strict=True)):
+            self._test_rows.append((str(i), int(t), int(p_), float(s_)))
+            if k in wrong and len(self._test_errors) < self.MAX_ERRORS_SHOWN:
+                self._test_errors.append((batch["image"][k].detach().cpu(), int(t), float(s_)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -88,10 +106,49 @@ class LesionClassifier(SplitMetricsModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        self._test_rows: list[tuple[str, int, int, float]] = []
+        self._test_errors: list[tuple[torch.Tensor, int, float]] = []
+
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_confusion(self.confusion.compute().cpu().numpy())
         self.confusion.reset()
+        self._write_predictions()
+        self._log_errors()
+
+    def _write_predictions(self) -> None:
+        """`<output dir>/test_predictions.csv`: id, label, predicted, score (P(lesion) for two classes), to
+        join with a rendered dataset's manifest.csv (which frames fail: small, far, pale lesions?)."""
+        root = getattr(self.trainer, "default_root_dir", None)
+        if root is None or not self.trainer.is_global_zero:
+            return
+        from synthmed.utils import atomic_write_text
+
+        lines = ["id,label,predicted,score"] + [f"{i},{t},{p},{s:.6f}" for i, t, p, s in self._test_rows]
+        atomic_write_text(Path(root) / "test_predictions.csv", "\n".join(lines) + "\n")
+
+    def _log_errors(self) -> None:
+        """A picture of the first misclassified test frames, each titled with its label and score."""
+        if not self._test_errors:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cols = min(8, len(self._test_errors))
+        rows = (len(self._test_errors) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), dpi=100, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (image, label, score) in zip(axes.flat, self._test_errors, strict=False):
+            array = image.permute(1, 2, 0).numpy() * 0.5 + 0.5  # the datamodule's [-1, 1] back to [0, 1]
+            ax.imshow(array.clip(0, 1).squeeze())
+            ax.set_title(f"true {label}  p={score:.2f}", fontsize=7)
+        fig.suptitle("misclassified test frames", fontsize=8)
+        fig.tight_layout()
+        log_image(self.trainer, "test/errors", fig)
 
     def _log_confusion(self, matrix: np.ndarray) -> None:
         import matplotlib
