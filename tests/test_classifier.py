@@ -63,3 +63,38 @@ def test_pretrained_round_trip_and_errors(tmp_path):
     torch.save({"state_dict": make(size=64).state_dict()}, path)
     with pytest.raises(ValueError, match="does not fit"):
         load_pretrained(target, path)
+
+
+def test_error_breakdown_groups_frames(tmp_path, capsys):
+    from synthmed.analysis.errors import error_breakdown, main
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "id,label,visible_pixels,lesion.placed,lesion.type\n"
+        "a,1,60,1,flat\n"       # small lesion, missed
+        "b,1,900,1,sessile\n"   # large lesion, found
+        "c,1,150,1,sessile\n"   # found
+        "d,0,0,0,flat\n"        # nothing placed, right
+        "e,0,0,1,sessile\n"     # placed but hidden, right
+        "f,0,20,1,flat\n"       # 20 px below the threshold, called lesion
+        "g,0,0,0,flat\n")       # not in the predictions
+    preds = tmp_path / "test_predictions.csv"
+    preds.write_text("id,label,predicted,score\na,1,0,0.2\nb,1,1,0.9\nc,1,1,0.7\nd,0,0,0.1\ne,0,0,0.3\nf,0,1,0.6\n")
+    b = error_breakdown(preds, manifest)
+    assert b["accuracy"] == {"n": 6, "correct": 4, "rate": pytest.approx(4 / 6)}
+    assert b["lesion_recall"]["rate"] == pytest.approx(2 / 3)
+    assert {k: v["correct"] for k, v in b["lesion_recall_by_visible_pixels"].items()} == \
+        {"<100": 0, "100-199": 1, "800-1599": 1}
+    assert {k: (v["n"], v["correct"]) for k, v in b["lesion_recall_by_type"].items()} == \
+        {"flat": (1, 0), "sessile": (2, 2)}
+    scenes = {k: (v["n"], v["correct"]) for k, v in b["normal_specificity_by_scene"].items()}
+    assert scenes == {"no lesion placed": (1, 1), "lesion hidden (0 px)": (1, 1),
+                      "lesion below threshold (1+ px)": (1, 0)}
+    (tmp_path / "run").mkdir()
+    preds.rename(tmp_path / "run" / "test_predictions.csv")
+    main([str(tmp_path / "run"), str(tmp_path)])
+    table = capsys.readouterr().out
+    assert "| all test frames (accuracy) | 6 | 4 | 0.667 |" in table and "| normal, lesion hidden (0 px) | 1 | 1 | 1.000 |" in table
+    (tmp_path / "run" / "test_predictions.csv").write_text("id,label,predicted,score\nzz,1,1,0.9\n")
+    with pytest.raises(ValueError, match="not in .*manifest.csv"):
+        error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest)
