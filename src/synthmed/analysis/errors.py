@@ -85,12 +85,12 @@ def to_markdown(b: dict[str, Any]) -> str:
     row("all test frames (accuracy)", b["accuracy"])
     row("lesion frames (recall)", b["lesion_recall"])
     for name, s in b["lesion_recall_by_visible_pixels"].items():
-        row(f"  lesion, {name} visible px", s)
+        row(f"lesion, {name} visible px", s)
     for name, s in b["lesion_recall_by_type"].items():
-        row(f"  lesion, {name}", s)
+        row(f"lesion, {name}", s)
     row("normal frames (specificity)", b["normal_specificity"])
     for name, s in b["normal_specificity_by_scene"].items():
-        row(f"  normal, {name}", s)
+        row(f"normal, {name}", s)
     return "\n".join(lines)
 
 
