@@ -87,17 +87,19 @@ def test_shards_merge(clean, tmp_path):
 
 
 def _frames_rendered_here(cfg: dict, out: str, results) -> None:
-    """render_dataset in this process; puts the number of frames it rendered itself (its log line)."""
+    """render_dataset in this process; puts the number of frames it rendered itself (its log line) and
+    whether it said it waited for another job."""
     import logging
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("synthmed.render.pipeline")
+    logger = logging.getLogger("synthmed")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     render_dataset(cfg, out, progress=False)
-    results.put(sum(int(r.args[0]) for r in records if r.msg.startswith("rendering")))
+    results.put((sum(int(r.args[0]) for r in records if r.msg.startswith("rendering")),
+                 any(r.msg.startswith("waiting for") for r in records)))
 
 
 def test_parallel_jobs_render_once(clean, tmp_path):
@@ -113,7 +115,8 @@ def test_parallel_jobs_render_once(clean, tmp_path):
     counts = sorted(results.get(timeout=300) for _ in jobs)
     for j in jobs:
         j.join()
-    assert counts == [0, TINY["num_frames"]]
+    assert [c[0] for c in counts] == [0, TINY["num_frames"]]
+    assert counts[0][1], "the job that rendered nothing did not say it waited for the other"
     assert _files(tmp_path) == _files(clean)
 
 
