@@ -62,7 +62,8 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (made if missing) while the block runs.
 
     Parallel sweep jobs (`hydra/launcher=local_parallel`) that would make the same cached data (the phantom
-    cohort, the slice cache, a trained generator) take turns: the later one waits, then finds the data made.
+    cohort, the slice cache, a trained generator, a rendered dataset) take turns: the later one waits (and says
+    so in the log), then finds the data made.
     An advisory POSIX lock, released by the OS if the holder dies; where fcntl is missing, a no-op.
     """
     try:

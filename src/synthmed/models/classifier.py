@@ -53,6 +53,7 @@ class LesionClassifier(SplitMetricsModule):
             for split in ("train_", "val", "test")  # "train" is a reserved ModuleDict attribute name
         })
         self.confusion = torchmetrics.ConfusionMatrix(**kwargs)
+        self.on_test_epoch_start()  # the per-frame test records, also when test_step is called directly
         if freeze_features:
             self.freeze_features()
 
@@ -91,7 +92,7 @@ class LesionClassifier(SplitMetricsModule):
         else:
             score, pred = scores.max(1)
         ids = batch.get("id", [str(len(self._test_rows) + k) for k in range(len(target))])
-        wrong = (pred != target).nonzero().flatten().tolist()
+        wrong = set((pred != target).nonzero().flatten().tolist())
         for k, (i, t, p_, s_) in enumerate(zip(ids, target.tolist(), pred.tolist(), score.tolist(), strict=True)):
             self._test_rows.append((str(i), int(t), int(p_), float(s_)))
             if k in wrong and len(self._test_errors) < self.MAX_ERRORS_SHOWN:
@@ -119,7 +120,8 @@ class LesionClassifier(SplitMetricsModule):
 
     def _write_predictions(self) -> None:
         """`<output dir>/test_predictions.csv`: id, label, predicted, score (P(lesion) for two classes), to
-        join with a rendered dataset's manifest.csv (which frames fail: small, far, pale lesions?)."""
+        join with a rendered dataset's manifest.csv (which frames fail: small, far, pale lesions?). Under
+        DDP it holds rank 0's share of the test set."""
         root = getattr(self.trainer, "default_root_dir", None)
         if root is None or not self.trainer.is_global_zero:
             return
