@@ -76,7 +76,8 @@ def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
     # every test frame's prediction, consistent with the logged accuracy; a picture of the misclassified ones
     with (out / "test_predictions.csv").open() as f:
         preds = list(csv.DictReader(f))
-    manifest_ids = {r["id"] for r in csv.DictReader((frames_dir / "manifest.csv").open())}
+    with (frames_dir / "manifest.csv").open() as f:
+        manifest_ids = {r["id"] for r in csv.DictReader(f)}
     assert preds and {r["id"] for r in preds} <= manifest_ids and len({r["id"] for r in preds}) == len(preds)
     for r in preds:
         assert int(r["predicted"]) == int(float(r["score"]) >= 0.5)
