@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 from wandb_records import logged_history, read_records, run_info
 
 import synthmed
+from synthmed.utils import pin_cpu_isa
 
 CONF = Path(synthmed.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -68,6 +70,8 @@ def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
     run_synthmed(["experiment=colon_cls", f"data.root={frames_dir}", "scale=ci", f"hydra.run.dir={out}"], cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["seed"] == 0 and metrics["scale"] == "ci"
+    if pin_cpu_isa({}).get("ATEN_CPU_CAPABILITY") and "ATEN_CPU_CAPABILITY" not in os.environ:
+        assert metrics["cpu_kernels"] == "AVX2"  # the entry point pinned torch's kernels (an AVX2 host)
     assert set(metrics["test"]) >= {"test/acc", "test/auroc", "test/f1", "test/loss"}
     assert "val/loss" in metrics["best_val"] and metrics["wall_time_s"] > 0
     assert f"data.root={frames_dir}" in metrics["overrides"]
@@ -212,3 +216,29 @@ def test_spawn_pools_work_inside_parallel_sweep_workers():
 
     results = Parallel(n_jobs=2, backend="loky")(delayed(_spawn_pool_in_this_process)() for _ in range(2))
     assert results == [[2.0, 3.0]] * 2
+
+
+def test_pin_cpu_isa(tmp_path):
+    avx512 = tmp_path / "cpuinfo_avx512"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f\n")
+    old = tmp_path / "cpuinfo_sse"
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx\n")
+    env: dict[str, str] = {}
+    assert pin_cpu_isa(env, avx512) == env == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                               "MKL_CBWR": "AVX2"}
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}  # the user's own choice stays
+    pin_cpu_isa(env, avx512)
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE" and env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert pin_cpu_isa({}, old) == {}  # a CPU without AVX2 would fault on AVX2 kernels
+    assert pin_cpu_isa({"SYNTHMED_CPU_ISA": "native"}, avx512) == {}
+    assert pin_cpu_isa({}, tmp_path / "missing") == {}
+
+
+def test_pinned_kernels_are_used(tmp_path):
+    """In a fresh interpreter, the pin set before torch's first operation takes effect."""
+    if not pin_cpu_isa({}):
+        pytest.skip("this CPU has no AVX2")
+    code = "from synthmed.utils import pin_cpu_isa; pin_cpu_isa(); import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "SYNTHMED_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "AVX2"

@@ -4,8 +4,12 @@ The configs ship inside the package (synthmed/conf), so this works the same from
 non-editable install. `--cfg job` prints the composed config; `-m` starts a multirun (sweep).
 """
 
-import hydra
-from omegaconf import DictConfig
+from synthmed.utils import pin_cpu_isa
+
+pin_cpu_isa()  # before torch's first operation: the same numbers on hosts with and without AVX-512
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -115,6 +115,7 @@ def run(cfg: DictConfig) -> float | None:
             "seed": cfg.seed,
             "scale": cfg.scale.name,
             "threads": torch.get_num_threads(),
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 when pinned (utils.pin_cpu_isa)
             "overrides": overrides,
             "git_commit": git_commit(),
             "synthmed_version": __version__,
