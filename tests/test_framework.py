@@ -242,3 +242,20 @@ def test_pinned_kernels_are_used(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "SYNTHMED_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "AVX2"
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Files written atomically (manifests, metrics.json, dataset.yaml) are readable by whoever shares the
+    dir, as any new file under the umask would be; mkstemp alone would leave them private (0600)."""
+    from synthmed.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.txt").read_text() == "x"

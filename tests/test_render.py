@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 import signal
 import subprocess
@@ -165,6 +166,34 @@ def test_hidden_lesion_not_in_mask(tmp_path):
         assert r["lesion.present"] == "1" and r["lesion.placed"] == "1"
         assert int(r["visible_pixels"]) == 0 and r["label"] == "0"
         assert not np.array(Image.open(tmp_path / "masks" / f"{r['id']}.png")).any()
+
+
+def test_lesion_behind_a_fold_not_in_mask(tmp_path):
+    """A lesion in the field of view but hidden from the lens by a haustral fold is absent from the mask
+    (label 0); the same lesion on the near side of the fold is seen."""
+    # a straight lumen of radius 18 mm with full-ring folds 30 mm apart: the ridge at z = 150 mm stands
+    # 0.42 x 18 = 7.6 mm into the lumen; the lens sits on the axis at z = 125 mm, looking down it
+    scene = {"tube.bend_amplitude_mm": 0.0, "tube.bend_amplitude2_mm": 0.0, "tube.radius_variation": 0.0,
+             "tube.wall_noise_mm": 0.0, "tube.radius_mm": 18.0, "tube.fold_spacing_mm": 30.0, "tube.fold_phase": 0.0,
+             "tube.fold_depth": 0.42, "tube.fold_sharpness": 7.0, "tube.fold_partial": 0.0,
+             "camera.axial_mm": 125.0, "camera.offset": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0,
+             "camera.fov_deg": 130.0, "lesion.present": 1, "lesion.placement": "axial", "lesion.type": "sessile",
+             "lesion.size_mm": 8.0, "lesion.height_mm": 3.0, "lesion.tilt_deg": 0.0, "lesion.angle_deg": 30.0}
+    rows = {}
+    for name, axial in (("before", 144.0), ("behind", 156.0)):  # 6 mm before / beyond the ridge
+        out = render_dataset({**TINY, "num_frames": 1, "workers": 1,
+                              "overrides": {**scene, "lesion.axial_mm": axial}}, tmp_path / name, progress=False)
+        (rows[name],) = _rows(out)
+        rows[name]["mask"] = np.array(Image.open(out / "masks" / "000000.png"))
+    for r in rows.values():
+        assert r["lesion.placed"] == "1"
+    # the lesion behind the fold lies ~30 degrees off the lens's axis, well inside the field (65 either side):
+    # only the fold hides it
+    off_axis = math.degrees(math.acos((156.0 - 125.0) / float(rows["behind"]["lesion.distance_mm"])))
+    assert off_axis < 45.0
+    assert int(rows["before"]["visible_pixels"]) >= TINY["min_visible_pixels"] and rows["before"]["label"] == "1"
+    assert int(rows["behind"]["visible_pixels"]) == 0 and rows["behind"]["label"] == "0"
+    assert not rows["behind"]["mask"].any()
 
 
 def test_dataset_name_and_bad_key():

@@ -128,6 +128,22 @@ def _check_values(c: dict) -> None:
     need("lesion_probability", isinstance(c["lesion_probability"], int | float) and 0 <= c["lesion_probability"] <= 1,
          "must be in [0, 1]")
     need("min_visible_pixels", isinstance(c["min_visible_pixels"], int) and c["min_visible_pixels"] >= 1, "must be >= 1")
+    tx = c["textures"]
+
+    def need_tx(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise RenderConfigError(f"render config key 'render.textures.{key}' {what}, got {tx.get(key)!r}")
+
+    need_tx("mode", tx["mode"] in ("baked", "procedural"), "must be baked or procedural")
+    need_tx("patterns", isinstance(tx["patterns"], int) and not isinstance(tx["patterns"], bool) and tx["patterns"] >= 1,
+            "must be a positive integer")
+    scales = tx["vessel_scale"]
+    need_tx("vessel_scale", isinstance(scales, list | tuple) and len(scales) == 2
+            and all(isinstance(v, int | float) and v > 0 for v in scales), "must be [low, high] cells per mm, > 0")
+    for key in ("reference_radius_mm", "length_mm", "branch_scale"):
+        need_tx(key, isinstance(tx[key], int | float) and tx[key] > 0, "must be > 0")
+    need_tx("texel_mm", tx["texel_mm"] is None or (isinstance(tx["texel_mm"], int | float) and tx["texel_mm"] > 0),
+            "must be null or > 0")
     names = set(param_names(c))
     for key in c["overrides"] or {}:
         if key not in names:
@@ -165,6 +181,12 @@ def param_specs(cfg: Mapping) -> dict[str, Any]:
 
 def param_names(cfg: Mapping) -> list[str]:
     return list(param_specs(cfg))
+
+
+def pattern_lane(cfg: Mapping, params: Mapping[str, Any]) -> int:
+    """Which of the baked mucosa patterns (`textures.patterns`) a frame's wall shows."""
+    n = int(cfg["textures"]["patterns"])
+    return min(n - 1, int(math.floor(float(params["mucosa.pattern"]) * n)))
 
 
 def frame_seed(seed: int, index: int) -> int:
@@ -207,11 +229,21 @@ def _draw(spec: Any, rng: np.random.Generator, drawn: Mapping[str, Any], name: s
     raise RenderConfigError(f"'{name}': bad distribution {spec!r}")
 
 
-def sample_params(cfg: Mapping, index: int) -> dict[str, Any]:
-    """Every per-frame parameter of frame `index`. Each parameter draws from its own stream keyed by
-    (frame seed, parameter name), so adding a parameter never shifts the others. Overrides win."""
+def sample_params(cfg: Mapping, index: int, names: list[str] | None = None) -> dict[str, Any]:
+    """Every per-frame parameter of frame `index` (or only `names`, with the same values). Each parameter
+    draws from its own stream keyed by (frame seed, parameter name), so adding a parameter never shifts the
+    others. Overrides win."""
     fseed = frame_seed(cfg["seed"], index)
     specs = param_specs(cfg)
+    if names is not None:  # the names and, transitively, the parameters their `by` conditions read
+        want, stack = set(), list(names)
+        while stack:
+            name = stack.pop()
+            if name not in want:
+                want.add(name)
+                if isinstance(specs[name], Mapping) and "by" in specs[name]:
+                    stack.append(specs[name]["by"])
+        specs = {n: s for n, s in specs.items() if n in want}
     drawn: dict[str, Any] = {}
     overrides = cfg.get("overrides") or {}
     # unconditional first, then those conditioned on an earlier draw
@@ -220,4 +252,4 @@ def sample_params(cfg: Mapping, index: int) -> dict[str, Any]:
     for name in order:
         rng = np.random.default_rng([fseed, zlib.crc32(name.encode())])
         drawn[name] = overrides[name] if name in overrides else _draw(specs[name], rng, drawn, name)
-    return {name: drawn[name] for name in specs}
+    return {name: drawn[name] for name in (names if names is not None else specs)}

@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from synthmed.render.config import (
     dataset_name,
     frame_seed,
     param_names,
+    pattern_lane,
     resolve_config,
     sample_params,
 )
@@ -29,8 +31,10 @@ from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, fi
 
 SIDE_DIR = "frames"  # one sidecar JSON per finished frame
 SCRATCH = ".scratch"  # the workers' per-frame EXR files; removed when the pool is done
+PATTERNS = ".patterns"  # the baked mucosa patterns (textures.mode=baked); removed once the dataset is complete
 FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
-DERIVED_COLUMNS = ("camera.offset_mm", "lesion.placed", "lesion.distance_mm")
+DERIVED_COLUMNS = ("camera.offset_mm", "mucosa.pattern_index", "vessels.scale_per_mm", "lesion.placed",
+                   "lesion.distance_mm")
 
 __all__ = ["dataset_name", "render_dataset", "frame_id"]
 
@@ -94,10 +98,30 @@ def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int =
         _STATE["error"] = RuntimeError(f"render worker failed to build the scene: {type(e).__name__}: {e}")
 
 
+def _pattern_path(out: Path, lane: int) -> Path:
+    return out / PATTERNS / f"pattern{lane}.npy"
+
+
+def _worker_bake(lane: int) -> int:
+    """Bake one mucosa pattern and save it atomically (a killed bake leaves no half-written pattern)."""
+    if "error" in _STATE:
+        raise _STATE["error"]
+    pattern = _STATE["scene"].bake_pattern(lane)
+    with atomic_path(_pattern_path(_STATE["out"], lane)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, pattern)
+    return lane
+
+
 def _worker_frame(index: int) -> int:
     if "error" in _STATE:
         raise _STATE["error"]
-    render_frame(_STATE["scene"], _STATE["cfg"], _STATE["out"], index, _STATE["blender"])
+    scene, cfg = _STATE["scene"], _STATE["cfg"]
+    if cfg["textures"]["mode"] == "baked" and not scene.pattern_loaded:
+        # every pattern the run's frames show was baked before the first frame was handed out
+        paths = {k: _pattern_path(_STATE["out"], k) for k in range(int(cfg["textures"]["patterns"]))}
+        scene.set_pattern({k: np.load(path) for k, path in paths.items() if path.exists()})
+    render_frame(scene, cfg, _STATE["out"], index, _STATE["blender"])
     return index
 
 
@@ -152,27 +176,65 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
     return out
 
 
+def _check_spawnable() -> None:
+    """Spawned workers re-run the main script's imports; a script read from stdin cannot be re-read, and the
+    pool would restart its dying workers forever. Say so instead of hanging."""
+    import sys
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is not None and not os.path.exists(main):
+        raise RuntimeError(f"render workers are spawned processes that re-import the main script, and {main!r} "
+                           "is not a file (a script piped to python?): save it to a file, or use python -c")
+
+
 def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     from tqdm.auto import tqdm
 
+    _check_spawnable()
+
     workers = max(1, min(int(c["workers"]), len(todo)))
     threads = _threads(c) if c["threads"] else max(1, (os.cpu_count() or 1) // workers)
-    bar = tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress, smoothing=0.1)
     scratch = out / SCRATCH / str(os.getpid())  # per run: concurrent shards never remove each other's
     with spawn_context() as ctx, ctx.Pool(workers, initializer=_worker_init,
                                           initargs=(c, str(out), threads, str(scratch), workers)) as pool:
-        try:
+        if c["textures"]["mode"] == "baked":
+            _bake_patterns(c, out, _lanes_shown(c, todo), pool, progress)
+        with tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress,
+                  smoothing=0.1) as bar:
             for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
                 bar.update(1)
-        finally:
-            bar.close()
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         (out / SCRATCH).rmdir()  # only if no other shard is using it
     except OSError:
         pass
+
+
+def _lanes_shown(c: dict, frames: list[int]) -> list[int]:
+    """The mucosa patterns the frames show (a small dataset may not need all of them)."""
+    lanes: set[int] = set()
+    for i in frames:
+        lanes.add(pattern_lane(c, sample_params(c, i, ["mucosa.pattern"])))
+        if len(lanes) == int(c["textures"]["patterns"]):
+            break
+    return sorted(lanes)
+
+
+def _bake_patterns(c: dict, out: Path, lanes: list[int], pool, progress: bool) -> None:
+    """Bake the mucosa patterns `lanes` (those the frames to render show) that are not baked yet, spread over
+    the render workers: once per dataset (shards rendering into the same dir take turns, the later one
+    finds them made)."""
+    from tqdm.auto import tqdm
+
+    (out / PATTERNS).mkdir(exist_ok=True)
+    with file_lock(out / PATTERNS / ".bake.lock"):
+        missing = [k for k in lanes if not _pattern_path(out, k).exists()]
+        if not missing:
+            return
+        log.info("baking %d mucosa patterns into %s", len(missing), out / PATTERNS)
+        with tqdm(total=len(missing), unit="pattern", desc="bake mucosa patterns", disable=not progress) as bar:
+            for _ in pool.imap_unordered(_worker_bake, missing, chunksize=1):
+                bar.update(1)
 
 
 def _read_rows(out: Path, n: int) -> tuple[list[dict], list[dict]]:
@@ -214,6 +276,7 @@ def finalize(c: dict, out: Path) -> None:
         "config": dataset_config(c),
     }
     atomic_write_text(out / "dataset.yaml", OmegaConf.to_yaml(OmegaConf.create(meta)))
+    shutil.rmtree(out / PATTERNS, ignore_errors=True)  # every frame exists: the patterns are not needed again
 
 
 def write_preview(out: Path, rows: list[dict], cols: int = 4) -> None:

@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from synthmed.render.config import pattern_lane
 from synthmed.render.exr import read_exr
 
 LESION_INDEX = 1
+VESSEL_RANGE = 0.32  # baked distances to a vessel (in cells) span [0, VESSEL_RANGE]: 8 bits give 0.0013 steps
+LANE_SHIFT = (131.7, -77.3, 1013.9)  # pattern k is the noise field shifted by k x this (mm): disjoint patterns
+PATTERN_MARGIN_MM = 40.0  # the wall seen behind the lens (wide field, pitched scope) still lies on the pattern
 
 
 # ----------------------------------------------------------------------------- centreline (numpy)
@@ -152,6 +156,7 @@ class ColonScene:
         if tmp_root:
             os.makedirs(tmp_root, exist_ok=True)
         self.tmpdir = tempfile.mkdtemp(prefix="synthmed_render_", dir=tmp_root)
+        self.pattern_loaded = False
         self._setup_render(threads)
         self._build_tube()
         self._build_lesions()
@@ -235,7 +240,12 @@ class ColonScene:
                         g.math("ADD", 1.0, wave(k["tube.radius_variation"], k["tube.radius_wavelength_mm"],
                                                 k["tube.radius_phase"])))
         circle = g.node("GeometryNodeCurvePrimitiveCircle", {"Resolution": int(sc["segments_around"]), "Radius": 1.0})
-        mesh = g.node("GeometryNodeCurveToMesh", {"Curve": bent.outputs[0], "Profile Curve": circle.outputs[0],
+        # each wall vertex keeps its profile point's direction (cos, sin, 0): the mucosa pattern reads the angle
+        # around the lumen from it (interpolating the vector, not the angle, leaves no seam where it wraps)
+        around = g.node("GeometryNodeStoreNamedAttribute", {"Geometry": circle.outputs[0], "Name": "around",
+                                                             "Value": g.node("GeometryNodeInputPosition").outputs[0]},
+                        data_type="FLOAT_VECTOR", domain="POINT")
+        mesh = g.node("GeometryNodeCurveToMesh", {"Curve": bent.outputs[0], "Profile Curve": around.outputs[0],
                                                    "Scale": radius, "Fill Caps": False})
         # haustral folds: ridges at regular axial spacing, deeper on part of the ring (crescents)
         axial = g.node("GeometryNodeInputNamedAttribute", {"Name": "axial"}, data_type="FLOAT").outputs[0]
@@ -272,55 +282,61 @@ class ColonScene:
         self.tube.pass_index = 0
         mesh_data.materials.append(self.mucosa)
 
-    # ---- mucosa: shader nodes
+    # ---- mucosa: shader nodes over a pattern that is baked once (default) or evaluated per sample
     def _mucosa_material(self):
-        bpy, sc = self.bpy, self.sc
+        bpy, sc, tx = self.bpy, self.sc, self.cfg["textures"]
         mat = bpy.data.materials.new("mucosa")
         nt = mat.node_tree
         nt.nodes.clear()
         g = _Graph(nt)
         k = _Inputs(g)
+        # where on the wall: the angle around the lumen and the axial position, mapped onto the pattern's
+        # reference cylinder and turned / shifted per frame (pose sets pattern.*)
+        around = g.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
+        xyz = g.node("ShaderNodeSeparateXYZ", {0: around})
+        theta = g.math("ADD", g.math("ARCTAN2", xyz.outputs[1], xyz.outputs[0]), k["pattern.angle"])
         co = g.node("ShaderNodeTexCoord").outputs["Object"]
-        seed = k["mucosa.texture_seed"]
+        z = g.node("ShaderNodeSeparateXYZ", {0: co}).outputs[2]
+        axial = g.math("MULTIPLY_ADD", z, k["pattern.axial_scale"], k["pattern.axial_offset"])
+        if tx["mode"] == "baked":
+            self.pattern_image = bpy.data.images.new("mucosa_pattern", 1, 1, alpha=True, float_buffer=False)
+            self.pattern_image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
+            self.pattern_image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
+            channels = _baked_channels(g, theta, axial, k["pattern.lane"], self.pattern_image, self.cfg)
+        elif tx["mode"] == "procedural":
+            self.pattern_image = None
+            channels = pattern_channels(g, theta, axial, k["pattern.lane"], k["pattern.vessel_scale"], tx)
+        else:
+            raise ValueError(f"render.textures.mode: unknown mode {tx['mode']!r} (baked, procedural)")
+        seed = k["mucosa.bump_seed"]
         # mottled base colour
-        mottle = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, seed), "Scale": 0.06, "Detail": 2.0},
-                        noise_dimensions="3D").outputs[0]
-        base_a, base_b = k.rgb("mucosa.colour"), k.rgb("mucosa.colour_dark")
-        fac = g.math("MULTIPLY", g.map_range(mottle, 0.3, 0.7), k["mucosa.mottle"])
-        base = g.mix_rgb(fac, base_a, base_b)
-        # vessels: noise-distorted Voronoi cell edges, two scales; density thins them with a noise mask
-        # one scalar noise shifts the lookup along a fixed oblique direction: a third of the cost of a colour
-        # noise (three evaluations) and still bends the cell edges into meandering vessels
-        warp = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 5.0)), "Scale": 0.08, "Detail": 1.0},
-                      noise_dimensions="3D").outputs[0]
-        amount = g.math("MULTIPLY", g.math("SUBTRACT", warp, 0.5), g.math("DIVIDE", k["vessels.distortion"], k["vessels.scale"]))
-        warped = g.vmath("ADD", co, g.vmath("SCALE", (0.62, 0.55, 0.56), scale=g.math("MULTIPLY", amount, 1.7)))
-
-        def vessel_layer(scale, width):
-            vor = g.node("ShaderNodeTexVoronoi", {"Vector": _seeded(g, warped, seed), "Scale": scale, "Randomness": 1.0},
-                         feature="DISTANCE_TO_EDGE", voronoi_dimensions="3D")
-            return g.map_range(vor.outputs["Distance"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-
-        main = vessel_layer(k["vessels.scale"], k["vessels.width"])
-        patch = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 11.0)), "Scale": 0.05, "Detail": 2.0},
-                       noise_dimensions="3D").outputs[0]
-        # density 0 -> only the strongest patches show vessels; 1 -> the whole wall
+        fac = g.math("MULTIPLY", g.map_range(channels["mottle"], 0.3, 0.7), k["mucosa.mottle"])
+        base = g.mix_rgb(fac, k.rgb("mucosa.colour"), k.rgb("mucosa.colour_dark"))
+        # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
+        # mask decides how much of the wall shows them (vascular density)
+        width = k["vessels.width"]
+        main = g.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        near = g.map_range(channels["main"], float(tx["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        branch = g.map_range(channels["branch"], g.math("MULTIPLY", width, float(tx["branch_width"])), 0.0, 0.0, 1.0,
+                             "SMOOTHSTEP")
+        branch = g.math("MULTIPLY", g.math("MULTIPLY", branch, near), float(tx["branch_contrast"]))
         thresh = g.math("SUBTRACT", 0.75, g.math("MULTIPLY", k["vessels.density"], 0.6))
-        shown = g.map_range(patch, thresh, g.math("ADD", thresh, 0.12), 0.0, 1.0, "SMOOTHSTEP")
-        vessels = g.math("MULTIPLY", main, shown)
-        vessels = g.math("MULTIPLY", vessels, k["vessels.contrast"])
+        shown = g.map_range(channels["patch"], thresh, g.math("ADD", thresh, 0.12), 0.0, 1.0, "SMOOTHSTEP")
+        vessels = g.math("MULTIPLY", g.math("MULTIPLY", g.math("MAXIMUM", main, branch), shown), k["vessels.contrast"])
         coloured = g.mix_rgb(vessels, base, k.rgb("vessels.colour"))
         # fake translucency: warmer, lighter where the surface turns away (light scattered under the surface)
         facing = g.node("ShaderNodeLayerWeight", {"Blend": 0.4}).outputs["Facing"]
         rim = g.math("MULTIPLY", facing, k["mucosa.translucency"])
         coloured = g.mix_rgb(rim, coloured, k.rgb("mucosa.colour_rim"))
-        # wet, bumpy surface: fine noise bump under a glossy coat -> many small specular glints
-        # (the bump node evaluates its height three times a sample: one cheap noise; the wall's larger
-        # undulations are geometry already)
-        height = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, g.math("ADD", seed, 23.0)),
-                                               "Scale": float(sc["mucosa_bump_scale"]), "Detail": 1.0},
-                        noise_dimensions="3D").outputs[0]
-        bump = g.node("ShaderNodeBump", {"Strength": k["mucosa.bump_strength"], "Distance": 0.35, "Height": height})
+        # wet surface: small domes of mucus (where a noise rises above a threshold) under a glossy coat; each
+        # dome holds every normal direction, so each catches the tip light as a glint (the bump node evaluates
+        # its height three times a sample: one cheap noise; the wall's larger undulations are geometry already)
+        noise = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, co, seed), "Scale": float(sc["mucosa_bump_scale"]),
+                                              "Detail": 1.0}, noise_dimensions="3D").outputs[0]
+        low = g.math("SUBTRACT", 0.7, g.math("MULTIPLY", k["mucosa.droplets"], 0.12))  # more droplets, lower
+        height = g.map_range(noise, low, g.math("ADD", low, 0.1), 0.0, 1.0, "SMOOTHSTEP")
+        bump = g.node("ShaderNodeBump", {"Strength": k["mucosa.bump_strength"],
+                                         "Distance": float(sc["mucosa_bump_distance"]), "Height": height})
         bsdf = g.node("ShaderNodeBsdfPrincipled", {
             "Base Color": coloured, "Roughness": k["mucosa.roughness"], "Normal": bump.outputs[0],
             "Coat Weight": k["mucosa.wetness"], "Coat Roughness": k["mucosa.coat_roughness"], "Coat IOR": 1.33,
@@ -333,6 +349,72 @@ class ColonScene:
         out = g.node("ShaderNodeOutputMaterial")
         g.connect(bsdf.outputs[0], out.inputs["Surface"])
         return mat, k
+
+    # ---- the baked pattern
+    def bake_pattern(self, lane: int) -> np.ndarray:
+        """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
+        procedural shader runs per sample). Returns (rows, cols, 4) uint8; see `pattern_grid`."""
+        bpy, tx = self.bpy, self.cfg["textures"]
+        rows, cols, texel_theta, texel_axial = pattern_grid(self.cfg)
+        tree = bpy.data.node_groups.new("MucosaPatternBake", "GeometryNodeTree")
+        tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        g = _Graph(tree)
+        points = g.node("GeometryNodeMeshLine", {"Count": rows * cols})
+        index = g.node("GeometryNodeInputIndex").outputs[0]
+        # texel (row, col) of point `index`, row-major; +0.5 keeps floor() exact in float arithmetic
+        row = g.math("FLOOR", g.math("DIVIDE", g.math("ADD", index, 0.5), float(cols)))
+        col = g.math("SUBTRACT", index, g.math("MULTIPLY", row, float(cols)))
+        # row 0 and the last row repeat the other end of the circle, so bilinear lookups wrap without a seam
+        theta = g.math("MULTIPLY", g.math("SUBTRACT", row, 0.5), texel_theta)
+        axial = g.math("MULTIPLY", g.math("ADD", col, 0.5), texel_axial)
+        ch = pattern_channels(g, theta, axial, float(lane), lane_vessel_scale(tx, lane), tx)
+        packed = g.node("ShaderNodeCombineXYZ", {0: ch["mottle"], 1: ch["main"], 2: ch["branch"]}).outputs[0]
+        store = g.node("GeometryNodeStoreNamedAttribute", {"Geometry": points.outputs[0], "Name": "rgb", "Value": packed},
+                       data_type="FLOAT_VECTOR", domain="POINT")
+        store = g.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": "a", "Value": ch["patch"]},
+                       data_type="FLOAT", domain="POINT")
+        g.connect(store.outputs[0], g.node("NodeGroupOutput").inputs[0])
+        mesh = bpy.data.meshes.new("mucosa_pattern_bake")
+        ob = bpy.data.objects.new("mucosa_pattern_bake", mesh)
+        ob.hide_render = True
+        self.scene.collection.objects.link(ob)
+        ob.modifiers.new("bake", "NODES").node_group = tree
+        try:
+            depsgraph = bpy.context.evaluated_depsgraph_get()
+            depsgraph.update()
+            ev = ob.evaluated_get(depsgraph)
+            me = ev.to_mesh()
+            n = rows * cols
+            if len(me.vertices) != n:
+                raise RuntimeError(f"pattern bake produced {len(me.vertices)} points, expected {n}")
+            rgb = np.empty(n * 3, np.float32)
+            me.attributes["rgb"].data.foreach_get("vector", rgb)
+            alpha = np.empty(n, np.float32)
+            me.attributes["a"].data.foreach_get("value", alpha)
+            ev.to_mesh_clear()
+        finally:
+            bpy.data.objects.remove(ob)
+            bpy.data.meshes.remove(mesh)
+            bpy.data.node_groups.remove(tree)
+        values = np.concatenate([rgb.reshape(n, 3), alpha[:, None]], axis=1)
+        values[:, 1:3] /= VESSEL_RANGE  # distances to a vessel: [0, VESSEL_RANGE] cells -> [0, 1]
+        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, 4)
+
+    def set_pattern(self, lanes: Mapping[int, np.ndarray]) -> None:
+        """Load baked patterns ({lane: `bake_pattern(lane)`}) into the texture the mucosa looks up. Lanes no
+        frame of this run shows may be left out (their rows stay empty)."""
+        rows, cols = pattern_grid(self.cfg)[:2]
+        empty = np.zeros((rows, cols, 4), np.uint8)
+        # lane k occupies rows k*rows .. (k+1)*rows - 1
+        texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
+        h, w = texture.shape[:2]
+        img = self.pattern_image
+        img.scale(w, h)
+        # Blender images store rows bottom-up; v = 0 is row 0 of our array
+        img.pixels.foreach_set((texture.astype(np.float32) / 255.0).ravel())
+        img.update()
+        self.pattern_loaded = True
 
     # ---- lesions: three meshes, one shared lobulation modifier and material
     def _build_lesions(self) -> None:
@@ -465,7 +547,8 @@ class ColonScene:
                                       min(1.0, p["mucosa.value"] * 1.15)),
             "vessels.colour": _hsv(p["vessels.hue"], p["vessels.saturation"], p["vessels.value"]),
         }
-        self._set_inputs(self.mucosa_in, p, rgb_values)
+        pattern = self._pattern_inputs(p)
+        self._set_inputs(self.mucosa_in, {**p, **pattern}, rgb_values)
         size = float(p["lesion.size_mm"])
         lesion_rgb = {
             "lesion.colour": _hsv(p["lesion.hue"], p["lesion.saturation"], p["lesion.value"]),
@@ -489,10 +572,26 @@ class ColonScene:
 
         for ob in self.lesions.values():
             ob.hide_render = True
-        derived.update({"lesion.placed": 0, "lesion.distance_mm": -1.0})
+        derived.update({"mucosa.pattern_index": int(pattern["pattern.lane"]),
+                        "vessels.scale_per_mm": pattern["pattern.vessel_scale"] * pattern["pattern.axial_scale"],
+                        "lesion.placed": 0, "lesion.distance_mm": -1.0})
         if int(p["lesion.present"]):
             self._place_lesion(p, depsgraph, cam_pos, forward, up, derived)
         return derived
+
+    def _pattern_inputs(self, p: Mapping[str, Any]) -> dict[str, float]:
+        """Where this frame's wall lies on the mucosa pattern: which pattern, turned and shifted how, and the
+        axial scale that keeps its cells round on a lumen of this radius."""
+        tx = self.cfg["textures"]
+        lane = pattern_lane(self.cfg, p)
+        scale = float(tx["reference_radius_mm"]) / float(p["tube.radius_mm"])
+        # the wall from a little behind the lens to the far end of the tube must lie on [0, length_mm]
+        first = (float(p["camera.axial_mm"]) - PATTERN_MARGIN_MM) * scale
+        free = float(tx["length_mm"]) - (float(self.sc["tube_length_mm"]) * scale - first)
+        offset = -first + max(free, 0.0) * float(p["mucosa.pattern_shift"])
+        return {"pattern.lane": float(lane), "pattern.angle": math.radians(float(p["mucosa.pattern_angle_deg"])),
+                "pattern.axial_scale": scale, "pattern.axial_offset": offset,
+                "pattern.vessel_scale": lane_vessel_scale(tx, lane)}
 
     def _set_inputs(self, k: _Inputs, p: Mapping[str, Any], rgb: Mapping[str, Any]) -> None:
         for name, node in k.nodes.items():
@@ -587,6 +686,8 @@ class ColonScene:
     def render(self, p: Mapping[str, Any], cycles_seed: int) -> dict[str, Any]:
         """Render one frame. Returns {"rgb": HxWx3 linear float32, "index": HxW float32, "depth": HxW float32,
         "derived": {...}}. Row 0 is the top of the image."""
+        if self.pattern_image is not None and not self.pattern_loaded:
+            raise RuntimeError("textures.mode=baked: load the baked patterns with set_pattern() before rendering")
         derived = self.pose(p)
         self.scene.cycles.seed = int(cycles_seed)
         if os.path.exists(self.exr_path):
@@ -600,6 +701,79 @@ class ColonScene:
         import shutil
 
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def texel_mm(cfg: Mapping) -> float:
+    """The baked pattern's texel: `textures.texel_mm`, or (null) 0.4 mm at 128 px, finer for larger frames."""
+    t = cfg["textures"]["texel_mm"]
+    return float(t) if t is not None else 0.4 * 128.0 / float(cfg["resolution"])
+
+
+def pattern_grid(cfg: Mapping) -> tuple[int, int, float, float]:
+    """Texels of one baked pattern: (rows, cols, radians a row, mm a column). Rows go around the reference
+    circle plus one repeated row at each end; columns along `length_mm`."""
+    tx = cfg["textures"]
+    texel = texel_mm(cfg)
+    around = max(8, int(round(2.0 * math.pi * float(tx["reference_radius_mm"]) / texel)))
+    cols = max(8, int(round(float(tx["length_mm"]) / texel)))
+    return around + 2, cols, 2.0 * math.pi / around, float(tx["length_mm"]) / cols
+
+
+def lane_vessel_scale(tx: Mapping, lane: int) -> float:
+    """Vessel cells per mm (on the reference radius) of pattern `lane`: log-spaced over `vessel_scale`."""
+    lo, hi = (float(v) for v in tx["vessel_scale"])
+    n = int(tx["patterns"])
+    return lo * (hi / lo) ** (lane / (n - 1)) if n > 1 else math.sqrt(lo * hi)
+
+
+def pattern_channels(g: _Graph, theta, axial, lane, scale, tx: Mapping) -> dict[str, Any]:
+    """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
+    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells).
+
+    Built only from nodes that shader and geometry-node trees share, so the shader evaluates exactly the
+    function that `ColonScene.bake_pattern` bakes. `lane` and `scale` are numbers or sockets."""
+    r0 = float(tx["reference_radius_mm"])
+    p = g.node("ShaderNodeCombineXYZ", {0: g.math("MULTIPLY", g.math("COSINE", theta), r0),
+                                        1: g.math("MULTIPLY", g.math("SINE", theta), r0), 2: axial}).outputs[0]
+    p = g.vmath("ADD", p, g.vmath("SCALE", LANE_SHIFT, scale=lane))
+
+    def noise(shift, freq, detail):
+        return g.node("ShaderNodeTexNoise", {"Vector": g.vmath("ADD", p, shift), "Scale": freq, "Detail": detail},
+                      noise_dimensions="3D").outputs[0]
+
+    def warped(q, shift, freq, cells):
+        # one scalar noise shifts the lookup along a fixed oblique direction: meandering cell edges
+        amount = g.math("MULTIPLY", g.math("SUBTRACT", noise(shift, freq, 1.0), 0.5),
+                        g.math("DIVIDE", float(tx["vessel_distortion"]) * 1.7, cells))
+        return g.vmath("ADD", q, g.vmath("SCALE", (0.62, 0.55, 0.56), scale=amount))
+
+    def edges(q, cells):
+        return g.node("ShaderNodeTexVoronoi", {"Vector": q, "Scale": cells, "Randomness": 1.0},
+                      feature="DISTANCE_TO_EDGE", voronoi_dimensions="3D").outputs["Distance"]
+
+    fine = g.math("MULTIPLY", scale, float(tx["branch_scale"]))
+    main_at = warped(p, (37.1, 11.3, -5.9), 0.08, scale)
+    branch_at = warped(main_at, (-21.7, 43.9, 8.2), 0.25, fine)
+    return {"mottle": noise((0.0, 0.0, 0.0), 0.06, 3.0), "main": edges(main_at, scale),
+            "branch": edges(branch_at, fine), "patch": noise((61.3, -29.4, 17.6), 0.05, 2.0)}
+
+
+def _baked_channels(g: _Graph, theta, axial, lane, image, cfg: Mapping) -> dict[str, Any]:
+    """The same channels as `pattern_channels`, read from the baked texture (lanes stacked bottom-up)."""
+    tx = cfg["textures"]
+    rows = pattern_grid(cfg)[0]
+    around = g.math("FLOORED_MODULO", theta, 2.0 * math.pi)
+    # row r of a lane holds angle (r - 0.5) x step: the angle sits at row position angle / step + 0.5, whose
+    # texel-centre coordinate is one more (texel r spans [r, r + 1))
+    row = g.math("MULTIPLY_ADD", around, (rows - 2) / (2.0 * math.pi), 1.0)
+    v = g.math("DIVIDE", g.math("MULTIPLY_ADD", lane, float(rows), row), float(rows * int(tx["patterns"])))
+    u = g.math("DIVIDE", axial, float(tx["length_mm"]))
+    uv = g.node("ShaderNodeCombineXYZ", {0: u, 1: v, 2: 0.0}).outputs[0]
+    tex = g.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
+    tex.image = image
+    rgb = g.node("ShaderNodeSeparateColor", {0: tex.outputs["Color"]})
+    return {"mottle": rgb.outputs[0], "main": g.math("MULTIPLY", rgb.outputs[1], VESSEL_RANGE),
+            "branch": g.math("MULTIPLY", rgb.outputs[2], VESSEL_RANGE), "patch": tex.outputs["Alpha"]}
 
 
 def _seeded(g: _Graph, co, seed):
