@@ -73,6 +73,7 @@ def test_contract(clean):
     assert any(int(r["label"]) for r in rows), "no visible lesion in the tiny set: test is not meaningful"
     meta = (clean / "dataset.yaml").read_text()
     assert "blender_version" in meta and "synthmed_version" in meta
+    assert not (clean / ".patterns").exists(), "the baked patterns outlive the finished dataset"
 
 
 def test_workers_identical(clean, tmp_path):
@@ -196,6 +197,19 @@ def test_lesion_behind_a_fold_not_in_mask(tmp_path):
     assert not rows["behind"]["mask"].any()
 
 
+def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
+    """The baked mucosa pattern is a cache of the procedural one: the same frames, masks byte-equal, RGB
+    within interpolation and 8-bit rounding (at 48 px a texel is 1.1 mm; a wrong lookup is off by tens)."""
+    render_dataset({**TINY, "num_frames": 3, "workers": 1, "textures": {"mode": "procedural"}}, tmp_path, progress=False)
+    for i in range(3):
+        name = f"{i:06d}.png"
+        assert (tmp_path / "masks" / name).read_bytes() == (clean / "masks" / name).read_bytes()
+        a, b = (np.asarray(Image.open(root / "images" / name), np.int16) for root in (tmp_path, clean))
+        diff = np.abs(a - b)
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 8, (i, diff.mean(), diff.max())
+    assert dataset_name({**TINY, "textures": {"mode": "procedural"}}) != dataset_name(TINY)
+
+
 def test_dataset_name_and_bad_key():
     assert dataset_name({**TINY, "workers": 1}) == dataset_name({**TINY, "workers": 3, "threads": 2, "shard": 0})
     assert dataset_name(TINY) != dataset_name({**TINY, "seed": 1})
@@ -203,6 +217,10 @@ def test_dataset_name_and_bad_key():
         resolve_config({"engine": {"sampels": 3}})
     with pytest.raises(RenderConfigError, match="render.overrides.lesion.sise_mm"):
         resolve_config({"overrides": {"lesion.sise_mm": 3}})
+    with pytest.raises(RenderConfigError, match="render.textures.mode"):
+        resolve_config({"textures": {"mode": "bakd"}})
+    with pytest.raises(RenderConfigError, match="render.textures.vessel_scale"):
+        resolve_config({"textures": {"vessel_scale": [0.05]}})
 
 
 def test_import_is_lazy():

@@ -157,6 +157,7 @@ class ColonScene:
             os.makedirs(tmp_root, exist_ok=True)
         self.tmpdir = tempfile.mkdtemp(prefix="synthmed_render_", dir=tmp_root)
         self.pattern_loaded = False
+        self.pattern_lanes: frozenset[int] = frozenset()  # the baked patterns set_pattern loaded
         self._setup_render(threads)
         self._build_tube()
         self._build_lesions()
@@ -415,6 +416,7 @@ class ColonScene:
         img.pixels.foreach_set((texture.astype(np.float32) / 255.0).ravel())
         img.update()
         self.pattern_loaded = True
+        self.pattern_lanes = frozenset(lanes)
 
     # ---- lesions: three meshes, one shared lobulation modifier and material
     def _build_lesions(self) -> None:
@@ -686,8 +688,9 @@ class ColonScene:
     def render(self, p: Mapping[str, Any], cycles_seed: int) -> dict[str, Any]:
         """Render one frame. Returns {"rgb": HxWx3 linear float32, "index": HxW float32, "depth": HxW float32,
         "derived": {...}}. Row 0 is the top of the image."""
-        if self.pattern_image is not None and not self.pattern_loaded:
-            raise RuntimeError("textures.mode=baked: load the baked patterns with set_pattern() before rendering")
+        if self.pattern_image is not None and pattern_lane(self.cfg, p) not in self.pattern_lanes:
+            raise RuntimeError(f"textures.mode=baked: pattern {pattern_lane(self.cfg, p)} of this frame is not loaded "
+                               f"(loaded: {sorted(self.pattern_lanes)}); bake it and pass it to set_pattern()")
         derived = self.pose(p)
         self.scene.cycles.seed = int(cycles_seed)
         if os.path.exists(self.exr_path):
