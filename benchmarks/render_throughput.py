@@ -178,8 +178,8 @@ def main() -> None:
             t_naive, stages = q.get()
             proc.join()
             result.update({"naive_fps": round(args.frames / t_naive, 3), "naive_s": round(t_naive, 2),
-                           # seconds a frame: the naive frame is a scene build + two renders (+ PNGs), the
-                           # pipeline's one render, so the ratio stays near 2 + build / render
+                           # seconds a frame: the naive frame is a scene build + two renders that evaluate
+                           # the mucosa pattern per sample (+ PNGs), the pipeline's one render that looks it up
                            **{f"naive_{k}_s_per_frame": round(v, 4) for k, v in stages.items()},
                            "ratio": round(t_naive / t_pipe, 2),
                            "ratio_steady": None if steady is None else round(steady * t_naive / args.frames, 2),

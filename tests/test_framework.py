@@ -259,3 +259,15 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "shared.txt").read_text() == "x"
+
+
+def test_piped_script_gets_an_error_not_a_hung_pool(tmp_path):
+    """A script piped to python cannot be re-imported by spawned workers: the render (whose Pool would restart
+    them forever) stops at once with an error saying so, and renders nothing."""
+    code = ("from synthmed.render import render_dataset\n"
+            "render_dataset({'num_frames': 1, 'resolution': 48}, 'piped', progress=False)\n")
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode != 0
+    assert "not a file (a script piped to python?)" in out.stderr
+    assert not list((tmp_path / "piped" / "images").glob("*.png"))

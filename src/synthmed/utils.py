@@ -132,8 +132,18 @@ def spawn_context() -> Iterator[Any]:
     """A "spawn" multiprocessing context for a pool used inside the block, also inside a worker of a
     parallel sweep. A spawned child restores its parent's global start method first; in a joblib (loky)
     worker that is "loky", which a fresh child does not know ("cannot find context for 'loky'"), so for
-    the block the global start method is "spawn", then restored."""
+    the block the global start method is "spawn", then restored.
+
+    A spawned child re-runs the main script's imports; a script piped to python cannot be re-read, so its
+    children die as they start (a multiprocessing.Pool restarts them forever, an executor breaks): refused
+    here with an error that says so."""
     import multiprocessing
+    import sys
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is not None and not os.path.exists(main):
+        raise RuntimeError(f"worker processes are spawned and re-import the main script, and {main!r} is not "
+                           "a file (a script piped to python?): save it to a file, or use python -c")
 
     method = multiprocessing.get_start_method(allow_none=True)
     standard = method in (None, *multiprocessing.get_all_start_methods())

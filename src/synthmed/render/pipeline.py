@@ -117,7 +117,7 @@ def _worker_frame(index: int) -> int:
     if "error" in _STATE:
         raise _STATE["error"]
     scene, cfg = _STATE["scene"], _STATE["cfg"]
-    if cfg["textures"]["mode"] == "baked" and not scene.pattern_loaded:
+    if cfg["textures"]["mode"] == "baked" and not scene.pattern_lanes:
         # every pattern the run's frames show was baked before the first frame was handed out
         paths = {k: _pattern_path(_STATE["out"], k) for k in range(int(cfg["textures"]["patterns"]))}
         scene.set_pattern({k: np.load(path) for k, path in paths.items() if path.exists()})
@@ -176,21 +176,8 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
     return out
 
 
-def _check_spawnable() -> None:
-    """Spawned workers re-run the main script's imports; a script read from stdin cannot be re-read, and the
-    pool would restart its dying workers forever. Say so instead of hanging."""
-    import sys
-
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main is not None and not os.path.exists(main):
-        raise RuntimeError(f"render workers are spawned processes that re-import the main script, and {main!r} "
-                           "is not a file (a script piped to python?): save it to a file, or use python -c")
-
-
 def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     from tqdm.auto import tqdm
-
-    _check_spawnable()
 
     workers = max(1, min(int(c["workers"]), len(todo)))
     threads = _threads(c) if c["threads"] else max(1, (os.cpu_count() or 1) // workers)

@@ -156,7 +156,6 @@ class ColonScene:
         if tmp_root:
             os.makedirs(tmp_root, exist_ok=True)
         self.tmpdir = tempfile.mkdtemp(prefix="synthmed_render_", dir=tmp_root)
-        self.pattern_loaded = False
         self.pattern_lanes: frozenset[int] = frozenset()  # the baked patterns set_pattern loaded
         self._setup_render(threads)
         self._build_tube()
@@ -415,7 +414,6 @@ class ColonScene:
         # Blender images store rows bottom-up; v = 0 is row 0 of our array
         img.pixels.foreach_set((texture.astype(np.float32) / 255.0).ravel())
         img.update()
-        self.pattern_loaded = True
         self.pattern_lanes = frozenset(lanes)
 
     # ---- lesions: three meshes, one shared lobulation modifier and material
