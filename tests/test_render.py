@@ -22,7 +22,7 @@ if importlib.util.find_spec("bpy") is None:
     pytest.skip("bpy is not installed", allow_module_level=True)
 
 from synthmed.render import RenderConfigError, dataset_name, render_dataset  # noqa: E402
-from synthmed.render.config import param_names, resolve_config  # noqa: E402
+from synthmed.render.config import RENDERER_VERSION, param_names, resolve_config  # noqa: E402
 
 TINY = {"resolution": 48, "num_frames": 6, "samples": 2, "min_visible_pixels": 4, "lesion_probability": 0.8,
         "preview_frames": 4, "engine": {"adaptive_min_samples": 1}}
@@ -73,6 +73,7 @@ def test_contract(clean):
     assert any(int(r["label"]) for r in rows), "no visible lesion in the tiny set: test is not meaningful"
     meta = (clean / "dataset.yaml").read_text()
     assert "blender_version" in meta and "synthmed_version" in meta
+    assert f"renderer_version: {RENDERER_VERSION}" in meta and dataset_name(TINY) in meta
     assert not (clean / ".patterns").exists(), "the baked patterns outlive the finished dataset"
 
 
@@ -210,8 +211,12 @@ def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
     assert dataset_name({**TINY, "textures": {"mode": "procedural"}}) != dataset_name(TINY)
 
 
-def test_dataset_name_and_bad_key():
+def test_dataset_name_and_bad_key(monkeypatch):
     assert dataset_name({**TINY, "workers": 1}) == dataset_name({**TINY, "workers": 3, "threads": 2, "shard": 0})
+    before = dataset_name(TINY)
+    monkeypatch.setattr("synthmed.render.config.RENDERER_VERSION", RENDERER_VERSION + 1)
+    assert dataset_name(TINY) != before, "a new renderer version must not reuse the old datasets"
+    monkeypatch.undo()
     assert dataset_name(TINY) != dataset_name({**TINY, "seed": 1})
     with pytest.raises(RenderConfigError, match="render.engine.sampels"):
         resolve_config({"engine": {"sampels": 3}})

@@ -19,6 +19,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_YAML = CONF_DIR / "render" / "default.yaml"
 # How the work is spread: never changes a pixel, so never part of the dataset's name.
 RUN_KEYS = ("workers", "threads", "shard", "num_shards")
+# Bump when a code change alters the frames a config renders (dataset names hash it). 2: 3D wall noise,
+# the pattern looked up at per-corner coordinates, single-scatter GGX.
+RENDERER_VERSION = 2
 DIST_KINDS = ("uniform", "loguniform", "normal", "randint", "choice", "bernoulli", "by")
 LESION_TYPES = ("sessile", "pedunculated", "flat")
 
@@ -156,8 +159,9 @@ def dataset_config(cfg: Mapping) -> dict:
 
 
 def dataset_name(cfg: Mapping | None = None) -> str:
-    """A stable name for the dataset a config renders, independent of workers/threads/shards."""
-    return f"frames_{config_hash(dataset_config(resolve_config(cfg)))}"
+    """A stable name for the dataset a config renders, independent of workers/threads/shards. It hashes the
+    renderer's version too, so a code change that alters pixels never reuses a dataset of the old code."""
+    return f"frames_{config_hash({'renderer': RENDERER_VERSION, **dataset_config(resolve_config(cfg))})}"
 
 
 # ----------------------------------------------------------------------------------- sampling

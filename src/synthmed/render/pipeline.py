@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.render.config import (
+    RENDERER_VERSION,
     dataset_config,
     dataset_name,
     frame_seed,
@@ -256,6 +257,7 @@ def finalize(c: dict, out: Path) -> None:
 
     meta = {
         "name": dataset_name(c),
+        "renderer_version": RENDERER_VERSION,
         "synthmed_version": getattr(synthmed, "__version__", "unknown"),
         "blender_version": sides[0]["blender"] if sides else None,
         "num_frames": n,
