@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -271,3 +274,27 @@ def test_piped_script_gets_an_error_not_a_hung_pool(tmp_path):
     assert out.returncode != 0
     assert "not a file (a script piped to python?)" in out.stderr
     assert not list((tmp_path / "piped" / "images").glob("*.png"))
+
+
+def test_unguarded_script_names_the_fix_instead_of_hanging(tmp_path):
+    """A script that calls render_dataset at its top level (no `if __name__ == "__main__":`) is re-run by
+    every spawned worker; each waited forever for the shard lock its parent holds (a silent hang). Now each
+    worker stops with an error that names the fix."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from synthmed.render import render_dataset\n"
+                      "render_dataset({'num_frames': 1, 'resolution': 48}, 'out', progress=False)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)  # never blocks the test
+    reader.start()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and not any("if __name__" in line for line in list(seen)):
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    text = "".join(seen)
+    assert "render_dataset was called while a spawned worker process imported the main script" in text, text[-2000:]
+    assert not list((tmp_path / "out" / "images").glob("*.png"))
