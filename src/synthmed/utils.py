@@ -107,7 +107,15 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     cohort, the slice cache, a trained generator, a rendered dataset) take turns: the later one waits (and says
     so in the log), then finds the data made.
     An advisory POSIX lock, released by the OS if the holder dies; where fcntl is missing, a no-op.
-    """
+
+    Refused in a spawned worker that is still importing the main script: a script that makes data at its top
+    level (no `if __name__ == "__main__":`) is re-run by every worker, which would wait forever for the lock
+    its parent holds (a silent hang)."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(f"a spawned worker process is importing the main script, and that script makes data "
+                           f"(lock {path}) at its top level: put that call under `if __name__ == \"__main__\":`")
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

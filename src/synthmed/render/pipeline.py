@@ -159,11 +159,6 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
     Writes images/, masks/ (0/255), frames/<id>.json sidecars, and, once every frame of the dataset exists
     (all shards), manifest.csv, preview.png, [coco.json] and finally dataset.yaml.
     """
-    if getattr(mp.current_process(), "_inheriting", False):
-        # a spawned worker re-imports the main script: a script that calls this at its top level would, in
-        # every worker, wait forever for the shard lock its parent holds
-        raise RuntimeError("render_dataset was called while a spawned worker process imported the main script: "
-                           "call it under `if __name__ == \"__main__\":` in that script")
     c = resolve_config(cfg)
     out = Path(out_dir)
     for sub in ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ()):
