@@ -19,9 +19,10 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_YAML = CONF_DIR / "render" / "default.yaml"
 # How the work is spread: never changes a pixel, so never part of the dataset's name.
 RUN_KEYS = ("workers", "threads", "shard", "num_shards")
-# Bump when a code change alters the frames a config renders (dataset names hash it). 2: 3D wall noise,
-# the pattern looked up at per-corner coordinates, single-scatter GGX.
-RENDERER_VERSION = 2
+# Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
+# code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all, so the names of the
+# datasets made before this constant existed stay valid.
+RENDERER_VERSION = 1
 DIST_KINDS = ("uniform", "loguniform", "normal", "randint", "choice", "bernoulli", "by")
 LESION_TYPES = ("sessile", "pedunculated", "flat")
 
@@ -161,7 +162,8 @@ def dataset_config(cfg: Mapping) -> dict:
 def dataset_name(cfg: Mapping | None = None) -> str:
     """A stable name for the dataset a config renders, independent of workers/threads/shards. It hashes the
     renderer's version too, so a code change that alters pixels never reuses a dataset of the old code."""
-    return f"frames_{config_hash({'renderer': RENDERER_VERSION, **dataset_config(resolve_config(cfg))})}"
+    version = {"renderer": RENDERER_VERSION} if RENDERER_VERSION != 1 else {}
+    return f"frames_{config_hash({**version, **dataset_config(resolve_config(cfg))})}"
 
 
 # ----------------------------------------------------------------------------------- sampling

@@ -19,7 +19,6 @@ from synthmed.render.config import pattern_lane
 from synthmed.render.exr import read_exr
 
 LESION_INDEX = 1
-PATTERN_UV = "pattern_uv"  # face-corner attribute of the rendered lumen: where its wall lies on the baked pattern
 VESSEL_RANGE = 0.32  # baked distances to a vessel (in cells) span [0, VESSEL_RANGE]: 8 bits give 0.0013 steps
 LANE_SHIFT = (131.7, -77.3, 1013.9)  # pattern k is the noise field shifted by k x this (mm): disjoint patterns
 PATTERN_MARGIN_MM = 40.0  # the wall seen behind the lens (wide field, pitched scope) still lies on the pattern
@@ -254,15 +253,14 @@ class ColonScene:
         ridge = g.math("POWER", g.math("ADD", 0.5, g.math("MULTIPLY", 0.5, g.math("COSINE", g.math("MULTIPLY", phase, tau)))),
                        k["tube.fold_sharpness"])
         pos2 = g.node("GeometryNodeInputPosition").outputs[0]
-        # 3D noise at seed-shifted positions (4D noise with W = seed was half the time of posing a frame)
-        ring_noise = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, pos2, k["tube.noise_seed"]), "Scale": 0.045,
-                                                   "Detail": 1.0}, noise_dimensions="3D").outputs[0]
+        ring_noise = g.node("ShaderNodeTexNoise", {"Vector": pos2, "W": k["tube.noise_seed"], "Scale": 0.045,
+                                                   "Detail": 1.0}, noise_dimensions="4D").outputs[0]
         crescent = g.map_range(ring_noise, 0.38, 0.62, 0.0, 1.0)
         ring = g.math("SUBTRACT", 1.0, g.math("MULTIPLY", k["tube.fold_partial"], g.math("SUBTRACT", 1.0, crescent)))
         fold = g.math("MULTIPLY", g.math("MULTIPLY", ridge, ring), g.math("MULTIPLY", k["tube.fold_depth"], k["tube.radius_mm"]))
-        wall_noise = g.node("ShaderNodeTexNoise", {"Vector": _seeded(g, pos2, g.math("ADD", k["tube.noise_seed"], 17.0)),
+        wall_noise = g.node("ShaderNodeTexNoise", {"Vector": pos2, "W": g.math("ADD", k["tube.noise_seed"], 17.0),
                                                    "Scale": k["tube.wall_noise_scale"], "Detail": 3.0},
-                            noise_dimensions="3D").outputs[0]
+                            noise_dimensions="4D").outputs[0]
         bumps = g.math("MULTIPLY", g.math("SUBTRACT", wall_noise, 0.5), g.math("MULTIPLY", k["tube.wall_noise_mm"], 2.0))
         inward = g.math("ADD", fold, bumps)
         normal = g.node("GeometryNodeInputNormal").outputs[0]
@@ -278,7 +276,7 @@ class ColonScene:
 
         # The tree is evaluated once a frame, in the viewport depsgraph that posing casts its rays in. The
         # render sees a plain mesh (`self.tube`) that takes the evaluated positions: with the modifier on the
-        # rendered object, the render's own depsgraph would evaluate the tree a second time every frame.
+        # rendered object, the render's own depsgraph evaluated the tree a second time every frame.
         mesh_data = bpy.data.meshes.new("lumen_nodes")
         self.tube_nodes = bpy.data.objects.new("lumen_nodes", mesh_data)
         self.scene.collection.objects.link(self.tube_nodes)
@@ -298,22 +296,19 @@ class ColonScene:
         k = _Inputs(g)
         # where on the wall: the angle around the lumen and the axial position, mapped onto the pattern's
         # reference cylinder and turned / shifted per frame (pose sets pattern.*)
+        around = g.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
+        xyz = g.node("ShaderNodeSeparateXYZ", {0: around})
+        theta = g.math("ADD", g.math("ARCTAN2", xyz.outputs[1], xyz.outputs[0]), k["pattern.angle"])
         co = g.node("ShaderNodeTexCoord").outputs["Object"]
+        z = g.node("ShaderNodeSeparateXYZ", {0: co}).outputs[2]
+        axial = g.math("MULTIPLY_ADD", z, k["pattern.axial_scale"], k["pattern.axial_offset"])
         if tx["mode"] == "baked":
-            # the texture coordinates come with the mesh, per face corner (`_pattern_coords`): one attribute read
-            # a sample instead of the angle and lookup arithmetic (measured: ~10% of a frame)
             self.pattern_image = bpy.data.images.new("mucosa_pattern", 1, 1, alpha=True, float_buffer=False)
             self.pattern_image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
             self.pattern_image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
-            uv = g.node("ShaderNodeAttribute", attribute_name=PATTERN_UV, attribute_type="GEOMETRY").outputs["Vector"]
-            channels = _baked_channels(g, uv, self.pattern_image)
+            channels = _baked_channels(g, theta, axial, k["pattern.lane"], self.pattern_image, self.cfg)
         elif tx["mode"] == "procedural":
             self.pattern_image = None
-            around = g.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
-            xyz = g.node("ShaderNodeSeparateXYZ", {0: around})
-            theta = g.math("ADD", g.math("ARCTAN2", xyz.outputs[1], xyz.outputs[0]), k["pattern.angle"])
-            z = g.node("ShaderNodeSeparateXYZ", {0: co}).outputs[2]
-            axial = g.math("MULTIPLY_ADD", z, k["pattern.axial_scale"], k["pattern.axial_offset"])
             channels = pattern_channels(g, theta, axial, k["pattern.lane"], k["pattern.vessel_scale"], tx)
         else:
             raise ValueError(f"render.textures.mode: unknown mode {tx['mode']!r} (baked, procedural)")
@@ -346,13 +341,11 @@ class ColonScene:
         height = g.map_range(noise, low, g.math("ADD", low, 0.1), 0.0, 1.0, "SMOOTHSTEP")
         bump = g.node("ShaderNodeBump", {"Strength": k["mucosa.bump_strength"],
                                          "Distance": float(sc["mucosa_bump_distance"]), "Height": height})
-        # the droplets are in the mucus, not the tissue: they tilt only the coat's normal (the tissue under the
-        # film stays smooth; bumping both cost ~5% of a frame more)
         bsdf = g.node("ShaderNodeBsdfPrincipled", {
-            "Base Color": coloured, "Roughness": k["mucosa.roughness"],
+            "Base Color": coloured, "Roughness": k["mucosa.roughness"], "Normal": bump.outputs[0],
             "Coat Weight": k["mucosa.wetness"], "Coat Roughness": k["mucosa.coat_roughness"], "Coat IOR": 1.33,
             "Coat Normal": bump.outputs[0], "Specular IOR Level": 0.5,
-        }, distribution="GGX")  # single-scatter GGX: ~5% faster than multiscatter, no visible change at these roughnesses
+        })
         if self.cfg["engine"]["subsurface"]:
             g.connect(0.3, bsdf.inputs["Subsurface Weight"])
             g.connect((1.0, 0.35, 0.2), bsdf.inputs["Subsurface Radius"])
@@ -376,8 +369,8 @@ class ColonScene:
         # texel (row, col) of point `index`, row-major; +0.5 keeps floor() exact in float arithmetic
         row = g.math("FLOOR", g.math("DIVIDE", g.math("ADD", index, 0.5), float(cols)))
         col = g.math("SUBTRACT", index, g.math("MULTIPLY", row, float(cols)))
-        # the first and last `pattern_pad` rows repeat the other end of the circle: lookups wrap without a seam
-        theta = g.math("MULTIPLY", g.math("SUBTRACT", row, pattern_pad(self.cfg) - 0.5), texel_theta)
+        # row 0 and the last row repeat the other end of the circle, so bilinear lookups wrap without a seam
+        theta = g.math("MULTIPLY", g.math("SUBTRACT", row, 0.5), texel_theta)
         axial = g.math("MULTIPLY", g.math("ADD", col, 0.5), texel_axial)
         ch = pattern_channels(g, theta, axial, float(lane), lane_vessel_scale(tx, lane), tx)
         packed = g.node("ShaderNodeCombineXYZ", {0: ch["mottle"], 1: ch["main"], 2: ch["branch"]}).outputs[0]
@@ -491,7 +484,7 @@ class ColonScene:
         bsdf = g.node("ShaderNodeBsdfPrincipled", {
             "Base Color": colour, "Roughness": 0.4, "Normal": bump.outputs[0], "Coat Weight": 0.8,
             "Coat Roughness": 0.05, "Coat IOR": 1.33, "Coat Normal": bump.outputs[0],
-        }, distribution="GGX")
+        })
         out = g.node("ShaderNodeOutputMaterial")
         g.connect(bsdf.outputs[0], out.inputs["Surface"])
         return mat, k
@@ -573,7 +566,7 @@ class ColonScene:
 
         depsgraph = bpy.context.evaluated_depsgraph_get()
         depsgraph.update()
-        self._sync_lumen(depsgraph, pattern)
+        self._sync_lumen(depsgraph)
         derived: dict[str, Any] = {}
         cam_pos, forward, up = self._pose_camera(p, depsgraph, derived)
         # light on the scope tip, slightly above the lens
@@ -591,65 +584,23 @@ class ColonScene:
             self._place_lesion(p, depsgraph, cam_pos, forward, up, derived)
         return derived
 
-    def _sync_lumen(self, depsgraph, pattern: Mapping[str, float]) -> None:
-        """Give the rendered lumen this frame's evaluated wall positions (made, with its attributes and
-        material, from the first evaluation) and, for the baked pattern, its texture coordinates."""
+    def _sync_lumen(self, depsgraph) -> None:
+        """Give the rendered lumen this frame's evaluated wall positions (the mesh, with its attributes and
+        material, is made from the first evaluation; the topology never changes)."""
         ev = self.tube_nodes.evaluated_get(depsgraph)
         if self.tube is None:
-            me = self.bpy.data.meshes.new_from_object(ev)
-            self.tube = self.bpy.data.objects.new("lumen", me)
+            self.tube = self.bpy.data.objects.new("lumen", self.bpy.data.meshes.new_from_object(ev))
             self.tube.pass_index = 0
             self.tube.hide_viewport = True  # not evaluated (or needed) in the viewport depsgraph
             self.scene.collection.objects.link(self.tube)
-            self._lumen_co = np.empty(len(me.vertices) * 3, np.float32)
-            me.vertices.foreach_get("co", self._lumen_co)
-            if self.pattern_image is not None:
-                self._corner_angles(me)
-                me.attributes.new(PATTERN_UV, "FLOAT_VECTOR", "CORNER")
-        else:
-            src, dst = ev.data.vertices, self.tube.data.vertices
-            if len(src) != len(dst):
-                raise RuntimeError(f"lumen: the geometry nodes made {len(src)} vertices, the rendered mesh has {len(dst)}")
-            src.foreach_get("co", self._lumen_co)
-            dst.foreach_set("co", self._lumen_co)
-        if self.pattern_image is not None:
-            uv = self._pattern_coords(self._lumen_co.reshape(-1, 3)[:, 2], pattern)
-            self.tube.data.attributes[PATTERN_UV].data.foreach_set("vector", uv.ravel())
+            self._lumen_co = np.empty(len(self.tube.data.vertices) * 3, np.float32)
+            return
+        src, dst = ev.data.vertices, self.tube.data.vertices
+        if len(src) != len(dst):
+            raise RuntimeError(f"lumen: the geometry nodes made {len(src)} vertices, the rendered mesh has {len(dst)}")
+        src.foreach_get("co", self._lumen_co)
+        dst.foreach_set("co", self._lumen_co)
         self.tube.data.update()
-
-    def _corner_angles(self, me) -> None:
-        """Per face corner: its vertex, its face's angle around the lumen and its own angle from there (one
-        face never straddles the wrap at 2 pi). The profile directions (`around`) never change."""
-        n_corner, n_face = len(me.loops), len(me.polygons)
-        vert = np.empty(n_corner, np.int32)
-        me.loops.foreach_get("vertex_index", vert)
-        start = np.empty(n_face, np.int32)
-        me.polygons.foreach_get("loop_start", start)
-        face = np.repeat(np.arange(n_face), np.diff(np.append(start, n_corner)))
-        around = np.empty(len(me.vertices) * 3, np.float32)
-        me.attributes["around"].data.foreach_get("vector", around)
-        around = around.reshape(-1, 3)[:, :2].astype(np.float64)
-        mean = np.zeros((n_face, 2))
-        np.add.at(mean, face, around[vert])
-        face_angle = np.arctan2(mean[:, 1], mean[:, 0])
-        delta = np.arctan2(around[vert, 1], around[vert, 0]) - face_angle[face]
-        delta -= 2.0 * np.pi * np.round(delta / (2.0 * np.pi))
-        rows, _, step, _ = pattern_grid(self.cfg)
-        if np.abs(delta).max() > (pattern_pad(self.cfg) - 1) * step:
-            raise RuntimeError("lumen: a wall face spans more angle than the baked pattern's repeated rows")
-        self._corners = {"vert": vert, "face_angle": face_angle[face], "delta": delta}
-
-    def _pattern_coords(self, z: np.ndarray, pattern: Mapping[str, float]) -> np.ndarray:
-        """(corners, 3) float32 texture coordinates of the baked pattern for this frame's turn, shift and lane.
-        Row r of a lane holds angle (r - pad + 0.5) x step, so an angle's texel-centre coordinate is
-        angle / step + pad (texel r spans [r, r + 1)); lanes are stacked bottom-up; u runs along the length."""
-        tx, c = self.cfg["textures"], self._corners
-        rows, _, step, _ = pattern_grid(self.cfg)
-        angle = np.mod(c["face_angle"] + pattern["pattern.angle"], 2.0 * np.pi) + c["delta"]
-        v = (pattern["pattern.lane"] * rows + angle / step + pattern_pad(self.cfg)) / (rows * int(tx["patterns"]))
-        u = (z.astype(np.float64)[c["vert"]] * pattern["pattern.axial_scale"] + pattern["pattern.axial_offset"]) \
-            / float(tx["length_mm"])
-        return np.stack([u, v, np.zeros_like(u)], axis=1).astype(np.float32)
 
     def _pattern_inputs(self, p: Mapping[str, Any]) -> dict[str, float]:
         """Where this frame's wall lies on the mucosa pattern: which pattern, turned and shifted how, and the
@@ -784,21 +735,12 @@ def texel_mm(cfg: Mapping) -> float:
 
 def pattern_grid(cfg: Mapping) -> tuple[int, int, float, float]:
     """Texels of one baked pattern: (rows, cols, radians a row, mm a column). Rows go around the reference
-    circle, plus `pattern_pad` rows at each end that repeat the other end; columns go along `length_mm`."""
+    circle plus one repeated row at each end; columns along `length_mm`."""
     tx = cfg["textures"]
     texel = texel_mm(cfg)
     around = max(8, int(round(2.0 * math.pi * float(tx["reference_radius_mm"]) / texel)))
     cols = max(8, int(round(float(tx["length_mm"]) / texel)))
-    return around + 2 * pattern_pad(cfg), cols, 2.0 * math.pi / around, float(tx["length_mm"]) / cols
-
-
-def pattern_pad(cfg: Mapping) -> int:
-    """Repeated rows at each end of a baked pattern: a wall face's corners are looked up with one angle range
-    (no wrap inside a face), which runs up to half a face past either end of the circle; one more row keeps
-    the bilinear lookup there inside the pattern."""
-    tx = cfg["textures"]
-    around = max(8, int(round(2.0 * math.pi * float(tx["reference_radius_mm"]) / texel_mm(cfg))))
-    return int(math.ceil(around / (2.0 * int(cfg["scene"]["segments_around"])))) + 1
+    return around + 2, cols, 2.0 * math.pi / around, float(tx["length_mm"]) / cols
 
 
 def lane_vessel_scale(tx: Mapping, lane: int) -> float:
@@ -840,8 +782,17 @@ def pattern_channels(g: _Graph, theta, axial, lane, scale, tx: Mapping) -> dict[
             "branch": edges(branch_at, fine), "patch": noise((61.3, -29.4, 17.6), 0.05, 2.0)}
 
 
-def _baked_channels(g: _Graph, uv, image) -> dict[str, Any]:
-    """The same channels as `pattern_channels`, read from the baked texture at `uv` (see `_pattern_coords`)."""
+def _baked_channels(g: _Graph, theta, axial, lane, image, cfg: Mapping) -> dict[str, Any]:
+    """The same channels as `pattern_channels`, read from the baked texture (lanes stacked bottom-up)."""
+    tx = cfg["textures"]
+    rows = pattern_grid(cfg)[0]
+    around = g.math("FLOORED_MODULO", theta, 2.0 * math.pi)
+    # row r of a lane holds angle (r - 0.5) x step: the angle sits at row position angle / step + 0.5, whose
+    # texel-centre coordinate is one more (texel r spans [r, r + 1))
+    row = g.math("MULTIPLY_ADD", around, (rows - 2) / (2.0 * math.pi), 1.0)
+    v = g.math("DIVIDE", g.math("MULTIPLY_ADD", lane, float(rows), row), float(rows * int(tx["patterns"])))
+    u = g.math("DIVIDE", axial, float(tx["length_mm"]))
+    uv = g.node("ShaderNodeCombineXYZ", {0: u, 1: v, 2: 0.0}).outputs[0]
     tex = g.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
     tex.image = image
     rgb = g.node("ShaderNodeSeparateColor", {0: tex.outputs["Color"]})
