@@ -160,8 +160,8 @@ def dataset_config(cfg: Mapping) -> dict:
 
 
 def dataset_name(cfg: Mapping | None = None) -> str:
-    """A stable name for the dataset a config renders, independent of workers/threads/shards. It hashes the
-    renderer's version too, so a code change that alters pixels never reuses a dataset of the old code."""
+    """A stable name for the dataset a config renders, independent of workers/threads/shards. Past version 1
+    it hashes `RENDERER_VERSION` too, so a code change that alters pixels never reuses an old dataset."""
     version = {"renderer": RENDERER_VERSION} if RENDERER_VERSION != 1 else {}
     return f"frames_{config_hash({**version, **dataset_config(resolve_config(cfg))})}"
 
