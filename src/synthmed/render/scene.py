@@ -171,7 +171,7 @@ class ColonScene:
         cy = s.cycles
         cy.device = "CPU"
         cy.samples = int(cfg["samples"])
-        cy.use_adaptive_sampling = True
+        cy.use_adaptive_sampling = bool(eng["adaptive_sampling"])
         cy.adaptive_threshold = float(eng["adaptive_threshold"])
         cy.adaptive_min_samples = int(eng["adaptive_min_samples"])
         cy.use_denoising = False
