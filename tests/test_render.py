@@ -25,7 +25,7 @@ from synthmed.render import RenderConfigError, dataset_name, render_dataset  # n
 from synthmed.render.config import RENDERER_VERSION, param_names, resolve_config  # noqa: E402
 
 TINY = {"resolution": 48, "num_frames": 6, "samples": 2, "min_visible_pixels": 4, "lesion_probability": 0.8,
-        "preview_frames": 4, "engine": {"adaptive_min_samples": 1}}
+        "preview_frames": 4}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -132,7 +132,7 @@ def test_rerun_skips_finished(clean):
 
 
 def test_resume_after_kill(clean, tmp_path):
-    cfg = {**TINY, "workers": 1, "engine": {"adaptive_min_samples": 1}}
+    cfg = {**TINY, "workers": 1}
     script = textwrap.dedent(f"""
         from synthmed.render import render_dataset
         if __name__ == "__main__":
