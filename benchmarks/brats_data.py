@@ -23,23 +23,33 @@ from multiprocessing import get_context
 from pathlib import Path
 
 
+def phantom_knobs() -> dict:
+    """data.root.phantom of the real config (the one home of the phantom's knobs)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=brats_phantom"])
+    return OmegaConf.to_container(cfg.data.root.phantom, resolve=True)
+
+
 def _phantom_child(data_dir: str, n: int, workers: int, queue) -> None:
     import torch
 
-    from synthmed.data.brats.phantom import PhantomConfig, generate_cohort, load_template
+    from synthmed.data.brats.phantom import load_template, phantom_cohort
 
-    torch.set_num_threads(1)  # as generate_cohort's worker processes run
+    torch.set_num_threads(1)  # as the cohort's worker processes run
     t0 = time.perf_counter()
     load_template()
     t1 = time.perf_counter()
-    root = generate_cohort(PhantomConfig(num_subjects=n, workers=workers), data_dir, progress=False)
+    root = phantom_cohort({**phantom_knobs(), "workers": workers}, n, data_dir, progress=False)
     t2 = time.perf_counter()
     # steady state: from the moment every worker has finished its first subject (which pays the process
     # start and the torch/scipy warm-up) to the last finish
     done = sorted(max(f.stat().st_mtime for f in d.iterdir()) for d in Path(root).glob("BraTSPhantom_*"))
     steady = (done[-1] - done[workers - 1]) / (len(done) - workers) if len(done) > workers else None
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    queue.put({"template_load_s": t1 - t0, "generate_s": t2 - t1, "steady_s": steady, "peak_rss_mb": peak / 1024})
+    queue.put({"root": str(root), "template_load_s": t1 - t0, "generate_s": t2 - t1, "steady_s": steady, "peak_rss_mb": peak / 1024})
 
 
 def main() -> None:
@@ -64,17 +74,23 @@ def main() -> None:
 
     import numpy as np
 
-    from synthmed.data.brats.phantom import PhantomConfig, cohort_dir
-    from synthmed.data.brats.slices import BratsSliceDataModule, _resize, extract_subject, preprocess_volumes
+    from synthmed.data.brats.slices import (
+        BratsSliceDataModule,
+        _resize,
+        extract_subject,
+        preprocess_volumes,
+        slice_cache,
+    )
 
-    root = cohort_dir(PhantomConfig(num_subjects=args.subjects), data_dir)
-    dm = BratsSliceDataModule(root=str(root), data_dir=str(data_dir), image_size=args.image_size,
-                              num_train_slices=None, val_fraction=0, test_fraction=0, progress=False)
+    root = phantom.pop("root")
     t0 = time.perf_counter()
-    dm.prepare_data()  # decodes NIfTI, z-scores, resizes, writes the cache
-    nifti_s = time.perf_counter() - t0
+    cache = slice_cache(root, data_dir, ["flair", "t1", "t1ce", "t2"], args.image_size, False, progress=False)
+    nifti_s = time.perf_counter() - t0  # decodes NIfTI, z-scores, resizes, writes the cache
+    dm = BratsSliceDataModule(root=root, cache=str(cache), modalities=["flair", "t1", "t1ce", "t2"], target="wt",
+                              image_size=args.image_size, num_train_slices=None, empty_fraction=0.0, val_fraction=0,
+                              test_fraction=0, split_seed=0, batch_size=16, num_workers=0, aug=None)
     dm.setup()
-    n_cached = sum(len(np.load(p, mmap_mode="r")) for p in dm.cache_root().rglob("slice.npy"))
+    n_cached = sum(len(np.load(p, mmap_mode="r")) for p in dm.cache.rglob("slice.npy"))
     # NIfTI path again, without writing: what a loader without the cache pays per slice
     t0 = time.perf_counter()
     for s in dm.subjects:

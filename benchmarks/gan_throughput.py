@@ -21,10 +21,8 @@ import torch
 import yaml
 
 from synthmed.callbacks import StepTimer
-from synthmed.models.dcgan import TumourLabelGAN
-from synthmed.models.pix2pix import BrainSliceTranslator
 
-SCALES = Path(__file__).resolve().parents[1] / "src" / "synthmed" / "conf" / "scale"
+SCALES = Path(__file__).resolve().parents[1] / "conf" / "scale"
 
 
 def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -43,6 +41,16 @@ def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str,
     return items
 
 
+def generators(scale: str):
+    """The two generators exactly as `aug=gan` builds them at `scale` (composed config, aug.pairs.*)."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=brats_seg", "aug=gan", f"scale={scale}"])
+    return instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", nargs="+", default=["cpu", "paper"])
@@ -54,10 +62,7 @@ def main() -> None:
         result = {"benchmark": "gan_throughput", "scale": scale, "threads": torch.get_num_threads(),
                   "batch_size": bs, "dcgan_size": gan["dcgan_size"], "slice_size": size}
         torch.manual_seed(0)
-        dcgan = TumourLabelGAN(image_size=gan["dcgan_size"], g_channels=gan["dcgan_channels"],
-                               d_channels=gan["dcgan_channels"])
-        pix2pix = BrainSliceTranslator(image_size=size, out_channels=4, g_channels=gan["pix2pix_channels"],
-                                       d_channels=gan["pix2pix_channels"])
+        dcgan, pix2pix = generators(scale)  # the aug=gan generators of this scale, from the real config
         items = batches(args.steps + 1, size, bs)
         for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix)):
             timer = StepTimer()

@@ -78,16 +78,16 @@ class RssTrack(threading.Thread):
                 "workers_rss_mib_max": round(max(r for _, r in s), 1), "rss_samples": len(s)}
 
 
-def naive(cfg: dict, out: str, queue) -> None:
+def naive(overrides: list[str], out: str, queue) -> None:
     """Runs in its own spawned process (bpy is never imported in the benchmark's main process)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # Blender's per-render "Saved: ..." lines: stdout carries only the JSON line
     os.close(devnull)
-    from synthmed.render.config import frame_seed, resolve_config, sample_params
+    from synthmed.render.config import compose_render, frame_seed, resolve_config, sample_params
     from synthmed.render.post import finish_frame, write_png
     from synthmed.render.scene import ColonScene
 
-    c = resolve_config({**cfg, "textures": {"mode": "procedural"}})
+    c = resolve_config(compose_render([*overrides, "render.textures.mode=procedural"]))
     out_p = Path(out)
     rows = []
     stages = {"build": 0.0, "render_rgb": 0.0, "render_mask": 0.0}
@@ -141,16 +141,18 @@ def main() -> None:
     ap.add_argument("--rss-interval", type=float, default=2.0, help="seconds between samples of the workers' RSS")
     args = ap.parse_args()
 
-    from synthmed.render import render_dataset
+    from synthmed.render import compose_render, render_dataset
 
-    cfg = {"num_frames": args.frames, "resolution": args.resolution, "seed": 0, "workers": args.workers}
+    # the real config (experiment=colon_render, scale=paper) with the benchmark's sizes
+    overrides = [f"render.num_frames={args.frames}", f"render.resolution={args.resolution}", "render.seed=0",
+                 f"render.workers={args.workers}"]
     tmp = Path(tempfile.mkdtemp(prefix="render_bench_"))
     try:
         rss_start = _rss_mib("VmHWM")
         track = RssTrack(tmp / "pipeline" / "frames", args.rss_interval)
         track.start()
         t0 = time.perf_counter()
-        render_dataset(cfg, tmp / "pipeline", progress=False)
+        render_dataset(compose_render(overrides), tmp / "pipeline", progress=False)
         t_pipe = time.perf_counter() - t0
         track.stop.set()
         rss_end = _rss_mib("VmHWM")
@@ -173,7 +175,7 @@ def main() -> None:
             (tmp / "naive" / "masks").mkdir(parents=True)
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
-            proc = ctx.Process(target=naive, args=({**cfg, "workers": 1}, str(tmp / "naive"), q))
+            proc = ctx.Process(target=naive, args=([*overrides, "render.workers=1"], str(tmp / "naive"), q))
             proc.start()
             t_naive, stages = q.get()
             proc.join()

@@ -45,14 +45,24 @@ def _save(path: Path, arr: np.ndarray) -> None:
     print(f"{path}  {path.stat().st_size // 1024} KiB")
 
 
-def _sweep(base: dict, values: list, key: str, tmp: Path, name: str) -> list[np.ndarray]:
+def _config(base: list[str], overrides: dict):
+    """The `render` node of the real config (experiment=colon_render) with Hydra overrides `base` and the
+    per-frame parameter values `overrides` forced."""
+    from synthmed.render import compose_render
+
+    cfg = compose_render(base)
+    cfg.overrides = overrides  # checked against the schema like any other value
+    return cfg
+
+
+def _sweep(base: list[str], fixed: dict, values: list, key: str, tmp: Path, name: str) -> list[np.ndarray]:
     """The same frame (index 0) rendered once per value of `key`."""
     from synthmed.render import render_dataset
 
     tiles = []
     for k, v in enumerate(values):
-        out = render_dataset({**base, "num_frames": 1, "overrides": {**base["overrides"], key: v}},
-                             tmp / f"{name}{k}", progress=False)
+        out = render_dataset(_config([*base, "render.num_frames=1"], {**fixed, key: v}), tmp / f"{name}{k}",
+                             progress=False)
         tiles.append(_load(out, 0, outline_mask=False)[0])
     return tiles
 
@@ -69,9 +79,9 @@ def main() -> None:
 
     out = Path(args.out)
     tmp = Path(tempfile.mkdtemp(prefix="gallery_"))
-    base = {"resolution": args.resolution, "seed": args.seed, "workers": 2,
-            "overrides": {"lesion.present": 1}}
-    root = render_dataset({**base, "num_frames": args.frames}, tmp / "main", progress=True)
+    base = [f"render.resolution={args.resolution}", f"render.seed={args.seed}", "render.workers=2"]
+    root = render_dataset(_config([*base, f"render.num_frames={args.frames}"], {"lesion.present": 1}), tmp / "main",
+                          progress=True)
     frames = [_load(root, i) for i in range(args.frames)]
     half = (args.frames + 1) // 2
     rows = [_row([f[0] for f in frames[:half]])]
@@ -82,10 +92,10 @@ def main() -> None:
     raw = [_load(root, i, outline_mask=False) for i in range(min(3, args.frames))]
     _save(out / "pairs.png", _row([t for img, m in raw for t in (img, m)]))
     # sweeps: a fixed, visible sessile lesion, one varied factor
-    sweep = {**base, "overrides": {"lesion.present": 1, "lesion.type": "sessile", "lesion.view_offaxis": 0.8,
-                                   "lesion.size_mm": 11.0, "vessels.density": 0.5, "camera.axial_mm": 120.0}}
-    _save(out / "height.png", _row(_sweep(sweep, [1.5, 4.0, 7.0], "lesion.height_mm", tmp, "h")))
-    _save(out / "vessels.png", _row(_sweep(sweep, [0.0, 0.5, 1.0], "vessels.density", tmp, "v")))
+    fixed = {"lesion.present": 1, "lesion.type": "sessile", "lesion.view_offaxis": 0.8, "lesion.size_mm": 11.0,
+             "vessels.density": 0.5, "camera.axial_mm": 120.0}
+    _save(out / "height.png", _row(_sweep(base, fixed, [1.5, 4.0, 7.0], "lesion.height_mm", tmp, "h")))
+    _save(out / "vessels.png", _row(_sweep(base, fixed, [0.0, 0.5, 1.0], "vessels.density", tmp, "v")))
 
 
 if __name__ == "__main__":

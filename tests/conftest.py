@@ -11,9 +11,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from frames import make_frames  # noqa: E402
 
+from synthmed.utils import compose_config as _compose  # noqa: E402
+
 # Tests never talk to a W&B server; offline runs are written to disk and read back.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def compose_config():
+    """The one way tests get a config: `compose_config(["experiment=colon_cls", "scale=ci"], output_dir=...)`
+    composes the shipped configs as `python -m synthmed` would (synthmed.utils.compose_config, which the
+    benchmarks use too)."""
+    return _compose
 
 
 @pytest.fixture(scope="session")

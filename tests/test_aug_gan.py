@@ -1,9 +1,10 @@
-"""aug=gan: generators trained on the training split, synthetic pairs counted in the training set, caches."""
+"""aug=gan: generators trained on the training split (a stage), synthetic pairs counted in the training set, caches."""
 # Slices are 32 px: the smallest size the 70x70 PatchGAN of pix2pix accepts.
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,26 +12,57 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from test_brats_slices import make_dm, root  # noqa: F401  (root is a fixture)
+from omegaconf import OmegaConf
+from test_brats_slices import DM_ARGS, make_cache, make_dm, root  # noqa: F401  (root is a fixture)
 
-from synthmed.augment.gan import CombinedAugmenter, GanAugmenter
-
-DCGAN = {"_target_": "synthmed.models.dcgan.TumourLabelGAN", "image_size": 32, "g_channels": 8, "d_channels": 8}
-PIX2PIX = {"_target_": "synthmed.models.pix2pix.BrainSliceTranslator", "image_size": 32, "out_channels": 4,
-           "g_channels": 4, "d_channels": 4}
+from synthmed import artifacts
+from synthmed.augment.gan import CombinedAugmenter, GanAugmenter, gan_pairs, generator_trainer_config
 
 
-def gan_aug(tmp_path, **kw):
-    args = dict(_target_="synthmed.augment.gan.GanAugmenter", _recursive_=False, extra=5, dcgan=DCGAN,
-                pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1, batch_size=4, cache_dir=str(tmp_path / "gan"),
-                min_tumour_pixels=0, max_tumour_fraction=1.0)
+def compose_ci(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        return compose("config", overrides=["experiment=brats_seg", "scale=ci", *overrides])
+
+
+_GAN = compose_ci(["aug=gan"])
+# the generators of aug=gan at scale=ci, from the real config (32 px slices here, 64 at scale=ci)
+DCGAN = OmegaConf.to_container(_GAN.aug.pairs.dcgan, resolve=True)
+PIX2PIX = {**OmegaConf.to_container(_GAN.aug.pairs.pix2pix, resolve=True), "image_size": 32}
+TRAINER = {**OmegaConf.to_container(_GAN.trainer, resolve=True), "log_every_n_steps": 1}  # a few steps: log each
+
+
+def data_config(brats_root, data_dir, image_size=32):
+    """A job's data config with its artefacts resolved (what the pairs stage reads as cfg.data)."""
+    cache = make_cache(brats_root, data_dir, image_size=image_size)
+    return {"_target_": "synthmed.data.brats.slices.BratsSliceDataModule", "root": str(brats_root), "cache": str(cache),
+            **DM_ARGS, "image_size": image_size}
+
+
+def make_pairs(brats_root, tmp_path, data_dir=None, loggers=None, **kw):
+    args = dict(dcgan=DCGAN, pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1, batch_size=4, trainer=TRAINER,
+                generators=None, extra=5, min_tumour_pixels=0, max_tumour_fraction=1.0, max_components=None,
+                max_tries=20, data_dir=str(data_dir or tmp_path))
     args.update(kw)
-    return args
+    return gan_pairs(data_config(brats_root, tmp_path), **args, loggers=loggers)
+
+
+def folders(path):
+    """The artefact folders in `path` (their lock files lie beside them)."""
+    return [p for p in path.iterdir() if p.is_dir()]
+
+
+def gan_aug(pairs, extra=5, **kw):
+    return GanAugmenter(extra=extra, pairs=str(pairs), name="gan", replace_real=False, generators=None, **kw)
 
 
 def test_gan_pairs_are_added_and_cached(root, tmp_path):  # noqa: F811
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path / "job", name="csv", version="")
+    pairs = make_pairs(root, tmp_path, loggers=[logger])
     base = make_dm(root, tmp_path, image_size=32)
-    dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path))
+    dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(pairs))
     train = dm.datasets["train"]
     assert len(train) == len(base.datasets["train"]) + 5
     synthetic = [train[i] for i in range(len(base.datasets["train"]), len(train))]
@@ -41,18 +73,67 @@ def test_gan_pairs_are_added_and_cached(root, tmp_path):  # noqa: F811
         assert torch.equal(item["label"], (item["seg"] > 0).long())
         assert not (item["seg"] > 0)[item["brain"][0] == 0].any()  # tumour only inside the brain
         assert (item["image"][:, item["brain"][0] == 0] == 0).all()
-    folders = list((tmp_path / "gan").iterdir())
-    assert len(folders) == 1
-    files = {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir() if p.is_file()}
-    assert {"dcgan.pt", "pix2pix.pt"} <= set(files) and any(n.endswith(".npz") for n in files)
-    again = make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path))  # same data + config: everything reused
-    assert {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir() if p.is_file()} == files
-    assert torch.equal(again.datasets["train"][len(train) - 1]["image"], train[len(train) - 1]["image"])
+    # two artefacts, each with its metadata: the generators, and the pairs drawn from them
+    (generators,) = folders(tmp_path / "gan" / "generators")
+    assert {"dcgan.pt", "pix2pix.pt", "artifact.yaml"} <= {p.name for p in generators.iterdir()}
+    gen_meta = artifacts.read_metadata(generators)
+    assert gen_meta["stage"] == "brats_gan_generators" and gen_meta["config"]["epochs"] == {"dcgan": 1, "pix2pix": 1}
+    meta = artifacts.read_metadata(pairs.parent)
+    assert meta["stage"] == "brats_gan_pairs" and meta["counts"]["kept"] == 5
+    assert meta["labels"]["regions"]["tc"] == [1, 4] and (pairs.parent / "pairs.png").is_file()
+    # the generators logged to the run's logger under their own prefix, beside (not in) the U-Net's keys
+    logger.save()
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"gan/dcgan/train/d_loss", "gan/pix2pix/train/g_l1"} <= set(header)
+    assert not {"train/d_loss", "train/loss"} & set(header)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "gan").rglob("*") if p.is_file()}
+    assert make_pairs(root, tmp_path) == pairs  # same data + config: everything found, nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "gan").rglob("*") if p.is_file()} == files
+    # aug.generators: the trained generators loaded instead of training new ones, the same pairs drawn
+    given = {"dcgan": str(generators / "dcgan.pt"), "pix2pix": str(generators / "pix2pix.pt")}
+    loaded = make_pairs(root, tmp_path, data_dir=tmp_path / "other", generators=given)
+    assert not (tmp_path / "other" / "gan" / "generators").exists()
+    assert np.array_equal(np.load(loaded)["image"], np.load(pairs)["image"])
+
+
+def test_gan_augmenter_only_loads_its_pairs_file(root, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="aug.pairs must be the path of a pairs file"):
+        GanAugmenter(extra=2, pairs={"_target_": "synthmed.artifacts.brats_gan_pairs"}, name="gan",
+                     replace_real=False, generators=None)
+    with pytest.raises(FileNotFoundError, match="aug.pairs=.*nope.npz does not exist"):
+        make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path / "nope.npz", extra=2))
+
+
+def test_generators_train_with_the_configured_trainer():
+    """aug=gan trainer=gpu: the generators' trainer is the job's GPU trainer (checked without touching CUDA),
+    for the generator epochs of the one home of that knob (scale.gan.*_epochs)."""
+    cfg = compose_ci(["aug=gan", "trainer=gpu"])
+    node = cfg.aug.pairs
+    for kind in ("dcgan", "pix2pix"):
+        kwargs = generator_trainer_config(node.trainer, node[f"{kind}_epochs"])
+        assert kwargs["_target_"] == "lightning.Trainer" and kwargs["accelerator"] == "gpu"
+        assert kwargs["precision"] == "16-mixed" and kwargs["max_epochs"] == cfg.scale.gan[f"{kind}_epochs"]
+        assert kwargs["enable_checkpointing"] is False and kwargs["limit_val_batches"] == 0
+    assert generator_trainer_config(compose_ci(["aug=gan"]).aug.pairs.trainer, 3)["accelerator"] == "cpu"
+    ablation = compose_ci(["aug=gan_transform", "trainer=gpu"]).aug.parts.gan.pairs
+    assert generator_trainer_config(ablation.trainer, 1)["accelerator"] == "gpu"
+
+
+def test_gan_knobs_have_one_home():
+    """The generators of aug=gan are sized in aug/gan.yaml by one scale lookup, and every knob is in the config."""
+    import synthmed.conf
+
+    text = (Path(synthmed.conf.__file__).parent / "aug" / "gan.yaml").read_text()
+    assert "image_size: ${scale.gan.dcgan_size}" in text and "oc.select" not in text
+    cfg = compose_ci(["aug=gan", "scale=paper"])
+    assert cfg.aug.pairs.dcgan.image_size == 128 and cfg.aug.pairs.pix2pix.image_size == cfg.data.image_size == 240
+    assert cfg.aug.pairs.min_tumour_pixels == 20 and cfg.aug.pairs.max_components == 10
 
 
 def test_degenerate_samples_are_dropped_with_a_clear_error(root, tmp_path):  # noqa: F811
     with pytest.raises(RuntimeError, match="passed the degeneracy rule"):
-        make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, min_tumour_pixels=10**6, max_tries=2))
+        make_pairs(root, tmp_path, min_tumour_pixels=10**6, max_tries=2)
+    assert not list((tmp_path / "gan" / "pairs").rglob("artifact.yaml"))  # nothing half-written counts as made
 
 
 def test_speckle_maps_fail_the_component_rule(root, tmp_path):  # noqa: F811
@@ -64,15 +145,13 @@ def test_speckle_maps_fail_the_component_rule(root, tmp_path):  # noqa: F811
     speckle[::3, ::3] = 2  # 121 isolated pixels: what an unconverged DCGAN draws
     assert tumour_pieces(blobs) == 2 and tumour_pieces(speckle) == 121
     # min 1 tumour pixel and at most 0 pieces: no map can pass, and the error names the knob
-    with pytest.raises(RuntimeError, match="aug.max_components"):
-        make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, min_tumour_pixels=1, max_components=0, max_tries=2))
+    with pytest.raises(RuntimeError, match="aug.pairs.max_components"):
+        make_pairs(root, tmp_path, min_tumour_pixels=1, max_components=0, max_tries=2)
 
 
 def test_given_generators_must_exist(root, tmp_path):  # noqa: F811
-    aug = GanAugmenter(extra=2, dcgan=DCGAN, pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1,
-                       cache_dir=str(tmp_path / "gan"), generators={"dcgan": str(tmp_path / "nope.pt")})
     with pytest.raises(FileNotFoundError, match="aug.generators.dcgan="):
-        make_dm(root, tmp_path, image_size=32, aug=aug)
+        make_pairs(root, tmp_path, generators={"dcgan": str(tmp_path / "nope.pt")})
 
 
 def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
@@ -103,8 +182,9 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     assert (stats["ncr_share"], stats["ed_share"], stats["et_share"]) == pytest.approx((1 / 13, 8 / 13, 4 / 13))
     assert all(np.isnan(v) for v in label_map_stats(maps[1:], brains[1:]).values())
 
-    dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, extra=8))
-    results = EmbeddingAnalysis(size=32, feature_epochs=1, cv_folds=2)(dm, tmp_path / "job")
+    dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(make_pairs(root, tmp_path, extra=8), extra=8))
+    analysis = dict(size=32, tsne_perplexity=20.0, feature_epochs=1, cv_folds=2, seed=0)
+    results = EmbeddingAnalysis(**analysis)(dm, tmp_path / "job")
     assert results["test/num_synthetic"] == 8.0 and results["test/num_real"] > 0
     shares = [results[f"test/labels_{r}_share_real"] for r in ("ncr", "ed", "et")]  # the maps' statistics
     assert sum(shares) == pytest.approx(1.0) and results["test/labels_pieces_median_real"] >= 1
@@ -116,14 +196,15 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     grid = Image.open(tmp_path / "job" / "images" / "real_vs_synthetic.png")  # 4 rows x 6 slices, 1.6 in each
     assert grid.size == (960, 680)
     with pytest.raises(ValueError, match="aug=gan"):
-        EmbeddingAnalysis()(make_dm(root, tmp_path, image_size=32), tmp_path / "job2")
+        EmbeddingAnalysis(**analysis)(make_dm(root, tmp_path, image_size=32), tmp_path / "job2")
 
 
 def test_gan_transform_adds_both_kinds(root, tmp_path):  # noqa: F811
     base = make_dm(root, tmp_path, image_size=32)
-    aug = {"_target_": "synthmed.augment.gan.CombinedAugmenter", "_recursive_": False, "name": "gan_transform",
-           "parts": {"gan": gan_aug(tmp_path, extra=4),
-                     "transform": {"_target_": "synthmed.augment.TransformAugmenter", "extra": 3}}}
+    from test_brats_slices import TRANSFORM
+
+    aug = CombinedAugmenter(parts={"gan": gan_aug(make_pairs(root, tmp_path, extra=4), extra=4),
+                                   "transform": {**TRANSFORM, "extra": 3}}, name="gan_transform", replace_real=False)
     dm = make_dm(root, tmp_path, image_size=32, aug=aug)
     train = dm.datasets["train"]
     assert len(train) == len(base.datasets["train"]) + 7
@@ -145,7 +226,7 @@ def test_generators_leave_the_global_random_stream_alone(root, tmp_path):  # noq
     expected = draw()
     for _ in range(2):  # trains and caches, then reuses
         seed()
-        make_dm(root, tmp_path, image_size=32, aug=gan_aug(tmp_path, extra=3))
+        make_dm(root, tmp_path, image_size=32, aug=gan_aug(make_pairs(root, tmp_path, extra=3), extra=3))
         got = draw()
         assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
@@ -156,23 +237,19 @@ def test_generators_depend_on_their_cache_key_not_on_the_callers_rng(root, tmp_p
     for caller_seed in (1, 2):
         torch.manual_seed(caller_seed)
         cache = tmp_path / f"cache{caller_seed}"
-        dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(cache, extra=3))
-        (folder,) = (cache / "gan").iterdir()
-        trained.append((torch.load(folder / "dcgan.pt", weights_only=True), dm.datasets["train"]))
-    (first, train_a), (second, train_b) = trained
+        pairs = make_pairs(root, tmp_path, data_dir=cache, extra=3)
+        (folder,) = folders(cache / "gan" / "generators")
+        trained.append((torch.load(folder / "dcgan.pt", weights_only=True), np.load(pairs)["image"]))
+    (first, images_a), (second, images_b) = trained
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    assert all(torch.equal(train_a[len(train_a) - i]["image"], train_b[len(train_b) - i]["image"]) for i in (1, 2, 3))
+    assert np.array_equal(images_a, images_b)
 
 
 def ci_datamodule(brats_root, data_dir, aug: str):
-    """The brats_seg experiment's datamodule at scale=ci, composed from the real configs."""
-    overrides = ["experiment=brats_seg", "scale=ci", f"aug={aug}", f"data.root={brats_root}",
-                 f"paths.data_dir={data_dir}"]
-    if aug != "none":  # one-epoch generators on the tiny fixture: relax the degeneracy rule (as the notebook does)
-        overrides += ["aug.min_tumour_pixels=0", "aug.max_tumour_fraction=1.0"]
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    """The brats_seg experiment's datamodule at scale=ci, composed from the real configs, its artefacts
+    resolved as the runner does (the pairs stage trains the generators with the configured trainer)."""
+    cfg = compose_ci([f"aug={aug}", f"data.root={brats_root}", f"paths.data_dir={data_dir}"])
+    artifacts.resolve(cfg, context={"loggers": []})
     dm = instantiate(cfg.data)
     dm.setup("fit")
     return dm, cfg
@@ -190,7 +267,8 @@ def test_synthetic_only_trains_on_the_gan_pairs_alone(root, tmp_path):  # noqa: 
     # the generators learnt from the real training split: aug=gan (real + pairs) reuses the same cache folder
     gan, _ = ci_datamodule(root, tmp_path, "gan")
     assert gan.describe()["train_items"] == {"real": n_real, "extra": n}
-    assert len(list((tmp_path / "gan").iterdir())) == 1
+    assert len(folders(tmp_path / "gan" / "generators")) == 1
+    assert len(folders(tmp_path / "gan" / "pairs")) == 1  # the same pairs too
     for i in range(n):
         assert torch.equal(train[i]["image"], gan.datasets["train"][n_real + i]["image"])
     assert len(synth.real_train) == n_real
@@ -204,10 +282,12 @@ def test_synthetic_only_trains_on_the_gan_pairs_alone(root, tmp_path):  # noqa: 
 
 def test_replace_real_needs_samples_and_belongs_to_the_whole_regime():
     with pytest.raises(ValueError, match="aug.replace_real=true needs aug.extra > 0"):
-        GanAugmenter(extra=0, dcgan=DCGAN, pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1, replace_real=True)
-    part = {"_target_": "synthmed.augment.TransformAugmenter", "extra": 2, "replace_real": True}
+        GanAugmenter(extra=0, pairs="pairs.npz", name="gan", replace_real=True, generators=None)
+    from test_brats_slices import TRANSFORM
+
+    part = {**TRANSFORM, "extra": 2, "replace_real": True}
     with pytest.raises(ValueError, match="aug.parts.transform.replace_real=true"):
-        CombinedAugmenter(parts={"transform": part})
+        CombinedAugmenter(parts={"transform": part}, name="gan_transform", replace_real=False)
 
 
 def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):

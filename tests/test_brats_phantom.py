@@ -17,8 +17,45 @@ def test_phantom_config_rejects_unknown_key():
         PhantomConfig.from_mapping({"nosie": 0.1})
 
 
+def phantom_knobs() -> dict:
+    """data.root.phantom of the real config: the one home of the phantom's knobs."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=brats_phantom", "scale=ci"])
+    return OmegaConf.to_container(cfg.data.root.phantom, resolve=True)
+
+
+def test_phantom_config_needs_every_knob():
+    knobs = phantom_knobs()
+    del knobs["noise"]
+    with pytest.raises(ValueError, match=r"data.root.phantom is missing \['noise'\]"):
+        PhantomConfig.from_mapping({**knobs, "num_subjects": 1})
+
+
+def test_phantom_stage_holds_exactly_the_subjects_asked_for(tmp_path):
+    from synthmed import artifacts
+
+    knobs = {**phantom_knobs(), "workers": 1, "radius_mm": [12.0, 14.0]}
+    one = artifacts.brats_phantom(phantom=knobs, num_subjects=1, data_dir=str(tmp_path))
+    assert [s.id for s in discover_subjects(one)] == ["BraTSPhantom_00000"]
+    meta = artifacts.read_metadata(one)
+    assert meta["stage"] == "brats_phantom" and meta["config"]["num_subjects"] == 1 and meta["hash"] == one.name
+    assert meta["subjects"] == ["BraTSPhantom_00000"] and meta["labels"]["labels"] == [0, 1, 2, 4]
+    assert meta["labels"]["regions"] == {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]} and "torch" in meta["versions"]
+    assert artifacts.brats_phantom(phantom=knobs, num_subjects=1, data_dir=str(tmp_path)) == one  # found
+    # subject i is the same bytes in a larger cohort (its own folder)
+    files = subject_files(one, 0)
+    cfg = PhantomConfig.from_mapping({**knobs, "num_subjects": 1})
+    np.testing.assert_array_equal(np.asarray(__import__("nibabel").load(str(files["seg"])).dataobj),
+                                  make_subject(cfg, 0)["seg"])
+
+
 def test_phantom_subject_deterministic_and_valid(tmp_path):
-    cfg = PhantomConfig(num_subjects=1, workers=1, radius_mm=(12.0, 14.0))
+    cfg = PhantomConfig.from_mapping({**phantom_knobs(), "num_subjects": 1, "workers": 1, "radius_mm": (12.0, 14.0)})
     out = generate_cohort(cfg, tmp_path, progress=False)
     files = subject_files(out, 0)
     first = {k: p.read_bytes() for k, p in files.items()}

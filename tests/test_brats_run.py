@@ -24,16 +24,16 @@ def compose_brats(overrides: list[str]):
 def test_channels_follow_the_modalities():
     """`data.modalities=[flair,t2]` alone gives a 2-channel U-Net input and a 2-channel pix2pix output."""
     cfg = compose_brats(["experiment=brats_seg", "aug=gan", "data.modalities=[flair,t2]"])
-    assert cfg.model.net.in_channels == 2 and cfg.aug.pix2pix.out_channels == 2
+    assert cfg.model.net.in_channels == 2 and cfg.aug.pairs.pix2pix.out_channels == 2
     net = instantiate(cfg.model).net
     assert net.down[0][0].in_channels == 2  # the first convolution
     assert net(torch.zeros(1, 2, 64, 64)).shape == (1, 2, 64, 64)
-    translator = instantiate(cfg.aug.pix2pix)
+    translator = instantiate(cfg.aug.pairs.pix2pix)
     assert translator.translate(torch.zeros(1, 64, 64, dtype=torch.long), torch.ones(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     assert compose_brats(["experiment=brats_seg"]).model.net.in_channels == 4  # all four by default
     assert compose_brats(["experiment=brats_pix2pix", "data.modalities=[t1]"]).model.out_channels == 1
     assert compose_brats(["experiment=brats_seg", "aug=gan_transform", "data.modalities=[t1,t2,flair]"]
-                         ).aug.parts.gan.pix2pix.out_channels == 3
+                         ).aug.parts.gan.pairs.pix2pix.out_channels == 3
     bad = compose_brats(["experiment=brats_seg", "data.modalities=flair"])  # a string, not a list
     with pytest.raises(InterpolationResolutionError, match=r"needs a list(.|\n)*model.net.in_channels"):
         OmegaConf.to_container(bad.model, resolve=True)

@@ -5,11 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from test_brats_discovery import write_subject
 
 import synthmed.data.brats.slices as slices_mod
+from synthmed import artifacts
 from synthmed.augment import TransformAugmenter
 from synthmed.data.brats.slices import BratsSliceDataModule
+
+
+def _transform_args():
+    """aug/transform.yaml's knobs, from the real config (the constructor holds no defaults)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        aug = compose("config", overrides=["aug=transform", "scale=ci"]).aug
+    return OmegaConf.to_container(aug, resolve=True)
+
+
+TRANSFORM = _transform_args()
+TRANSFORM_ARGS = {k: v for k, v in TRANSFORM.items() if k != "_target_"}
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +38,22 @@ def root(tmp_path_factory):
     return base
 
 
-def make_dm(root, data_dir, **kw):
-    args = dict(root=str(root), data_dir=str(data_dir), image_size=16, num_train_slices=None, batch_size=4,
-                val_fraction=0.25, test_fraction=0.25, split_seed=0, progress=False)
-    args.update(kw)
-    dm = BratsSliceDataModule(**args)
+DM_ARGS = dict(modalities=["flair", "t1", "t1ce", "t2"], target="wt", image_size=16, num_train_slices=None,
+               empty_fraction=0.0, val_fraction=0.25, test_fraction=0.25, split_seed=0, batch_size=4, num_workers=0,
+               aug=None)
+
+
+def make_cache(root, data_dir, image_size=16, modalities=DM_ARGS["modalities"], skip_invalid=False):
+    """The slice-cache stage, as the runner calls it."""
+    return artifacts.brats_slice_cache(root=str(root), modalities=modalities, image_size=image_size,
+                                       skip_invalid=skip_invalid, data_dir=str(data_dir))
+
+
+def make_dm(root, data_dir, skip_invalid=False, **kw):
+    """The stage makes (or finds) the slice cache; the data module only loads it."""
+    args = {**DM_ARGS, **kw}
+    cache = make_cache(root, data_dir, args["image_size"], args["modalities"], skip_invalid)
+    dm = BratsSliceDataModule(root=str(root), cache=str(cache), **args)
     dm.prepare_data()
     dm.setup()
     return dm
@@ -74,10 +103,13 @@ def test_zscore_within_brain(root, tmp_path):
 
 def test_second_run_reads_no_nifti(root, tmp_path, monkeypatch):
     first = make_dm(root, tmp_path)
-    assert first.nifti_reads == 8
     files = sorted((tmp_path / "brats_slices").rglob("image.npy"))
     assert len(files) == 8
     assert isinstance(np.load(files[0], mmap_mode="r"), np.memmap)
+    meta = artifacts.read_metadata(first.cache)  # what made it, which subjects, the label convention
+    assert meta["stage"] == "brats_slices" and meta["config"]["image_size"] == 16 and len(meta["subjects"]) == 8
+    assert meta["labels"]["regions"] == {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+    assert meta["labels"]["labels"] == [0, 1, 2, 4] and meta["labels"]["indices"] == [0, 1, 2, 3]
 
     def boom(*a, **k):
         raise AssertionError("NIfTI decoded on a cached run")
@@ -85,15 +117,33 @@ def test_second_run_reads_no_nifti(root, tmp_path, monkeypatch):
     monkeypatch.setattr(slices_mod, "read_volume", boom)
     monkeypatch.setattr("nibabel.load", boom)
     second = make_dm(root, tmp_path)
-    assert second.nifti_reads == 0
+    assert second.cache == first.cache
     a, b = first.datasets["train"][0], second.datasets["train"][0]
     assert torch.equal(a["image"], b["image"]) and a["subject"] == b["subject"]
 
 
-def _nifti_reads(root, data_dir) -> int:
-    dm = BratsSliceDataModule(root=str(root), data_dir=str(data_dir), image_size=16, progress=False)
-    dm.prepare_data()
-    return dm.nifti_reads
+def test_data_module_only_loads_and_names_the_missing_key(root, tmp_path):
+    with pytest.raises(ValueError, match=r"data.cache=None: BratsSliceDataModule loads a folder and makes none"):
+        BratsSliceDataModule(root=str(root), cache=None, **DM_ARGS)
+    with pytest.raises(ValueError, match=r"data.root=None"):
+        BratsSliceDataModule(root=None, cache=str(tmp_path), **DM_ARGS)
+    unfinished = BratsSliceDataModule(root=str(root), cache=str(tmp_path / "nothing"), **DM_ARGS)
+    with pytest.raises(FileNotFoundError, match=r"data.cache=.*nothing.*artifact.yaml is missing"):
+        unfinished.prepare_data()
+    assert not list(tmp_path.rglob("*.npy"))  # nothing was made
+    cache = make_cache(root, tmp_path, image_size=16)
+    wrong = BratsSliceDataModule(root=str(root), cache=str(cache), **{**DM_ARGS, "image_size": 32})
+    with pytest.raises(ValueError, match=r"holds image_size=16, but data.image_size=32"):
+        wrong.prepare_data()
+
+
+def _extractions(root, data_dir) -> int:
+    """Make the slice cache as a parallel job would; return how many subjects this process extracted."""
+    calls = []
+    extract = slices_mod.extract_subject
+    slices_mod.extract_subject = lambda *a: calls.append(a) or extract(*a)
+    make_cache(root, data_dir)
+    return len(calls)
 
 
 def test_parallel_jobs_cache_the_slices_once(root, tmp_path):
@@ -101,7 +151,7 @@ def test_parallel_jobs_cache_the_slices_once(root, tmp_path):
     import multiprocessing
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        reads = pool.starmap(_nifti_reads, [(root, tmp_path)] * 2)
+        reads = pool.starmap(_extractions, [(root, tmp_path)] * 2)
     assert sorted(reads) == [0, 8]
     assert len(list((tmp_path / "brats_slices").rglob("done.json"))) == 8
 
@@ -129,28 +179,29 @@ def _locked_increment(path) -> None:
 
 def test_bad_options(root, tmp_path):
     with pytest.raises(ValueError, match="data.modalities"):
-        BratsSliceDataModule(root=str(root), modalities=["dwi"])
+        BratsSliceDataModule(root=str(root), cache=str(root), **{**DM_ARGS, "modalities": ["dwi"]})
     with pytest.raises(ValueError, match="data.target"):
-        BratsSliceDataModule(root=str(root), target="all")
+        BratsSliceDataModule(root=str(root), cache=str(root), **{**DM_ARGS, "target": "all"})
 
 
 def test_transform_aug_adds_extra(root, tmp_path):
-    dm = make_dm(root, tmp_path, aug={"_target_": "synthmed.augment.TransformAugmenter", "extra": 6})
+    dm = make_dm(root, tmp_path, aug={**TRANSFORM, "extra": 6})
     base = make_dm(root, tmp_path)
     assert len(dm.datasets["train"]) == len(base.datasets["train"]) + 6
     extra = dm.datasets["train"][len(dm.datasets["train"]) - 1]
     assert extra["image"].shape == (4, 16, 16) and extra["label"].dtype == torch.int64
     assert set(extra["seg"].unique().tolist()) <= {0, 1, 2, 3}
     assert torch.equal(extra["label"], (extra["seg"] > 0).long())
-    again = make_dm(root, tmp_path, aug=TransformAugmenter(extra=6))
+    again = make_dm(root, tmp_path, aug=instantiate({**TRANSFORM, "extra": 6}))
     assert torch.equal(again.datasets["train"][len(again.datasets["train"]) - 1]["image"], extra["image"])
-    none = make_dm(root, tmp_path, aug={"_target_": "synthmed.augment.NoAugment", "name": "none", "extra": 0})
+    none = make_dm(root, tmp_path, aug={"_target_": "synthmed.augment.NoAugment", "name": "none", "extra": 0,
+                                        "replace_real": False})
     assert len(none.datasets["train"]) == len(base.datasets["train"])
 
 
 def test_transform_aug_generic_rgb():
     items = [{"image": torch.rand(3, 16, 16), "label": (torch.rand(16, 16) > 0.5).long()} for _ in range(3)]
-    out = TransformAugmenter(extra=4).extra_samples(items, seed=0)
+    out = instantiate({**TRANSFORM, "extra": 4}).extra_samples(items, seed=0)
     assert len(out) == 4 and out[0]["image"].shape == (3, 16, 16) and out[0]["label"].shape == (16, 16)
     assert set(out[0]["label"].unique().tolist()) <= {0, 1}
 
@@ -160,9 +211,9 @@ def test_invalid_subject_raises_or_is_skipped(tmp_path):
     for i in range(4):
         write_subject(root, f"S{i}", seed=i)
     write_subject(root, "Broken", skip=("t2",))
-    with pytest.raises(FileNotFoundError, match="Broken.*t2"):
+    with pytest.raises(FileNotFoundError, match="Broken.*t2"):  # named by the stage, before anything is cached
         make_dm(root, tmp_path / "a")
-    with pytest.warns(UserWarning, match="Broken"):
+    with pytest.warns(UserWarning, match=r"data.cache.skip_invalid=true: skipped 1 invalid subject(.|\n)*Broken"):
         dm = make_dm(root, tmp_path / "b", skip_invalid=True)
     assert "Broken" not in sum(dm.splits.values(), [])
 
@@ -183,7 +234,7 @@ def test_tumour_slices_show_tumour_at_the_training_size(tmp_path):
     for split, ds in dm.datasets.items():
         assert all(ds[i]["seg"].any() for i in range(len(ds))), split
         assert all(ds[i]["slice"] in range(4, 8) for i in range(len(ds))), split
-    cached = slices_mod._CachedSubject(dm._subject_dir(dm.subject("S0")), "S0")
+    cached = slices_mod._CachedSubject(dm.cache / "S0", "S0")
     assert 10 in cached.slices.tolist() and not cached.tumour[cached.slices.tolist().index(10)]
 
 
@@ -193,7 +244,7 @@ def test_empty_fraction_is_served_or_refused(root, tmp_path):
         with_tumour = sum(int(ds[i]["seg"].any()) for i in range(len(ds)))
         assert with_tumour == len(ds) - with_tumour, split  # half and half, val and test included
     with pytest.raises(ValueError, match=r"data.empty_fraction=0.6 must be in \[0, 0.5\]"):
-        BratsSliceDataModule(root=str(root), empty_fraction=0.6)
+        BratsSliceDataModule(root=str(root), cache=str(root), **{**DM_ARGS, "empty_fraction": 0.6})
 
 
 def test_extra_samples_of_the_wrong_shape_fail_naming_the_regime(root, tmp_path):
@@ -205,4 +256,4 @@ def test_extra_samples_of_the_wrong_shape_fail_naming_the_regime(root, tmp_path)
 
     with pytest.raises(ValueError, match=r"aug=three_channels: extra sample 0 has image shape \(3, 16, 16\), "
                                          r"the real slices \(4, 16, 16\)"):
-        make_dm(root, tmp_path, aug=ThreeChannels(extra=1))
+        make_dm(root, tmp_path, aug=ThreeChannels(**{**TRANSFORM_ARGS, "extra": 1}))

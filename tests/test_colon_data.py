@@ -6,8 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
 from synthmed.data.colon import ColonFramesDataModule, read_frame_index, stratified_split
+
+
+def frames_module(compose_config, **keys) -> ColonFramesDataModule:
+    """The data module of `data=colon_frames` as the configs build it, with `keys` overriding its config."""
+    return instantiate(compose_config(["data=colon_frames", "scale=ci"]).data, **keys)
 
 
 def test_stratified_split_is_disjoint_balanced_and_seeded():
@@ -23,8 +29,8 @@ def test_stratified_split_is_disjoint_balanced_and_seeded():
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
-def test_rendered_layout_batches(frames_dir, task):
-    dm = ColonFramesDataModule(root=str(frames_dir), task=task, image_size=32, batch_size=4)
+def test_rendered_layout_batches(compose_config, frames_dir, task):
+    dm = frames_module(compose_config, root=str(frames_dir), task=task, image_size=32, batch_size=4)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32)
@@ -36,11 +42,11 @@ def test_rendered_layout_batches(frames_dir, task):
     assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 40
 
 
-def test_flips_move_image_and_mask_together_on_train_only(frames_dir):
+def test_flips_move_image_and_mask_together_on_train_only(compose_config, frames_dir):
     import torch
 
-    plain = ColonFramesDataModule(root=str(frames_dir), task="segmentation", image_size=32, flips=False)
-    flipped = ColonFramesDataModule(root=str(frames_dir), task="segmentation", image_size=32, flips=True)
+    plain = frames_module(compose_config, root=str(frames_dir), task="segmentation", image_size=32, flips=False)
+    flipped = frames_module(compose_config, root=str(frames_dir), task="segmentation", image_size=32, flips=True)
     plain.setup()
     flipped.setup()
     torch.manual_seed(0)
@@ -65,7 +71,7 @@ def _dihedral(x, k, flip, dims):
     return y.flip(dims[1]) if flip else y
 
 
-def test_imagefolder_and_kvasir_layouts(frames_dir, tmp_path):
+def test_imagefolder_and_kvasir_layouts(compose_config, frames_dir, tmp_path):
     _, rows = read_frame_index(frames_dir)
     for row in rows:
         cls = "lesion" if row["label"] else "normal"
@@ -78,21 +84,21 @@ def test_imagefolder_and_kvasir_layouts(frames_dir, tmp_path):
     assert layout == "imagefolder" and sum(r["label"] for r in folder_rows) == 20
     layout, kvasir_rows = read_frame_index(tmp_path / "kvasir")
     assert layout == "kvasir" and len(kvasir_rows) == 40
-    dm = ColonFramesDataModule(root=str(tmp_path / "kvasir"), task="segmentation", image_size=16, batch_size=2)
+    dm = frames_module(compose_config, root=str(tmp_path / "kvasir"), task="segmentation", image_size=16, batch_size=2)
     dm.setup()
     assert len(dm.splits["test"]) > 0
-    dm = ColonFramesDataModule(root=str(tmp_path / "kvasir"), task="classification", image_size=16)
+    dm = frames_module(compose_config, root=str(tmp_path / "kvasir"), task="classification", image_size=16)
     with pytest.raises(ValueError, match="classification needs labels"):
         dm.setup()
 
 
-def test_bad_dataset_errors_name_the_file(tmp_path):
+def test_bad_dataset_errors_name_the_file(compose_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a frames dataset"):
         read_frame_index(tmp_path)
     (tmp_path / "manifest.csv").write_text("id,label\na,7\n")
-    with pytest.raises(ValueError, match="label 7"):
+    with pytest.raises(ValueError, match="label '7'"):
         read_frame_index(tmp_path)
     (tmp_path / "manifest.csv").write_text("id,label\na,1\n")
-    dm = ColonFramesDataModule(root=str(tmp_path), image_size=8)
+    dm = frames_module(compose_config, root=str(tmp_path), image_size=8)
     with pytest.raises(ValueError, match="cannot read frame a"):
         dm.setup()

@@ -22,10 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from wandb_records import logged_history, read_records, run_info
 
-import synthmed
 from synthmed.utils import pin_cpu_isa
 
-CONF = Path(synthmed.__file__).parent / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the top-level conf/, shipped as synthmed.conf
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 CI = ["scale=ci", "logger=csv"]
 
@@ -193,14 +192,48 @@ def test_report_refuses_a_dir_without_jobs(tmp_path):
     assert not (tmp_path / "summary.csv").exists()
 
 
-def test_wheel_ships_the_configs(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from this checkout, as `pip wheel .` builds it."""
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
-    wheel = next(tmp_path.glob("synthmed-*.whl"))
+                    str(out), str(Path(__file__).resolve().parents[1])], check=True, capture_output=True)
+    return next(out.glob("synthmed-*.whl"))
+
+
+def test_wheel_ships_the_configs(wheel):
+    root = Path(__file__).resolve().parents[1]
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "synthmed/conf/config.yaml" in names
-    assert {f"synthmed/conf/experiment/{e}.yaml" for e in EXPERIMENTS} <= names
+    configs = {f"synthmed/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
+    assert "synthmed/conf/config.yaml" in configs and configs <= names
+    # every subpackage of src/synthmed is listed in pyproject.toml's packages (find cannot map conf/)
+    src = root / "src"
+    modules = {p.relative_to(src).as_posix() for p in src.rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, sorted(modules - names)
+
+
+def test_installed_wheel_runs_from_an_unrelated_directory(wheel, tmp_path):
+    """A plain (non-editable) install in its own environment finds its configs as pkg://synthmed.conf: the
+    colon experiment renders, trains and tests from a directory that has nothing of the checkout."""
+    env_dir = tmp_path / "venv"
+    # the dependencies come from this interpreter's site-packages; synthmed itself only from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(python), "-c", "import synthmed.conf, synthmed; print(synthmed.__file__); "
+                            "print(synthmed.conf.__file__)"], cwd=work, capture_output=True, text=True, check=True)
+    assert all(line.startswith(str(env_dir)) for line in where.stdout.split()), where.stdout
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(python), "-m", "synthmed", "experiment=colon_cls", "scale=ci", "logger=csv"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(next(work.glob("outputs/runs/*/*/metrics.json")).read_text())
+    assert metrics["status"] == "ok" and 0.0 <= metrics["test"]["test/acc"] <= 1.0
+    assert list(work.glob("data/colon/frames_*/images/*.png"))  # the stage rendered into the working folder
 
 
 def _spawn_pool_in_this_process() -> list[float]:

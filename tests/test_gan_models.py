@@ -13,12 +13,10 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from synthmed.models.dcgan import TumourLabelGAN
 from synthmed.models.nets.dcgan import TumourLabelDiscriminator
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator
-from synthmed.models.pix2pix import BrainSliceTranslator
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "synthmed" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class RandomSlices(Dataset):
@@ -62,11 +60,12 @@ def trainer(tmp_path: Path, **kw) -> pl.Trainer:
     )
 
 
-def from_config(name: str, scale: str = "ci"):
-    """Compose the real Hydra config with `model=<name> scale=<scale>` and instantiate the model."""
+def from_config(name: str, scale: str = "ci", **kw):
+    """Compose the real Hydra config of the generator's experiment (`experiment=brats_<name> scale=<scale>`,
+    where its sizes are stated) and instantiate the model, with `kw` overriding its arguments."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}", f"scale={scale}"])
-    return hydra.utils.instantiate(cfg.model)
+        cfg = compose("config", overrides=[f"experiment=brats_{name}", f"scale={scale}"])
+    return hydra.utils.instantiate(cfg.model, **kw)
 
 
 def snapshot(module: nn.Module) -> list[torch.Tensor]:
@@ -145,7 +144,7 @@ def test_dcgan_sample_labels_and_determinism(fitted_dcgan):
 def test_dcgan_stabilisers_train_and_anneal(tmp_path):
     """instance noise (annealed to 0 over the epochs), one-sided label smoothing and the minibatch-std
     channel: both optimisers still step, losses stay finite, the noise follows its schedule."""
-    model = TumourLabelGAN(image_size=32, g_channels=8, d_channels=8, max_channels=32,
+    model = from_config("dcgan", image_size=32, g_channels=8, d_channels=8, max_channels=32,
                            instance_noise=0.2, real_label=0.9, minibatch_std=True)
     seen = []
 
@@ -177,18 +176,18 @@ def test_minibatch_std_makes_the_logit_depend_on_the_batch():
 
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_dcgan_sizes_and_binary(size):
-    model = TumourLabelGAN(image_size=size, g_channels=4, d_channels=4, max_channels=16)
+    model = from_config("dcgan", image_size=size, g_channels=4, d_channels=4, max_channels=16)
     maps = model(torch.randn(2, 100))
     assert maps.shape == (2, 3, size, size)
     assert torch.all(maps >= 0) and torch.all(maps.sum(1) <= 1 + 1e-5)  # softmax minus background
     assert model.discriminator(maps).shape == (2,)
-    binary = TumourLabelGAN(image_size=size, g_channels=4, d_channels=4, max_channels=16, binary=True)
+    binary = from_config("dcgan", image_size=size, g_channels=4, d_channels=4, max_channels=16, binary=True)
     labels = binary.sample(3, torch.Generator().manual_seed(0))
     assert labels.shape == (3, size, size) and set(labels.unique().tolist()) <= {0, 1}
 
 
 def test_dcgan_real_maps_resize_and_reject_bad_labels():
-    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4)
+    model = from_config("dcgan", image_size=32, g_channels=4, d_channels=4)
     seg = torch.zeros(1, 240, 240, dtype=torch.long)
     seg[0, 60:180, 60:180] = 2
     seg[0, 90:150, 90:150] = 3
@@ -203,7 +202,7 @@ def test_dcgan_real_maps_resize_and_reject_bad_labels():
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_dcgan_straight_through_fakes_are_hard_with_gradients(binary):
-    model = TumourLabelGAN(image_size=32, g_channels=4, d_channels=4, binary=binary, straight_through=True)
+    model = from_config("dcgan", image_size=32, g_channels=4, d_channels=4, binary=binary, straight_through=True)
     fake = model.fake_maps(torch.randn(2, 100))
     hard = fake.detach().round()  # hard + soft - soft.detach() is exact up to float rounding
     torch.testing.assert_close(fake.detach(), hard)
@@ -215,7 +214,7 @@ def test_dcgan_straight_through_fakes_are_hard_with_gradients(binary):
 
 
 def test_dcgan_weight_init():
-    model = TumourLabelGAN(image_size=64)
+    model = from_config("dcgan", image_size=64)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     w = torch.cat([m.weight.flatten() for m in convs])
@@ -257,7 +256,7 @@ def test_pix2pix_both_optimisers_step(fitted_pix2pix):
 
 @pytest.mark.parametrize("size", [240, 64])
 def test_pix2pix_translate_shape(size):
-    model = BrainSliceTranslator(image_size=size, g_channels=4, d_channels=4, max_channels=32)
+    model = from_config("pix2pix", image_size=size, g_channels=4, d_channels=4, max_channels=32)
     assert model.generator.num_downs == (8 if size == 240 else 6)
     labels = torch.randint(0, 4, (2, size, size))
     brain = torch.ones(2, 1, size, size)
@@ -269,7 +268,7 @@ def test_pix2pix_translate_shape(size):
 
 def test_pix2pix_resize_upsampling():
     """upsample='resize': no transposed convolutions left, same shapes, trains (gradients reach the decoder)."""
-    model = BrainSliceTranslator(image_size=64, g_channels=4, d_channels=4, max_channels=32, upsample="resize")
+    model = from_config("pix2pix", image_size=64, g_channels=4, d_channels=4, max_channels=32, upsample="resize")
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.generator.modules())
     assert sum(isinstance(m, nn.Upsample) for m in model.generator.modules()) == model.generator.num_downs
     labels, brain = torch.randint(0, 4, (2, 64, 64)), torch.ones(2, 1, 64, 64)
@@ -295,7 +294,7 @@ def test_pix2pix_pads_to_power_of_two_and_crops_centre():
 
 
 def test_pix2pix_conditioning_channels():
-    model = BrainSliceTranslator(image_size=32, g_channels=4, d_channels=4)
+    model = from_config("pix2pix", image_size=32, g_channels=4, d_channels=4)
     labels = torch.tensor([[[0, 1], [2, 3]]])
     cond = model.condition(labels, torch.full((1, 1, 2, 2), 0.5))
     assert cond.shape == (1, 4, 2, 2)
@@ -328,7 +327,7 @@ def test_pix2pix_checkpoint_weights_only(fitted_pix2pix):
 
 
 def test_pix2pix_lsgan_step(tmp_path):
-    model = BrainSliceTranslator(image_size=32, g_channels=4, d_channels=4, gan_mode="lsgan", norm="instance")
+    model = from_config("pix2pix", image_size=32, g_channels=4, d_channels=4, gan_mode="lsgan", norm="instance")
     t = trainer(tmp_path, limit_val_batches=0)
     t.fit(model, loader(32, n=2, batch_size=2))
     assert math.isfinite(float(t.callback_metrics["train/g_loss"]))

@@ -21,11 +21,21 @@ from PIL import Image
 if importlib.util.find_spec("bpy") is None:
     pytest.skip("bpy is not installed", allow_module_level=True)
 
-from synthmed.render import RenderConfigError, dataset_name, render_dataset  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from synthmed.render import RenderConfigError, compose_render, dataset_name, render_dataset  # noqa: E402
 from synthmed.render.config import RENDERER_VERSION, param_names, resolve_config  # noqa: E402
 
-TINY = {"resolution": 48, "num_frames": 6, "samples": 2, "min_visible_pixels": 4, "lesion_probability": 0.8,
-        "preview_frames": 4}
+# the real config (experiment=colon_render), made tiny by Hydra overrides
+TINY = ["render.resolution=48", "render.num_frames=6", "render.samples=2", "render.min_visible_pixels=4",
+        "render.lesion_probability=0.8", "render.preview_frames=4"]
+FRAMES, MIN_VISIBLE = 6, 4
+
+
+def tiny(*overrides: str):
+    """The `render` node of the tiny config, with more Hydra overrides."""
+    return compose_render([*TINY, *overrides])
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -45,7 +55,7 @@ def _rows(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean")
-    render_dataset({**TINY, "workers": 1}, out, progress=False)
+    render_dataset(tiny("render.workers=1"), out, progress=False)
     return out
 
 
@@ -53,8 +63,8 @@ def test_contract(clean):
     for name in ("manifest.csv", "dataset.yaml", "preview.png"):
         assert (clean / name).exists(), name
     rows = _rows(clean)
-    assert len(rows) == TINY["num_frames"]
-    assert not (set(param_names(resolve_config(TINY))) - set(rows[0])), "manifest lacks sampled parameters"
+    assert len(rows) == FRAMES
+    assert not (set(param_names(resolve_config(tiny()))) - set(rows[0])), "manifest lacks sampled parameters"
     assert {"id", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y1"} <= set(rows[0])
     assert len({r["seed"] for r in rows}) == len(rows)
     for r in rows:
@@ -65,7 +75,7 @@ def test_contract(clean):
         assert set(np.unique(mask)) <= {0, 255}
         visible = int((mask == 255).sum())
         assert visible == int(r["visible_pixels"])
-        assert int(r["label"]) == int(visible >= TINY["min_visible_pixels"])
+        assert int(r["label"]) == int(visible >= MIN_VISIBLE)
         if visible:
             ys, xs = np.nonzero(mask)
             assert [int(r[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")] == \
@@ -73,23 +83,23 @@ def test_contract(clean):
     assert any(int(r["label"]) for r in rows), "no visible lesion in the tiny set: test is not meaningful"
     meta = (clean / "dataset.yaml").read_text()
     assert "blender_version" in meta and "synthmed_version" in meta
-    assert f"renderer_version: {RENDERER_VERSION}" in meta and dataset_name(TINY) in meta
+    assert f"renderer_version: {RENDERER_VERSION}" in meta and dataset_name(tiny()) in meta
     assert not (clean / ".patterns").exists(), "the baked patterns outlive the finished dataset"
 
 
 def test_workers_identical(clean, tmp_path):
-    render_dataset({**TINY, "workers": 2}, tmp_path, progress=False)
+    render_dataset(tiny("render.workers=2"), tmp_path, progress=False)
     assert _files(tmp_path) == _files(clean)
 
 
 def test_shards_merge(clean, tmp_path):
-    render_dataset({**TINY, "workers": 1, "num_shards": 2, "shard": 1}, tmp_path, progress=False)
+    render_dataset(tiny("render.workers=1", "render.num_shards=2", "render.shard=1"), tmp_path, progress=False)
     assert not (tmp_path / "manifest.csv").exists()  # shard 0's frames are still missing
-    render_dataset({**TINY, "workers": 1, "num_shards": 2, "shard": 0}, tmp_path, progress=False)
+    render_dataset(tiny("render.workers=1", "render.num_shards=2", "render.shard=0"), tmp_path, progress=False)
     assert _files(tmp_path) == _files(clean) and (tmp_path / "dataset.yaml").exists()
 
 
-def _frames_rendered_here(cfg: dict, out: str, results) -> None:
+def _frames_rendered_here(cfg, out: str, results) -> None:
     """render_dataset in this process; puts the number of frames it rendered itself (its log line) and
     whether it said it waited for another job."""
     import logging
@@ -111,14 +121,14 @@ def test_parallel_jobs_render_once(clean, tmp_path):
 
     ctx = multiprocessing.get_context("fork")  # not a Pool: its daemonic workers may not start render workers
     results = ctx.Queue()
-    jobs = [ctx.Process(target=_frames_rendered_here, args=({**TINY, "workers": 1}, str(tmp_path), results))
+    jobs = [ctx.Process(target=_frames_rendered_here, args=(tiny("render.workers=1"), str(tmp_path), results))
             for _ in range(2)]
     for j in jobs:
         j.start()
     counts = sorted(results.get(timeout=300) for _ in jobs)
     for j in jobs:
         j.join()
-    assert [c[0] for c in counts] == [0, TINY["num_frames"]]
+    assert [c[0] for c in counts] == [0, FRAMES]
     assert counts[0][1], "the job that rendered nothing did not say it waited for the other"
     assert _files(tmp_path) == _files(clean)
 
@@ -126,17 +136,17 @@ def test_parallel_jobs_render_once(clean, tmp_path):
 def test_rerun_skips_finished(clean):
     before = {p: p.stat().st_mtime_ns for p in (clean / "images").glob("*.png")}
     t = time.time()
-    render_dataset({**TINY, "workers": 1}, clean, progress=False)
+    render_dataset(tiny("render.workers=1"), clean, progress=False)
     assert time.time() - t < 5
     assert before == {p: p.stat().st_mtime_ns for p in (clean / "images").glob("*.png")}
 
 
 def test_resume_after_kill(clean, tmp_path):
-    cfg = {**TINY, "workers": 1}
+    overrides = [*TINY, "render.workers=1"]
     script = textwrap.dedent(f"""
-        from synthmed.render import render_dataset
+        from synthmed.render import compose_render, render_dataset
         if __name__ == "__main__":
-            render_dataset({cfg!r}, {str(tmp_path)!r}, progress=False)
+            render_dataset(compose_render({overrides!r}), {str(tmp_path)!r}, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -151,17 +161,17 @@ def test_resume_after_kill(clean, tmp_path):
     assert not (tmp_path / "manifest.csv").exists()
     for p in (tmp_path / "images").glob("*.png"):
         Image.open(p).load()  # every PNG on disk decodes
-    render_dataset(cfg, tmp_path, progress=False)
-    assert len(_rows(tmp_path)) == TINY["num_frames"]
+    render_dataset(compose_render(overrides), tmp_path, progress=False)
+    assert len(_rows(tmp_path)) == FRAMES
     assert _files(tmp_path) == _files(clean)
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
 def test_hidden_lesion_not_in_mask(tmp_path):
     # a lesion placed on the wall along a ray 150% of the half-FOV off axis, i.e. behind the camera's view
-    cfg = {**TINY, "num_frames": 2, "workers": 1,
-           "overrides": {"lesion.present": 1, "lesion.view_offaxis": 2.2, "lesion.type": "sessile",
-                         "lesion.size_mm": 6.0, "camera.fov_deg": 130.0}}
+    cfg = tiny("render.num_frames=2", "render.workers=1",
+               "++render.overrides={lesion.present: 1, lesion.view_offaxis: 2.2, lesion.type: sessile, "
+               "lesion.size_mm: 6.0, camera.fov_deg: 130.0}")
     render_dataset(cfg, tmp_path, progress=False)
     rows = _rows(tmp_path)
     for r in rows:
@@ -183,8 +193,9 @@ def test_lesion_behind_a_fold_not_in_mask(tmp_path):
              "lesion.size_mm": 8.0, "lesion.height_mm": 3.0, "lesion.tilt_deg": 0.0, "lesion.angle_deg": 30.0}
     rows = {}
     for name, axial in (("before", 144.0), ("behind", 156.0)):  # 6 mm before / beyond the ridge
-        out = render_dataset({**TINY, "num_frames": 1, "workers": 1,
-                              "overrides": {**scene, "lesion.axial_mm": axial}}, tmp_path / name, progress=False)
+        cfg = tiny("render.num_frames=1", "render.workers=1")
+        cfg.overrides = {**scene, "lesion.axial_mm": axial}  # assigned: the schema checks it like an override
+        out = render_dataset(cfg, tmp_path / name, progress=False)
         (rows[name],) = _rows(out)
         rows[name]["mask"] = np.array(Image.open(out / "masks" / "000000.png"))
     for r in rows.values():
@@ -193,7 +204,7 @@ def test_lesion_behind_a_fold_not_in_mask(tmp_path):
     # only the fold hides it
     off_axis = math.degrees(math.acos((156.0 - 125.0) / float(rows["behind"]["lesion.distance_mm"])))
     assert off_axis < 45.0
-    assert int(rows["before"]["visible_pixels"]) >= TINY["min_visible_pixels"] and rows["before"]["label"] == "1"
+    assert int(rows["before"]["visible_pixels"]) >= MIN_VISIBLE and rows["before"]["label"] == "1"
     assert int(rows["behind"]["visible_pixels"]) == 0 and rows["behind"]["label"] == "0"
     assert not rows["behind"]["mask"].any()
 
@@ -201,31 +212,65 @@ def test_lesion_behind_a_fold_not_in_mask(tmp_path):
 def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
     """The baked mucosa pattern is a cache of the procedural one: the same frames, masks byte-equal, RGB
     within interpolation and 8-bit rounding (at 48 px a texel is 1.1 mm; a wrong lookup is off by tens)."""
-    render_dataset({**TINY, "num_frames": 3, "workers": 1, "textures": {"mode": "procedural"}}, tmp_path, progress=False)
+    render_dataset(tiny("render.num_frames=3", "render.workers=1", "render.textures.mode=procedural"), tmp_path,
+                   progress=False)
     for i in range(3):
         name = f"{i:06d}.png"
         assert (tmp_path / "masks" / name).read_bytes() == (clean / "masks" / name).read_bytes()
         a, b = (np.asarray(Image.open(root / "images" / name), np.int16) for root in (tmp_path, clean))
         diff = np.abs(a - b)
         assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 8, (i, diff.mean(), diff.max())
-    assert dataset_name({**TINY, "textures": {"mode": "procedural"}}) != dataset_name(TINY)
+    assert dataset_name(tiny("render.textures.mode=procedural")) != dataset_name(tiny())
 
 
-def test_dataset_name_and_bad_key(monkeypatch):
-    assert dataset_name({**TINY, "workers": 1}) == dataset_name({**TINY, "workers": 3, "threads": 2, "shard": 0})
-    before = dataset_name(TINY)
+def test_shader_constant_from_the_config(clean, tmp_path):
+    """A shader constant overridden through Hydra reaches the frames and the metadata, and names a new
+    dataset; it changes colours only, never a mask."""
+    size = ("render.workers=1", "render.num_frames=3")
+    out = render_dataset(tiny(*size, "render.shader.mucosa_rim_blend=0.9"), tmp_path, progress=False)
+    meta = OmegaConf.load(out / "dataset.yaml")
+    assert meta.config.shader.mucosa_rim_blend == 0.9
+    assert meta.name == dataset_name(tiny(*size, "render.shader.mucosa_rim_blend=0.9")) != dataset_name(tiny(*size))
+    names = [f"{i:06d}.png" for i in range(3)]
+    assert all((out / "masks" / n).read_bytes() == (clean / "masks" / n).read_bytes() for n in names)
+    assert any((out / "images" / n).read_bytes() != (clean / "images" / n).read_bytes() for n in names)
+
+
+def test_dataset_name_ignores_how_the_work_is_spread(monkeypatch):
+    assert dataset_name(tiny("render.workers=1")) == dataset_name(tiny("render.workers=3", "render.threads=2"))
+    before = dataset_name(tiny())
     monkeypatch.setattr("synthmed.render.config.RENDERER_VERSION", RENDERER_VERSION + 1)
-    assert dataset_name(TINY) != before, "a new renderer version must not reuse the old datasets"
+    assert dataset_name(tiny()) != before, "a new renderer version must not reuse the old datasets"
     monkeypatch.undo()
-    assert dataset_name(TINY) != dataset_name({**TINY, "seed": 1})
+    assert dataset_name(tiny()) != dataset_name(tiny("render.seed=1"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("render.engine.samplez=3", "render.engine.samplez"),       # a typo: Hydra names it at compose time
+    ("render.shader.rim_blnd=0.5", "render.shader.rim_blnd"),
+    ("render.samples=many", "render.samples"),                 # a wrong type
+    ("render.textures.mode=bakd", "render.textures.mode"),     # not one of the modes
+])
+def test_bad_key_or_type_fails_at_compose_time(override, key):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_render([override])
+    assert key in str(error.value) + str(error.value.__cause__)
+
+
+def test_bad_values_name_the_key():
+    """What the schema cannot see: distributions, ranges, parameter names in overrides."""
+    with pytest.raises(RenderConfigError, match="render.overrides.lesion.sise_mm"):
+        resolve_config(tiny("++render.overrides={lesion.sise_mm: 3}"))
+    with pytest.raises(RenderConfigError, match="render.params.lesion.size_mm"):
+        resolve_config(tiny("~render.params.lesion.size_mm", "+render.params.lesion.size_mm={uniform: [5]}"))
+    with pytest.raises(RenderConfigError, match="render.textures.vessel_scale"):
+        resolve_config(tiny("render.textures.vessel_scale=[0.05]"))
+    with pytest.raises(RenderConfigError, match="render.shard"):
+        resolve_config(tiny("render.shard=2"))
+    # a plain mapping (scripts that render without Hydra) is merged onto the same schema
     with pytest.raises(RenderConfigError, match="render.engine.sampels"):
         resolve_config({"engine": {"sampels": 3}})
-    with pytest.raises(RenderConfigError, match="render.overrides.lesion.sise_mm"):
-        resolve_config({"overrides": {"lesion.sise_mm": 3}})
-    with pytest.raises(RenderConfigError, match="render.textures.mode"):
-        resolve_config({"textures": {"mode": "bakd"}})
-    with pytest.raises(RenderConfigError, match="render.textures.vessel_scale"):
-        resolve_config({"textures": {"vessel_scale": [0.05]}})
+    assert resolve_config({"resolution": 48}) == resolve_config(compose_render(["render.resolution=48"]))
 
 
 def test_import_is_lazy():

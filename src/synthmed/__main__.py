@@ -1,7 +1,7 @@
 """`python -m synthmed experiment=<name> [key=value ...]`: the one entry point of every experiment.
 
-The configs ship inside the package (synthmed/conf), so this works the same from a checkout or from a
-non-editable install. `--cfg job` prints the composed config; `-m` starts a multirun (sweep).
+The configs live in the top-level conf/ and ship as the package synthmed.conf; Hydra finds them as
+pkg://synthmed.conf, so this works the same from a checkout, an editable or a plain install, and any directory. `--cfg job` prints the composed config; `-m` starts a multirun (sweep).
 """
 
 from synthmed.utils import pin_cpu_isa
@@ -12,7 +12,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://synthmed.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from synthmed.run import run  # imported here so that `--help`/`--cfg` stay fast
 

@@ -74,3 +74,40 @@ class StepTimer(L.Callback):
         from synthmed.utils import atomic_write_json
 
         atomic_write_json(Path(trainer.default_root_dir) / "step_times.json", {"epochs": self.gaps})
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop the run with one clear error when a training or validation loss is NaN or infinite.
+
+    A diverged run is a failure, never a result: without this, Lightning goes on, the checkpoint callback
+    keeps a "best" model with loss NaN and the job ends with status ok. The error names the metric, the step
+    and the learning rate; the runner writes it to `error.txt` and the job exits non-zero, so a sweep counts
+    it as failed."""
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, values: dict, when: str) -> None:
+        import math
+
+        for key, value in values.items():
+            if "loss" not in key or value is None:
+                continue
+            number = float(value.detach().float().mean()) if hasattr(value, "detach") else float(value)
+            if not math.isfinite(number):
+                lr = getattr(pl_module, "hparams", {}).get("lr")
+                hint = f"lower the learning rate (model.lr={lr})" if lr is not None else "lower the learning rate"
+                raise FloatingPointError(
+                    f"the run diverged: {key} is {number} at step {trainer.global_step} (epoch "
+                    f"{trainer.current_epoch}, {when}); {hint}, or check the data")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        values = dict(trainer.callback_metrics)
+        if isinstance(outputs, dict) and "loss" in outputs:
+            values["train/loss (this batch)"] = outputs["loss"]
+        elif outputs is not None and hasattr(outputs, "detach"):
+            values["train/loss (this batch)"] = outputs
+        self._check(trainer, pl_module, {k: v for k, v in values.items() if not k.startswith(("val", "test"))},
+                    "training")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, pl_module, {k: v for k, v in trainer.callback_metrics.items()
+                                             if k.startswith("val")}, "validation")

@@ -8,9 +8,11 @@ mean ± std and n over seeds of every test metric, with failed jobs listed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -289,34 +291,58 @@ class SweepSummaryCallback(Callback):
         if hc.mode is not None and hc.mode.name == "MULTIRUN":
             self._write(hc.sweep.dir)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra skips on_multirun_end when a job failed (the sweeper re-raises the job's error after all jobs
+        # ran), so the final summary is also registered to run when the process exits, whatever the outcome.
+        self._finished = False
+        atexit.register(self._finish, config)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(config.hydra.sweep.dir)
-        try:
-            log_summary_to_wandb(Path(config.hydra.sweep.dir), config)
-        except Exception as err:  # the files on disk are the record; W&B is a view of them
-            log.warning("could not log the sweep summary to W&B: %s", err)
+        self._finish(config)
+
+    def _finish(self, config: DictConfig) -> None:
+        if getattr(self, "_finished", False):
+            return
+        self._finished = True
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not collect_jobs(sweep_dir):
+            return
+        self._write(str(sweep_dir))
+        wandb_cfg = (config.get("logger") or {}).get("wandb")
+        if not wandb_cfg:
+            return
+        # a fresh process: at exit this one's W&B service is already shut down
+        command = [sys.executable, "-m", "synthmed.report", str(sweep_dir), "--wandb-project",
+                   str(wandb_cfg.get("project", "synthmed")), "--name", f"{config.get('name', 'sweep')} summary"]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:  # the files on disk are the record; W&B is a view of them
+            log.warning("could not log the sweep summary to W&B: %s", proc.stderr.strip().splitlines()[-1:])
 
 
-def log_summary_to_wandb(sweep_dir: Path, config: DictConfig) -> None:
-    """Log the summary table (as a `wandb.Table`) and its pictures to a W&B run of the sweep's group."""
+def log_summary_to_wandb(sweep_dir: Path, project: str, name: str) -> None:
+    """Log the summary table (as a `wandb.Table`), the failed jobs and the pictures to a W&B run of the
+    sweep's group (mode from WANDB_MODE, offline by default; nothing when it is disabled)."""
     import csv
     import os
 
     mode = os.environ.get("WANDB_MODE", "offline")
-    wandb_cfg = (config.get("logger") or {}).get("wandb")
-    if mode == "disabled" or not wandb_cfg or not (sweep_dir / "summary.csv").exists():
+    if mode == "disabled" or not (sweep_dir / "summary.csv").exists():
         return
     import wandb
 
     with (sweep_dir / "summary.csv").open(newline="") as f:
         table = list(csv.reader(f))
-    run = wandb.init(project=wandb_cfg.get("project", "synthmed"), dir=str(sweep_dir), mode=mode,
-                     group=sweep_dir.name, job_type="summary", name=f"{config.get('name', 'sweep')} summary")
+    run = wandb.init(project=project, dir=str(sweep_dir), mode=mode, group=sweep_dir.name, job_type="summary",
+                     name=name)
     try:
         logged: dict[str, Any] = {"summary": wandb.Table(columns=table[0], data=table[1:])}
         for key, name in (("summary_chart", "summary.png"), ("val_loss_curves", "summary_val_loss.png")):
             if (sweep_dir / name).exists():
                 logged[key] = wandb.Image(str(sweep_dir / name))
+        failed = [j for j in collect_jobs(sweep_dir) if j["status"] != "ok"]
+        logged["failed_jobs"] = wandb.Table(columns=["job", "overrides", "status", "error"], data=[
+            [j["job"], " ".join(f"{k}={v}" for k, v in j["overrides"].items()), j["status"], j.get("error", "")] for j in failed])
+        run.summary["jobs_failed"] = len(failed)
         run.log(logged)
     finally:
         run.finish()
@@ -325,11 +351,16 @@ def log_summary_to_wandb(sweep_dir: Path, config: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synthmed.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir (holds one numbered dir a job)")
+    parser.add_argument("--wandb-project", help="also log the summary to a W&B run of this project "
+                        "(grouped by the sweep's name; mode from WANDB_MODE, offline by default)")
+    parser.add_argument("--name", help="the W&B run's name (default: '<sweep dir name> summary')")
     args = parser.parse_args(argv)
     try:
         if not collect_jobs(args.sweep_dir):
             raise FileNotFoundError(f"{args.sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
         paths = write_summary(args.sweep_dir)
+        if args.wandb_project:
+            log_summary_to_wandb(args.sweep_dir, args.wandb_project, args.name or f"{args.sweep_dir.name} summary")
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@ any config is composed: `python -m synthmed`, tests composing `synthmed.conf`, b
 worker processes.
 
 - `${len:${data.modalities}}`: the length of a list, e.g. input channels that follow the modalities.
+- `${slurm_devices:${trainer.devices}}`: GPUs (= DDP tasks) per SLURM node; refuses "all" (-1, "auto"),
+  which a scheduler cannot reserve.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ def length(value: Any) -> int:
     return len(value)
 
 
+def slurm_devices(value: Any) -> int:
+    """A number of devices a SLURM job can ask for."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"trainer.devices={value!r} asks for every GPU of the machine, which SLURM cannot reserve: "
+                         "give the number of GPUs per node, e.g. trainer.devices=4")
+    return value
+
+
 def register_resolvers() -> None:
     """Register synthmed's resolvers (idempotent)."""
     OmegaConf.register_new_resolver("len", length, replace=True)
+    OmegaConf.register_new_resolver("slurm_devices", slurm_devices, replace=True)

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from synthmed import __version__
+from synthmed import __version__, artifacts
 from synthmed.utils import atomic_write_json, atomic_write_text, git_commit, to_plain
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,36 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def _log_analysis(cfg: DictConfig, numbers: dict[str, float], output_dir: Path, name: str, group: str | None) -> None:
-    """An analysis job (no model) reports to the same loggers as a training job: its config, its numbers,
-    and in W&B its pictures (`images/*.png`)."""
-    for logger in _instantiate_group(cfg.get("logger"), wandb={"name": name, "group": group}):
-        logger.log_hyperparams(to_plain(cfg))
-        logger.log_metrics(numbers)
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as hyperparameters (the artefacts' paths in place of their stage nodes)."""
+    return to_plain(cfg)
+
+
+def _log_analysis(loggers: list[Any], params: dict[str, Any], numbers: dict[str, float], output_dir: Path) -> None:
+    """A job without a model (a stage or an analysis) reports to the same loggers as a training job: its
+    config, its numbers, and in W&B its pictures (`images/*.png`)."""
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        if numbers:
+            logger.log_metrics(numbers)
         if type(logger).__name__ == "WandbLogger":
             for png in sorted((output_dir / "images").glob("*.png")):
                 logger.log_image(key=f"analysis/{png.stem}", images=[str(png)])
         logger.finalize("success")
+
+
+def local_checkpoint(key: str, value: Any) -> Path:
+    """The checkpoint file named by config key `key`. Only local files: a URL would be fetched and unpickled
+    by Lightning without `weights_only`, so a crafted file could run code; refused with how to proceed."""
+    text = str(value)
+    if "://" in text:
+        raise ValueError(f"{key}={text} is a URL: synthmed loads checkpoints only from local files, and only "
+                         f"their weights (weights_only=True). Download it first, check where it comes from, "
+                         f"and pass the local path")
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path} does not exist (a .ckpt written by a synthmed run)")
+    return path
 
 
 def load_pretrained(model: Any, path: str | Path) -> None:
@@ -70,9 +90,7 @@ def load_pretrained(model: Any, path: str | Path) -> None:
     (`weights_only=True`): the fine-tuning step of the colonoscopy study."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained={path} does not exist (a .ckpt written by a synthmed run)")
+    path = local_checkpoint("pretrained", path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     try:
@@ -109,6 +127,12 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.seed is not None:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
+        name = run_name(cfg, overrides)
+        # the run's loggers exist before its artefacts: a stage that trains (the GAN generators) logs to them
+        loggers = _instantiate_group(cfg.get("logger"), wandb={"name": name, "group": group})
+        made = artifacts.resolve(cfg, context={"loggers": loggers, "output_dir": output_dir})
+        if made:
+            log.info("artefacts: %s", ", ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in made))
         datamodule = instantiate(cfg.data)
         record: dict[str, Any] = {
             "experiment": cfg.name,
@@ -120,12 +144,13 @@ def run(cfg: DictConfig) -> float | None:
             "git_commit": git_commit(),
             "synthmed_version": __version__,
         }
-        if cfg.get("model") is None:  # a data-only job: colon_render, or an analysis such as brats_embed
+        if cfg.get("model") is None:  # a stage (colon_render, brats_phantom) or an analysis such as brats_embed
             datamodule.prepare_data()
             record["data"] = getattr(datamodule, "describe", dict)()
+            record["artifacts"] = {key: OmegaConf.select(cfg, key) for key in made}
             if cfg.get("analysis"):
                 record["test"] = instantiate(cfg.analysis)(datamodule, output_dir)
-                _log_analysis(cfg, record["test"], output_dir, run_name(cfg, overrides), group)
+            _log_analysis(loggers, hparams(cfg), record.get("test", {}), output_dir)
             record.update(status="ok", wall_time_s=round(time.time() - start, 2))
             atomic_write_json(output_dir / "metrics.json", record)
             failed = False
@@ -134,18 +159,21 @@ def run(cfg: DictConfig) -> float | None:
         model = instantiate(cfg.model)
         if cfg.get("pretrained"):
             load_pretrained(model, cfg.pretrained)
-        name = run_name(cfg, overrides)
-        logger_extras = {"wandb": {"name": name, "group": group}}
-        loggers = _instantiate_group(cfg.get("logger"), **logger_extras)
         callbacks = _instantiate_group(cfg.get("callbacks"))
         trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
         )
-        hparams = to_plain(cfg)
         for logger in loggers:
-            logger.log_hyperparams(hparams)
+            logger.log_hyperparams(hparams(cfg))
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        resume = cfg.get("ckpt_path")
+        if resume:
+            resume = str(local_checkpoint("ckpt_path", resume))
+            try:  # read once with weights_only first: a file that would run code is refused before Lightning opens it
+                torch.load(resume, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ValueError(f"ckpt_path={resume} does not load as weights only (weights_only=True): {err}") from err
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
         best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test_metrics: dict[str, float] = {}
         if cfg.get("test", True) and not trainer.interrupted:
@@ -166,10 +194,12 @@ def run(cfg: DictConfig) -> float | None:
         log.info("metrics written to %s", output_dir / "metrics.json")
         failed = False
         metric = cfg.get("optimized_metric")
-        if metric:
-            if metric not in test_metrics:
-                raise KeyError(f"optimized_metric={metric!r} is not among the test metrics {sorted(test_metrics)}")
-            value = test_metrics[metric]
+        if metric:  # a test metric, or the monitored validation metric (tuning that leaves the test set unseen)
+            chosen = {**test_metrics, **record["best_val"]}
+            if metric not in chosen:
+                raise KeyError(f"optimized_metric={metric!r} is neither a test metric {sorted(test_metrics)} nor "
+                               f"the monitored validation metric {cfg.monitor!r}")
+            value = chosen[metric]
             return value if math.isfinite(value) else None
         return None
     except BaseException:

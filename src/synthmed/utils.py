@@ -100,39 +100,40 @@ def pin_cpu_isa(environ: dict | None = None, cpuinfo: str | os.PathLike = "/proc
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` (made if missing) while the block runs.
+def file_lock(path: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (made if missing) while the block runs (the `filelock`
+    package: an OS lock released if the holder dies; a lock file where the file system has no `flock`).
 
     Parallel sweep jobs (`hydra/launcher=local_parallel`) that would make the same cached data (the phantom
     cohort, the slice cache, a trained generator, a rendered dataset) take turns: the later one waits (and says
-    so in the log), then finds the data made.
-    An advisory POSIX lock, released by the OS if the holder dies; where fcntl is missing, a no-op.
+    so in the log), then finds the data made. `timeout` (seconds; None waits for ever) raises
+    `filelock.Timeout` naming the lock file.
 
     Refused in a spawned worker that is still importing the main script: a script that makes data at its top
     level (no `if __name__ == "__main__":`) is re-run by every worker, which would wait forever for the lock
     its parent holds (a silent hang)."""
     import multiprocessing
 
+    import filelock
+
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError(f"a spawned worker process is importing the main script, and that script makes data "
                            f"(lock {path}) at its top level: put that call under `if __name__ == \"__main__\":`")
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # say why the job sits still, then wait
-            logging.getLogger(__name__).info("waiting for %s: another job is making the same data", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock: filelock.BaseFileLock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:  # say why the job sits still, then wait
+        logging.getLogger(__name__).info("waiting for %s: another job is making the same data", path)
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except NotImplementedError:  # no flock on this file system (some network mounts): a lock file instead
+        lock = filelock.SoftFileLock(f"{path}.soft")
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -183,3 +184,23 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), output_dir: str | os.PathLike | None = None) -> Any:
+    """The config `python -m synthmed <overrides>` would run, composed from the shipped `synthmed.conf`
+    (for tests, benchmarks and scripts). With `output_dir`, Hydra's runtime node is set too, so
+    `${paths.output_dir}` resolves to it, and the config is left unlocked for the runner."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("synthmed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=output_dir is not None)
+    if output_dir is not None:
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+        OmegaConf.set_struct(cfg, False)
+    return cfg

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
+from synthmed.data.brats.labels import TUMOUR_INDICES, colourise
 from synthmed.visual import figure_to_array
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def label_map_stats(labels: np.ndarray, brains: np.ndarray) -> dict[str, float]:
     labels, tumour, brains = labels[keep], tumour[keep], brains[keep]
     pieces = np.array([tumour_pieces(m) for m in labels])
     share = tumour.reshape(len(tumour), -1).sum(1) / np.maximum(brains.reshape(len(brains), -1).sum(1), 1)
-    regions = np.array([(labels == c).sum() for c in (1, 2, 3)], dtype=float) / tumour.sum()
+    regions = np.array([(labels == c).sum() for c in TUMOUR_INDICES], dtype=float) / tumour.sum()
     return {"pieces_median": float(np.median(pieces)), "pieces_p95": float(np.percentile(pieces, 95)),
             "tumour_share_median": float(np.median(share)), "ncr_share": float(regions[0]),
             "ed_share": float(regions[1]), "et_share": float(regions[2])}
@@ -71,8 +72,6 @@ def real_vs_synthetic_grid(real: list[dict], synthetic: list[dict], path: Path, 
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from synthmed.models.dcgan import colourise_labels
-
     rng = np.random.default_rng(seed)
     with_tumour = [it for it in real if torch.as_tensor(it["seg"]).any()] or real
     n = min(n, len(with_tumour), len(synthetic))
@@ -84,7 +83,7 @@ def real_vs_synthetic_grid(real: list[dict], synthetic: list[dict], path: Path, 
             image = torch.as_tensor(it["image"])[channel].numpy()
             inside = torch.as_tensor(it["brain"])[0].numpy() > 0
             lo, hi = np.percentile(image[inside], [1, 99]) if inside.any() else (image.min(), image.max())
-            axes[2 * block, col].imshow(colourise_labels(torch.as_tensor(it["seg"]).numpy()))
+            axes[2 * block, col].imshow(colourise(torch.as_tensor(it["seg"]).numpy()))
             axes[2 * block + 1, col].imshow(np.clip(image, lo, hi), cmap="gray", vmin=lo, vmax=hi)
         axes[2 * block, 0].set_ylabel(f"{name}\nlabels", fontsize=9)
         axes[2 * block + 1, 0].set_ylabel(f"{name}\nslice", fontsize=9)
@@ -124,8 +123,7 @@ class _FeatureNet(nn.Module):
 class EmbeddingAnalysis:
     """Called by the runner with the datamodule and the job dir; returns the numbers for metrics.json."""
 
-    def __init__(self, size: int = 64, tsne_perplexity: float = 20.0, feature_epochs: int = 10,
-                 cv_folds: int = 5, seed: int = 0) -> None:
+    def __init__(self, size: int, tsne_perplexity: float, feature_epochs: int, cv_folds: int, seed: int) -> None:
         self.size, self.perplexity, self.feature_epochs = int(size), float(tsne_perplexity), int(feature_epochs)
         self.cv_folds, self.seed = int(cv_folds), int(seed)
 

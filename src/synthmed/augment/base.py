@@ -17,7 +17,7 @@ class Augmenter:
 
     name = "base"
 
-    def __init__(self, extra: int = 0, name: str | None = None, replace_real: bool = False) -> None:
+    def __init__(self, extra: int, name: str | None, replace_real: bool) -> None:
         if int(extra) < 0:
             raise ValueError(f"aug.extra={extra} must be >= 0")
         self.extra = int(extra)

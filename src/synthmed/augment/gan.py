@@ -1,11 +1,18 @@
 """`aug=gan`: synthetic (label map, MRI slice) pairs from the tumour generator and the brain generator.
 
-1. Train the DCGAN (tumour label maps) and pix2pix (label map + brain mask -> modalities) on the real
-   training split, or load them (`aug.generators`). Trained generators are cached under `cache_dir`,
-   keyed by the hash of what produced them (their configs, epochs, seed and the training slices).
-2. Sample label maps, resize them to slice size, put each inside the brain mask of a real training
-   slice, drop degenerate ones (rule: `min_tumour_pixels`, `max_tumour_fraction`), translate with pix2pix.
-3. Cache the pairs on disk (same key + the sampling knobs) and return them as extra training items.
+The pairs are an artefact made by the stage `brats_gan_pairs` (`gan_pairs` here), before the data module exists:
+
+1. The real training split of the job's data config (its `aug` left out): the very slices the U-Net trains on.
+2. The generators (an artefact of their own under `<data_dir>/gan/generators/<hash>/`, keyed by their
+   configs, epochs, batch size, seed, the digest of the training slices and `VERSION`): the experiments'
+   LightningModules (`TumourLabelGAN`, `BrainSliceTranslator`) trained by the job's configured trainer
+   (`trainer=gpu` trains them on the GPU) with the run's loggers under the metric prefixes `gan/dcgan`,
+   `gan/pix2pix`; or loaded from `aug.generators`.
+3. Sample label maps, resize them to slice size, put each inside the brain mask of a real training
+   slice, drop degenerate ones (`min_tumour_pixels`, `max_tumour_fraction`, `max_components`), translate
+   with pix2pix; `<data_dir>/gan/pairs/<hash>/pairs.npz` (+ `pairs.png`, a look at them).
+
+`GanAugmenter` only loads the pairs file it is given (`aug.pairs`).
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
 from synthmed.augment.base import Augmenter
-from synthmed.utils import atomic_path, config_hash, file_lock, to_plain
+from synthmed.data.brats import labels
+from synthmed.utils import atomic_path, config_hash, to_plain
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # part of the cache key; 2: generators seeded before their weights are initialised;
-#                    3: DCGAN discriminator split into features + head (minibatch-std option)
+VERSION = 4  # part of the generators' key; 2: seeded before their weights are initialised; 3: DCGAN
+#              discriminator split into features + head; 4: trained by the configured trainer, artefact folders
+PAIRS_FILE = "pairs.npz"
 
 
 def _training_slices(dataset: Dataset) -> dict[str, torch.Tensor]:
@@ -44,6 +54,10 @@ def _digest(arrays: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(arrays[key].contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -69,139 +83,229 @@ def _global_rng_untouched() -> Iterator[None]:
                     os.environ[key] = value
 
 
+class PrefixedLogger(Logger):
+    """One of the run's loggers seen through a metric prefix (`gan/dcgan/train/d_loss`), so a generator trained
+    inside a run logs beside the U-Net's curves without mixing into them. It never finalises the run's logger."""
+
+    def __init__(self, inner: Logger, prefix: str) -> None:
+        super().__init__()
+        self.inner, self.prefix = inner, prefix
+
+    @property
+    def name(self) -> str | None:
+        return self.inner.name
+
+    @property
+    def version(self) -> int | str | None:
+        return self.inner.version
+
+    @property
+    def save_dir(self) -> str | None:
+        return getattr(self.inner, "save_dir", None)
+
+    @property
+    def experiment(self) -> Any:
+        return self.inner.experiment
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics({f"{self.prefix}/{key}": value for key, value in metrics.items()}, step)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the run logs its whole config (the generators' included) itself
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        self.inner.save()  # the run's logger stays open for the U-Net
+
+
+def generator_trainer_config(trainer: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """The trainer config a generator trains with: the job's `trainer` (accelerator, devices, precision,
+    determinism) with `max_epochs=epochs`, no checkpoints and no validation (a GAN has no loss to select on)."""
+    cfg = to_plain(trainer)
+    cfg.update(max_epochs=int(epochs), enable_checkpointing=False, enable_model_summary=False,
+               num_sanity_val_steps=0, limit_val_batches=0)
+    return cfg
+
+
+def real_training_split(data: Mapping[str, Any]) -> Dataset:
+    """The real training slices of the job's data config: its data module built without `aug` (which would
+    read the pairs being made), set up with the same split seed: the very slices the U-Net trains on."""
+    from hydra.utils import instantiate
+
+    loading = {key: to_plain(data[key]) for key in data if key != "aug"}  # `aug` is never read: no cycle
+    datamodule = instantiate({**loading, "aug": None})
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _train_generator(kind: str, config: Mapping[str, Any], items: list[dict], trainer: Mapping[str, Any],
+                     epochs: int, batch_size: int, seed: int, folder: Path, loggers: list[Logger]) -> Any:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    # seeded before the weights are initialised: a generator depends on its key alone, never on what the
+    # caller drew from the global RNG before (e.g. the width of the U-Net it augments for)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = instantiate(config)
+    if kind == "dcgan":  # the tumour generator learns from slices that show tumour
+        items = [item for item in items if item["seg"].any()]
+    loader = DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=len(items) > batch_size)
+    fit = instantiate(generator_trainer_config(trainer, epochs), default_root_dir=str(folder / kind),
+                      logger=[PrefixedLogger(logger, f"gan/{kind}") for logger in loggers] or False)
+    log.info("aug=gan: training the %s generator on %d real slices (%d epochs, accelerator %s)", kind, len(items),
+             epochs, fit.accelerator.__class__.__name__)
+    fit.fit(module, loader)
+    with atomic_path(folder / f"{kind}.pt") as tmp:
+        torch.save(module.cpu().state_dict(), tmp)
+    return module
+
+
+def _generators(slices: dict[str, torch.Tensor], seed: int, configs: dict[str, dict], epochs: dict[str, int],
+                batch_size: int, trainer: Mapping[str, Any], given: dict[str, Path], data_dir: Path,
+                loggers: list[Logger], key: dict[str, Any]) -> dict[str, Any]:
+    """The two generators: loaded from `given` (aug.generators) or from their artefact, trained first if missing."""
+    from hydra.utils import instantiate
+
+    from synthmed import artifacts
+
+    to_train = [kind for kind in configs if kind not in given]
+    folder = None
+    if to_train:
+        items = [{k: v[i] for k, v in slices.items()} for i in range(len(slices["seg"]))]
+
+        def make(out: Path) -> None:
+            for kind in to_train:
+                _train_generator(kind, configs[kind], items, trainer, epochs[kind], batch_size, seed, out, loggers)
+
+        folder = artifacts.ensure(data_dir / "gan" / "generators" / config_hash(key), "brats_gan_generators", key,
+                                  make, {"labels": labels.convention(), "slices": len(items)})
+    modules = {}
+    for kind, config in configs.items():
+        module = instantiate(config)
+        path = given.get(kind) or folder / f"{kind}.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state.get("state_dict", state))
+        modules[kind] = module
+    return modules
+
+
+def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mapping[str, Any], dcgan_epochs: int,
+              pix2pix_epochs: int, batch_size: int, trainer: Mapping[str, Any], generators: Mapping[str, Any] | None,
+              extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
+              max_tries: int, data_dir: str | Path, loggers: list[Logger] | None = None) -> Path:
+    """The pairs file of `aug=gan` (the stage `brats_gan_pairs`): `extra` synthetic pairs sampled from the
+    generators trained on the real training split of `data` (or loaded from `generators`), found by the hash
+    of what produced them or made first (under locks). The global RNGs are left as they were."""
+    with _global_rng_untouched():
+        datamodule = real_training_split(data)
+        slices = _training_slices(datamodule.real_train)
+        seed = datamodule.split_seed
+        configs = {"dcgan": to_plain(dcgan), "pix2pix": to_plain(pix2pix)}
+        epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
+        given = {}
+        for kind, value in (to_plain(generators) or {}).items():
+            if kind not in configs:
+                raise ValueError(f"aug.generators.{kind}: the generators are {sorted(configs)}")
+            if value:
+                given[kind] = Path(value)
+                if not given[kind].is_file():
+                    raise FileNotFoundError(f"aug.generators.{kind}={value} does not exist")
+        key = {"dcgan": configs["dcgan"], "pix2pix": configs["pix2pix"], "epochs": epochs, "batch_size": int(batch_size),
+               "seed": seed, "data": _digest(slices), "version": VERSION,
+               "generators": {kind: _file_digest(path) for kind, path in given.items()}}
+        rule = {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
+                "max_tumour_fraction": float(max_tumour_fraction), "max_tries": int(max_tries),
+                "max_components": None if max_components is None else int(max_components)}
+        config = {"generators": key, "rule": rule}
+        extra_meta: dict[str, Any] = {"labels": labels.convention()}
+
+        def make(out: Path) -> None:
+            if rule["extra"] == 0:  # nothing to draw: no generator is trained
+                pairs = {"image": np.zeros((0, *slices["image"].shape[1:]), np.float32),
+                         "seg": np.zeros((0, *slices["seg"].shape[1:]), np.int64),
+                         "brain": np.zeros((0, *slices["brain"].shape[1:]), np.float32)}
+                counts = {"kept": 0, "dropped": 0}
+            else:
+                modules = _generators(slices, seed, configs, epochs, int(batch_size), trainer, given, Path(data_dir),
+                                      list(loggers or []), key)
+                pairs, counts = _sample_pairs(modules["dcgan"], modules["pix2pix"], slices, seed, rule, out)
+            with atomic_path(out / PAIRS_FILE) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **pairs)
+            if len(pairs["seg"]):
+                _save_grid(out / "pairs.png", pairs)
+            extra_meta.update(counts=counts, generators={k: str(v) for k, v in given.items()})
+
+        from synthmed import artifacts
+
+        folder = artifacts.ensure(Path(data_dir) / "gan" / "pairs" / config_hash(config), "brats_gan_pairs", config,
+                                  make, extra_meta)
+    return folder / PAIRS_FILE
+
+
+def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,
+                  rule: dict[str, Any], folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    extra = rule["extra"]
+    size = data["seg"].shape[-1]
+    brains = data["brain"]  # (N, 1, H, W)
+    generator = torch.Generator().manual_seed(seed)
+    kept_seg, kept_brain, dropped = [], [], 0
+    for _ in range(rule["max_tries"]):
+        need = extra - sum(len(s) for s in kept_seg)
+        if need <= 0:
+            break
+        maps = tumour_gan.sample(2 * need, generator=generator)[:, None].float()
+        maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
+        pick = torch.randint(len(brains), (len(maps),), generator=generator)
+        brain = brains[pick]
+        maps = maps * (brain[:, 0] > 0)  # a tumour lives inside the brain
+        tumour = (maps > 0).flatten(1).sum(1)
+        area = (brain > 0).flatten(1).sum(1).clamp(min=1)
+        ok = (tumour >= rule["min_tumour_pixels"]) & (tumour <= rule["max_tumour_fraction"] * area)
+        if rule["max_components"] is not None:  # speckle from an unconverged generator is not a tumour
+            ok &= torch.as_tensor([tumour_pieces(m) <= rule["max_components"] for m in maps.numpy()])
+        dropped += int((~ok).sum())
+        kept_seg.append(maps[ok][:need])
+        kept_brain.append(brain[ok][:need])
+    seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
+    if len(seg) < extra:
+        raise RuntimeError(f"aug=gan: only {len(seg)} of aug.extra={extra} sampled label maps passed the degeneracy "
+                           f"rule after {rule['max_tries']} tries; train the tumour generator longer (see its sample "
+                           f"grids under {folder.parent.parent}/generators) or relax aug.pairs.min_tumour_pixels / "
+                           f"aug.pairs.max_tumour_fraction / aug.pairs.max_components")
+    with torch.no_grad():
+        images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
+    images = images * brain  # background stays background, as in the real z-scored slices
+    pairs = {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
+             "brain": brain.numpy().astype(np.float32)}
+    return pairs, {"kept": len(seg), "dropped": dropped}
+
+
 class GanAugmenter(Augmenter):
-    """Adds `extra` synthetic pairs made by a trained tumour generator and brain generator."""
+    """Adds the `extra` synthetic pairs of the pairs file `pairs` (made by the stage `brats_gan_pairs`)."""
 
     name = "gan"
 
-    def __init__(
-        self,
-        extra: int,
-        dcgan: Mapping,
-        pix2pix: Mapping,
-        dcgan_epochs: int,
-        pix2pix_epochs: int,
-        batch_size: int = 16,
-        cache_dir: str = "data/gan",
-        generators: Mapping | None = None,
-        min_tumour_pixels: int = 20,
-        max_tumour_fraction: float = 0.5,
-        max_components: int | None = None,
-        max_tries: int = 20,
-        name: str | None = None,
-        replace_real: bool = False,
-    ) -> None:
+    def __init__(self, extra: int, pairs: str | Path, name: str, replace_real: bool,
+                 generators: Mapping[str, Any] | None) -> None:
         super().__init__(extra, name, replace_real)
-        self.dcgan_cfg, self.pix2pix_cfg = to_plain(dcgan), to_plain(pix2pix)
-        self.epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
-        self.batch_size, self.cache_dir = int(batch_size), Path(cache_dir)
-        self.generators = to_plain(generators) if generators else None
-        self.min_tumour_pixels, self.max_tumour_fraction = int(min_tumour_pixels), float(max_tumour_fraction)
-        self.max_components = None if max_components is None else int(max_components)
-        self.max_tries = int(max_tries)
-        self.counts: dict[str, int] = {}
-
-    # --- generators -----------------------------------------------------------------------------
-    def _train(self, kind: str, data: dict[str, torch.Tensor], seed: int, path: Path) -> Any:
-        import lightning as L
-        from hydra.utils import instantiate
-
-        # seeded before the weights are initialised: a generator depends on its cache key alone, never on
-        # what the caller drew from the global RNG before (e.g. the width of the U-Net it augments for)
-        L.seed_everything(seed, workers=True, verbose=False)
-        module = instantiate(self.dcgan_cfg if kind == "dcgan" else self.pix2pix_cfg)
-        if path.exists():
-            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log.info("aug=%s: reusing the cached %s generator %s", self.name, kind, path)
-            return module
-        if self.generators and self.generators.get(kind):
-            given = Path(self.generators[kind])
-            if not given.is_file():
-                raise FileNotFoundError(f"aug.generators.{kind}={given} does not exist")
-            state = torch.load(given, map_location="cpu", weights_only=True)
-            module.load_state_dict(state.get("state_dict", state))
-            return module
-        items = [{k: v[i] for k, v in data.items()} for i in range(len(data["seg"]))]
-        if kind == "dcgan":  # the tumour generator learns from slices that show tumour
-            items = [item for item in items if item["seg"].any()]
-        loader = DataLoader(items, batch_size=self.batch_size, shuffle=True, drop_last=len(items) > self.batch_size)
-        trainer = L.Trainer(max_epochs=self.epochs[kind], accelerator="cpu", logger=False, deterministic=True,
-                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
-                            default_root_dir=str(path.parent), num_sanity_val_steps=0, limit_val_batches=0)
-        log.info("aug=%s: training the %s generator on %d real slices (%d epochs)", self.name, kind, len(items),
-                 self.epochs[kind])
-        trainer.fit(module, loader)
-        with atomic_path(path) as tmp:
-            torch.save(module.state_dict(), tmp)
-        return module
-
-    # --- pairs ----------------------------------------------------------------------------------
-    def _sample_pairs(self, tumour_gan, translator, data, seed: int) -> dict[str, np.ndarray]:
-        size = data["seg"].shape[-1]
-        brains = data["brain"]  # (N, 1, H, W)
-        generator = torch.Generator().manual_seed(seed)
-        kept_seg, kept_brain, dropped = [], [], 0
-        for _ in range(self.max_tries):
-            need = self.extra - sum(len(s) for s in kept_seg)
-            if need <= 0:
-                break
-            maps = tumour_gan.sample(2 * need, generator=generator)[:, None].float()
-            maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
-            pick = torch.randint(len(brains), (len(maps),), generator=generator)
-            brain = brains[pick]
-            maps = maps * (brain[:, 0] > 0)  # a tumour lives inside the brain
-            tumour = (maps > 0).flatten(1).sum(1)
-            area = (brain > 0).flatten(1).sum(1).clamp(min=1)
-            ok = (tumour >= self.min_tumour_pixels) & (tumour <= self.max_tumour_fraction * area)
-            if self.max_components is not None:  # speckle from an unconverged generator is not a tumour
-                ok &= torch.as_tensor([tumour_pieces(m) <= self.max_components for m in maps.numpy()])
-            dropped += int((~ok).sum())
-            kept_seg.append(maps[ok][:need])
-            kept_brain.append(brain[ok][:need])
-        seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
-        if len(seg) < self.extra:
-            raise RuntimeError(f"aug={self.name}: only {len(seg)} of aug.extra={self.extra} sampled label maps "
-                               f"passed the degeneracy rule after {self.max_tries} tries; train the tumour generator "
-                               f"longer (see its sample grids under {self.cache_dir}) or relax aug.min_tumour_pixels / "
-                               f"aug.max_tumour_fraction / aug.max_components")
-        with torch.no_grad():
-            images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
-        images = images * brain  # background stays background, as in the real z-scored slices
-        self.counts = {"kept": len(seg), "dropped": dropped}
-        return {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
-                "brain": brain.numpy().astype(np.float32)}
+        if not isinstance(pairs, (str, Path)):
+            raise ValueError(f"aug.pairs must be the path of a pairs file, got a {type(pairs).__name__}: the runner "
+                             "resolves the brats_gan_pairs stage node first (synthmed.artifacts.resolve)")
+        path = Path(pairs)
+        self.pairs = path / PAIRS_FILE if path.is_dir() else path
+        self.generators = to_plain(generators)  # what the pairs were drawn from (read by the stage, kept for describe)
 
     def extra_samples(self, dataset: Dataset, seed: int = 0) -> list[dict[str, Any]]:
         if self.extra == 0:
             return []
-        with _global_rng_untouched():
-            return self._extra_samples(dataset, seed)
-
-    def _extra_samples(self, dataset: Dataset, seed: int) -> list[dict[str, Any]]:
-        data = _training_slices(dataset)
-        key = config_hash({"dcgan": self.dcgan_cfg, "pix2pix": self.pix2pix_cfg, "epochs": self.epochs,
-                           "batch_size": self.batch_size, "seed": seed, "data": _digest(data),
-                           "generators": self.generators, "version": CACHE_VERSION})
-        folder = self.cache_dir / key
-        folder.mkdir(parents=True, exist_ok=True)
-        rule = {"extra": self.extra, "min": self.min_tumour_pixels, "max": self.max_tumour_fraction,
-                "tries": self.max_tries}
-        if self.max_components is not None:
-            rule["components"] = self.max_components
-        pairs_key = config_hash(rule)
-        pairs_path = folder / f"pairs_{pairs_key}.npz"
-        with file_lock(folder / ".lock"):  # parallel jobs sharing generators train them once
-            if pairs_path.exists():
-                log.info("aug=%s: reusing %s", self.name, pairs_path)
-                pairs = dict(np.load(pairs_path))
-            else:
-                tumour_gan = self._train("dcgan", data, seed, folder / "dcgan.pt")
-                translator = self._train("pix2pix", data, seed, folder / "pix2pix.pt")
-                pairs = self._sample_pairs(tumour_gan, translator, data, seed)
-                with atomic_path(pairs_path) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, **pairs)
-                _save_grid(folder / f"pairs_{pairs_key}.png", pairs)
-        log.info("aug=%s: %d synthetic pairs from %s", self.name, len(pairs["seg"]), folder)
+        if not self.pairs.is_file():
+            raise FileNotFoundError(f"aug.pairs={self.pairs} does not exist (made by the brats_gan_pairs stage)")
+        pairs = dict(np.load(self.pairs))
+        if len(pairs["seg"]) != self.extra:
+            raise ValueError(f"aug.pairs={self.pairs} holds {len(pairs['seg'])} pairs, aug.extra={self.extra}")
+        log.info("aug=%s: %d synthetic pairs from %s", self.name, len(pairs["seg"]), self.pairs)
         return [{"image": torch.from_numpy(pairs["image"][i]), "seg": torch.from_numpy(pairs["seg"][i]),
                  "brain": torch.from_numpy(pairs["brain"][i]), "subject": "synthetic", "slice": -1}
                 for i in range(len(pairs["seg"]))]
@@ -218,14 +322,12 @@ def _save_grid(path: Path, pairs: dict[str, np.ndarray], n: int = 8) -> None:
     """Label maps above, their first synthetic modality below: a look at what was added."""
     from PIL import Image
 
-    from synthmed.models.dcgan import colourise_labels
-
     n = min(n, len(pairs["seg"]))
-    labels = colourise_labels(pairs["seg"][:n])
+    colours = labels.colourise(pairs["seg"][:n])
     image = pairs["image"][:n, 0]
     lo, hi = np.percentile(image, [1, 99])
     grey = ((np.clip(image, lo, hi) - lo) / (hi - lo + 1e-6) * 255).astype(np.uint8)
-    grid = np.concatenate([np.concatenate(list(labels), 1), np.repeat(np.concatenate(list(grey), 1)[..., None], 3, 2)])
+    grid = np.concatenate([np.concatenate(list(colours), 1), np.repeat(np.concatenate(list(grey), 1)[..., None], 3, 2)])
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
 
@@ -235,7 +337,7 @@ class CombinedAugmenter(Augmenter):
 
     name = "combined"
 
-    def __init__(self, parts: Mapping[str, Any], name: str | None = None, replace_real: bool = False) -> None:
+    def __init__(self, parts: Mapping[str, Any], name: str, replace_real: bool) -> None:
         from hydra.utils import instantiate
 
         self.parts = {key: part if isinstance(part, Augmenter) else instantiate(part) for key, part in parts.items()}

@@ -17,9 +17,8 @@ MASK_KEYS = ("label", "seg", "brain")
 class TransformAugmenter(Augmenter):
     name = "transform"
 
-    def __init__(self, extra: int = 0, name: str | None = None, flip_prob: float = 0.5, rotate_deg: float = 15.0,
-                 scale: float = 0.1, elastic_prob: float = 0.3, elastic_sigma: tuple[float, float] = (6.0, 8.0),
-                 elastic_magnitude: tuple[float, float] = (20.0, 60.0), replace_real: bool = False) -> None:
+    def __init__(self, extra: int, name: str, flip_prob: float, rotate_deg: float, scale: float, elastic_prob: float,
+                 elastic_sigma: tuple[float, float], elastic_magnitude: tuple[float, float], replace_real: bool) -> None:
         super().__init__(extra, name, replace_real)
         self.flip_prob, self.rotate_deg, self.scale = float(flip_prob), float(rotate_deg), float(scale)
         self.elastic_prob = float(elastic_prob)

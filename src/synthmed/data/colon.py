@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,14 @@ def _detect_layout(root: Path) -> str:
     )
 
 
+def _plain_id(value: str | None, where: str) -> str:
+    """A manifest id names a file inside the dataset: a plain name, never a path that could leave it."""
+    frame = (value or "").strip()
+    if not frame or frame in (".", "..") or "/" in frame or "\\" in frame or "\0" in frame:
+        raise ValueError(f"{where}: frame id {value!r} is not a plain file name (no path separators or '..')")
+    return frame
+
+
 def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[str, Any]]]:
     """List the frames of a dataset dir: `(layout, [{"id", "image", "mask" or None, "label"}])`."""
     root = Path(root)
@@ -77,9 +84,14 @@ def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[s
             if missing:
                 raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}")
             for row in reader:
-                label = int(row["label"])
-                if label not in (0, 1):
-                    raise ValueError(f"{manifest}: frame {row['id']} has label {label}; expected 0 or 1")
+                where = f"{manifest}, line {reader.line_num}"
+                frame = _plain_id(row["id"], where)
+                text = (row["label"] or "").strip()
+                if text not in ("0", "1"):
+                    shown = repr(row["label"]) if row["label"] is not None else "no value"
+                    raise ValueError(f"{where}: frame {frame} has label {shown}; expected 0 (normal) or 1 (lesion)")
+                label = int(text)
+                row["id"] = frame
                 rows.append(
                     {"id": row["id"], "image": root / "images" / f"{row['id']}.png",
                      "mask": root / "masks" / f"{row['id']}.png", "label": label}
@@ -117,32 +129,29 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
 class ColonFramesDataModule(L.LightningDataModule):
     """Colonoscopy frames for classification (normal vs lesion) or lesion segmentation.
 
-    `root` is a frames dir (rendered dataset, ImageFolder or Kvasir-SEG layout). When it is None, the
-    dataset of the `render` config under `data_dir/colon/` is used, and rendered first if missing.
-    Frames are split stratified by label with `split_seed` and resized to `image_size`.
+    `root` is a frames dir (rendered dataset, ImageFolder or Kvasir-SEG layout). The module only loads: a
+    rendered dataset is made beforehand by its stage (`experiment=colon_render`, or the runner resolving the
+    `synthmed.artifacts.colon_frames` node of `data=colon_rendered`). Frames are split stratified by label with
+    `split_seed` and resized to `image_size`.
     """
 
     def __init__(
         self,
-        root: str | None = None,
-        data_dir: str = "data",
-        render: Mapping | None = None,
-        task: str = "classification",
-        layout: str = "auto",
-        image_size: int = 50,
-        batch_size: int = 100,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int | None = 0,
+        root: str | None,
+        task: str,
+        layout: str,
+        image_size: int,
+        batch_size: int,
+        val_fraction: float,
+        test_fraction: float,
+        split_seed: int | None,
         num_workers: int = 0,
         flips: bool = False,
     ) -> None:
         super().__init__()
         if task not in ("classification", "segmentation"):
             raise ValueError(f"data.task={task!r}; expected classification or segmentation")
-        self.render_cfg = render
-        self.root = Path(root) if root else self._rendered_root(data_dir, render)
-        self.explicit_root = bool(root)
+        self.root = Path(root) if root else None
         self.task, self.layout, self.image_size = task, layout, int(image_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.fractions = (float(val_fraction), float(test_fraction))
@@ -150,34 +159,19 @@ class ColonFramesDataModule(L.LightningDataModule):
         self.splits: dict[str, FrameDataset] = {}
         self.flips = bool(flips)
 
-    @staticmethod
-    def _rendered_root(data_dir: str, render: Mapping | None) -> Path | None:
-        if render is None:
-            return None
-        from synthmed.render import dataset_name
-
-        return Path(data_dir) / "colon" / dataset_name(render)
-
     def prepare_data(self) -> None:
-        """Render the dataset of the `render` config if it is not complete yet (resumes a partial one)."""
+        """Check that the frames dir exists (this module never renders)."""
         if self.root is None:
             raise FileNotFoundError(
                 "no frames dataset: set data.root=<frames dir>, or render one with "
                 "`python -m synthmed experiment=colon_render render.num_frames=<N>`"
             )
-        if self.explicit_root:
-            if not self.root.is_dir():
-                raise FileNotFoundError(
-                    f"data.root={self.root} does not exist. Render a dataset with "
-                    f"`python -m synthmed experiment=colon_render` (it is written under data/colon/), "
-                    f"or point data.root at a folder of frames"
-                )
-            return
-        if not (self.root / "manifest.csv").exists() or not (self.root / "dataset.yaml").exists():
-            from synthmed.render import render_dataset
-
-            log.info("rendering the frames dataset into %s", self.root)
-            render_dataset(self.render_cfg, self.root, progress=True)
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={self.root} does not exist. Render a dataset with "
+                f"`python -m synthmed experiment=colon_render` (it is written under data/colon/), "
+                f"or point data.root at a folder of frames"
+            )
 
     def describe(self) -> dict[str, Any]:
         layout, rows = read_frame_index(self.root, self.layout)
@@ -209,8 +203,7 @@ class ColonFramesDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if self.root is None or not self.root.is_dir():
-            self.prepare_data()
+        self.prepare_data()
         layout, rows = read_frame_index(self.root, self.layout)
         images, targets = self._load(rows)
         strata = np.array([r["label"] if r["label"] is not None else 0 for r in rows])

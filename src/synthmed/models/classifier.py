@@ -125,10 +125,16 @@ class LesionClassifier(SplitMetricsModule):
         root = getattr(self.trainer, "default_root_dir", None)
         if root is None or not self.trainer.is_global_zero:
             return
+        import csv
+        import io
+
         from synthmed.utils import atomic_write_text
 
-        lines = ["id,label,predicted,score"] + [f"{i},{t},{p},{s:.6f}" for i, t, p, s in self._test_rows]
-        atomic_write_text(Path(root) / "test_predictions.csv", "\n".join(lines) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")  # ids may hold commas or quotes
+        writer.writerow(["id", "label", "predicted", "score"])
+        writer.writerows([i, t, p, f"{s:.6f}"] for i, t, p, s in self._test_rows)
+        atomic_write_text(Path(root) / "test_predictions.csv", buffer.getvalue())
 
     def _log_errors(self) -> None:
         """A picture of the first misclassified test frames, each titled with its label and score."""

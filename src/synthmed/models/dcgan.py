@@ -11,8 +11,8 @@ apart by softness alone. Two answers: `straight_through=True` shows D the genera
 one-hot, the gradient flowing back through the softmax (the straight-through estimator); or instance
 noise (`instance_noise`, annealed to 0) masks the softness while the generator learns. On the phantom's
 maps the second, with one-sided label smoothing (`real_label`) and a minibatch-std channel in D
-(`minibatch_std`), is what converged; straight-through drew speckle (docs/gan.md). It is the default, here and in
-`conf/model/dcgan.yaml`.
+(`minibatch_std`), is what converged; straight-through drew speckle (docs/gan.md). It is the recipe in
+`conf/model/dcgan.yaml` (the constructor holds no defaults: the config is the one home of every knob).
 
 Loss: the DCGAN minimax with binary cross-entropy on logits; the generator uses the non-saturating
 form (maximise log D(G(z))).
@@ -25,27 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthmed.data.brats.labels import NUM_CLASSES, colourise
 from synthmed.models.nets.dcgan import TumourLabelDiscriminator, TumourLabelGenerator
-
-# RGB per class: background, NCR/NET, ED, ET (the usual BraTS overlay colours)
-LABEL_COLOURS = np.array([[0, 0, 0], [220, 40, 40], [60, 200, 60], [250, 220, 30]], dtype=np.uint8)
-
-
-def colourise_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(..., H, W) labels in 0..3 -> (..., H, W, 3) uint8 RGB, colour-coded per tumour region."""
-    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    return LABEL_COLOURS[np.clip(labels, 0, 3).astype(np.int64)]
 
 
 def region_channels(labels: torch.Tensor, binary: bool = False, name: str = "label map") -> torch.Tensor:
     """(B, H, W) labels 0..3 -> (B, 3, H, W) one-hot NCR/ED/ET channels (or (B, 1, H, W) whole tumour)."""
-    if labels.min() < 0 or labels.max() > 3:
+    if labels.min() < 0 or labels.max() > NUM_CLASSES - 1:
         raise ValueError(
             f"{name} must hold labels 0..3 (BraTS 0,1,2,4 mapped), found {labels.min().item()}..{labels.max().item()}"
         )
     if binary:
         return (labels > 0).unsqueeze(1).float()
-    return F.one_hot(labels.long(), 4).permute(0, 3, 1, 2)[:, 1:].float()
+    return F.one_hot(labels.long(), NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].float()
 
 
 def image_grid(tiles: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -72,20 +64,20 @@ class TumourLabelGAN(pl.LightningModule):
 
     def __init__(
         self,
-        image_size: int = 128,
-        latent_dim: int = 100,
-        g_channels: int = 64,
-        d_channels: int = 64,
-        max_channels: int = 512,
-        binary: bool = False,
-        lr: float = 2e-4,
-        betas: tuple[float, float] | list[float] = (0.5, 0.999),
-        straight_through: bool = False,
-        instance_noise: float = 0.15,
-        real_label: float = 0.9,
-        minibatch_std: bool = True,
-        num_samples: int = 16,
-        sample_seed: int = 0,
+        image_size: int,
+        latent_dim: int,
+        g_channels: int,
+        d_channels: int,
+        max_channels: int,
+        binary: bool,
+        lr: float,
+        betas: tuple[float, float] | list[float],
+        straight_through: bool,
+        instance_noise: float,
+        real_label: float,
+        minibatch_std: bool,
+        num_samples: int,
+        sample_seed: int,
     ) -> None:
         super().__init__()
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
@@ -132,7 +124,7 @@ class TumourLabelGAN(pl.LightningModule):
         if self.hparams.binary:
             hard = (soft > 0.5).float()
         else:
-            hard = F.one_hot(self.maps_to_labels(soft), 4).permute(0, 3, 1, 2)[:, 1:].to(soft.dtype)
+            hard = F.one_hot(self.maps_to_labels(soft), NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(soft.dtype)
         return hard + soft - soft.detach()
 
     @torch.no_grad()
@@ -203,7 +195,7 @@ class TumourLabelGAN(pl.LightningModule):
             self.hparams.sample_seed
         )  # same noise every epoch: watch it evolve
         labels = self.sample(n, generator=rng)
-        grid = image_grid(colourise_labels(labels), ncols=int(np.ceil(np.sqrt(n))))
+        grid = image_grid(colourise(labels), ncols=int(np.ceil(np.sqrt(n))))
         log_image(self.trainer, "samples/tumour_maps", grid, step=self.current_epoch)
 
     def configure_optimizers(self):

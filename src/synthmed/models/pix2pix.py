@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.dcgan import colourise_labels, region_channels
+from synthmed.data.brats.labels import colourise
+from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
 
 
@@ -35,21 +36,21 @@ class BrainSliceTranslator(pl.LightningModule):
 
     def __init__(
         self,
-        image_size: int = 240,
-        out_channels: int = 4,
-        binary: bool = False,
-        g_channels: int = 64,
-        d_channels: int = 64,
-        max_channels: int = 512,
-        norm: str = "batch",
-        num_dropout: int = 3,
-        dropout: float = 0.5,
-        upsample: str = "transpose",
-        gan_mode: str = "vanilla",
-        l1_weight: float = 100.0,
-        lr: float = 2e-4,
-        betas: tuple[float, float] | list[float] = (0.5, 0.999),
-        num_val_images: int = 4,
+        image_size: int,
+        out_channels: int,
+        binary: bool,
+        g_channels: int,
+        d_channels: int,
+        max_channels: int,
+        norm: str,
+        num_dropout: int,
+        dropout: float,
+        upsample: str,
+        gan_mode: str,
+        l1_weight: float,
+        lr: float,
+        betas: tuple[float, float] | list[float],
+        num_val_images: int,
     ) -> None:
         super().__init__()
         if gan_mode not in ("vanilla", "lsgan"):
@@ -184,7 +185,7 @@ def translation_grid(
     n, m, h, w = real.shape
     rows = []
     for i in range(n):
-        tiles = [colourise_labels(labels[i])]
+        tiles = [colourise(labels[i])]
         for images in (real, fake):
             for c in range(m):
                 lo, hi = real[i, c].min(), real[i, c].max()

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from synthmed.data.brats.labels import REGION_INDICES
 from synthmed.models.base import SplitMetricsModule
 from synthmed.visual import log_image
 
-MULTICLASS_REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
+MULTICLASS_REGIONS = REGION_INDICES  # the BraTS regions over the mapped indices 0..3
 
 
 def regions_for(target: str) -> dict[str, tuple[int, ...]]:

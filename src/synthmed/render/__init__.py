@@ -1,18 +1,20 @@
 """Procedural colonoscopy renderer (Blender/Cycles via bpy).
 
-    from synthmed.render import render_dataset, dataset_name
-    path = render_dataset(cfg, out_dir)      # cfg: the `render` config node (conf/render/default.yaml)
+    from synthmed.render import compose_render, dataset_name, render_dataset
+    cfg = compose_render(["render.num_frames=24"])   # or the `render` node of a composed config
+    path = render_dataset(cfg, out_dir)
     name = dataset_name(cfg)                 # "frames_<hash of what changes pixels/labels>"
 
-Importing this package is cheap: bpy is imported only by `synthmed.render.scene`, inside worker processes.
-The writer is `synthmed.render.pipeline` (see docs/render.md).
+Importing this package is cheap: bpy is imported only by `synthmed.render.scene` (and the parts it
+assembles: nodes, lumen, mucosa, lesions, camera), inside worker processes. The writer is
+`synthmed.render.pipeline`; the config's schema `synthmed.render.schema` (see docs/render.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render_dataset", "dataset_name", "resolve_config", "RenderConfigError"]
+__all__ = ["render_dataset", "dataset_name", "compose_render", "resolve_config", "RenderConfigError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,7 +22,7 @@ def __getattr__(name: str) -> Any:
         from synthmed.render.pipeline import render_dataset
 
         return render_dataset
-    if name in ("dataset_name", "resolve_config", "RenderConfigError"):
+    if name in ("dataset_name", "compose_render", "resolve_config", "RenderConfigError"):
         from synthmed.render import config
 
         return getattr(config, name)

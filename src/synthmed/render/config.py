@@ -1,71 +1,109 @@
-"""The `render` config: defaults, validation, the dataset name, and per-frame parameter sampling.
+"""The `render` config: composing it, what Hydra cannot check, the dataset name, per-frame parameter sampling.
 
+Keys and types are Hydra's job (synthmed/render/schema.py, used by conf/render/default.yaml). Here: the
+distributions in `params` (their syntax), value ranges, the dataset name, and per-frame sampling.
 Pure Python + numpy (no bpy): the main process uses it to plan work, the workers to draw parameters.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import zlib
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from synthmed.utils import config_hash, to_plain
+from synthmed.utils import config_hash
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-DEFAULT_YAML = CONF_DIR / "render" / "default.yaml"
 # How the work is spread: never changes a pixel, so never part of the dataset's name.
 RUN_KEYS = ("workers", "threads", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
-# code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all, so the names of the
-# datasets made before this constant existed stay valid.
+# code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
 RENDERER_VERSION = 1
 DIST_KINDS = ("uniform", "loguniform", "normal", "randint", "choice", "bernoulli", "by")
 LESION_TYPES = ("sessile", "pedunculated", "flat")
+# The experiment whose composed config holds the renderer's defaults (scale=paper unless overridden).
+EXPERIMENT = "experiment=colon_render"
 
 
 class RenderConfigError(ValueError):
     """A bad `render` config: the message names the offending key."""
 
 
-def _load_defaults_node():
-    from omegaconf import OmegaConf
+@functools.lru_cache(maxsize=16)
+def _compose(overrides: tuple[str, ...]):
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
 
-    return OmegaConf.load(DEFAULT_YAML)
+    from synthmed.utils import compose_config
+
+    args = [EXPERIMENT, *overrides]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or a test's initialize(): its search path
+        return compose("config", overrides=args)
+    return compose_config(args)
 
 
-def default_config() -> dict:
-    """The defaults of conf/render/default.yaml, resolved against `scale=paper` (for use without Hydra)."""
-    from omegaconf import OmegaConf
-
-    scale = OmegaConf.load(CONF_DIR / "scale" / "paper.yaml")
-    root = OmegaConf.create({"render": _load_defaults_node(), "scale": scale})
-    return OmegaConf.to_container(root, resolve=True)["render"]
+def compose_render(overrides: Sequence[str] = ()):
+    """The `render` node (a DictConfig, typed by the schema) of the config `experiment=colon_render` composed
+    with Hydra overrides, e.g. `compose_render(["render.resolution=64", "scale=ci"])`. For code that renders
+    without a Hydra app (benchmarks, scripts, tests). A bad key or type raises Hydra's error naming it."""
+    return copy.deepcopy(_compose(tuple(overrides))).render
 
 
 def _is_dist(node: Any) -> bool:
     return isinstance(node, Mapping) and any(k in node for k in DIST_KINDS)
 
 
-def _check_keys(user: Mapping, ref: Mapping, prefix: str) -> None:
+def _merge(node, user: Mapping, prefix: str) -> None:
+    """Merge a plain mapping onto a composed `render` node in place. OmegaConf checks keys and types against
+    the schema; a distribution (and `overrides`) is replaced whole, never merged key by key."""
     for key, value in user.items():
-        name = f"{prefix}{key}"
-        if key not in ref:
-            known = ", ".join(sorted(map(str, ref)))
-            raise RenderConfigError(f"unknown render config key '{name}' (known here: {known})")
-        if prefix.startswith("render.params.") or name.startswith("render.params."):
-            if _is_dist(ref[key]) or not isinstance(ref[key], Mapping):
-                _check_dist(name, value)  # a whole distribution may be swapped for another or a constant
-                continue
-        if key == "overrides":
-            continue
-        if isinstance(ref[key], Mapping) and ref[key]:
-            if not isinstance(value, Mapping):
-                raise RenderConfigError(f"render config key '{name}' must be a mapping, got {value!r}")
-            _check_keys(value, ref[key], name + ".")
+        name = f"{prefix}.{key}"
+        if key not in node:
+            raise RenderConfigError(f"unknown render config key '{name}' (known here: {', '.join(map(str, node))})")
+        current = node.get(key)
+        if (isinstance(value, Mapping) and isinstance(current, Mapping) and key != "overrides"
+                and not _is_dist(value) and not _is_dist(current)):
+            _merge(current, value, name)
+        else:
+            node[key] = value
+
+
+def render_node(cfg: Mapping | None = None):
+    """`cfg` as a composed, schema-typed `render` node: a composed node as is; a plain (partial) mapping
+    merged onto the defaults of `compose_render()`; None: the defaults."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from synthmed.render.schema import RenderConfig
+
+    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is RenderConfig:
+        return cfg
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise RenderConfigError(f"render config must be a mapping, got {type(cfg).__name__}")
+    node = compose_render()
+    try:
+        _merge(node, OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else (cfg or {}), "render")
+    except OmegaConfBaseException as e:
+        raise RenderConfigError(f"bad render config: {e}") from e
+    return node
+
+
+def resolve_config(cfg: Mapping | None = None) -> dict:
+    """The plain, resolved `render` config (see `render_node`), its distributions and ranges checked.
+    Raises RenderConfigError naming a bad key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(render_node(cfg), resolve=True, throw_on_missing=True, enum_to_str=True)
+    except OmegaConfBaseException as e:
+        raise RenderConfigError(f"bad render config: {e}") from e
+    _check_values(plain)
+    return plain
 
 
 def _check_dist(name: str, spec: Any) -> None:
@@ -94,60 +132,37 @@ def _check_dist(name: str, spec: Any) -> None:
             raise RenderConfigError(f"'{name}': p has {len(spec['p'])} entries for {len(spec['choice'])} choices")
 
 
-def resolve_config(cfg: Mapping | None = None) -> dict:
-    """Resolve interpolations, fill defaults, validate. Raises RenderConfigError naming a bad key."""
-    user = to_plain(cfg) if cfg is not None else {}
-    if not isinstance(user, Mapping):
-        raise RenderConfigError(f"render config must be a mapping, got {type(cfg).__name__}")
-    defaults = default_config()
-    _check_keys(user, defaults, "render.")
-    merged = _deep_merge(defaults, user)
-    # lesion.present follows lesion_probability unless the user replaced it explicitly
-    if "lesion_probability" in user and "present" not in user.get("params", {}).get("lesion", {}):
-        merged["params"]["lesion"]["present"] = {"bernoulli": merged["lesion_probability"]}
-    _check_values(merged)
-    return merged
-
-
-def _deep_merge(base: dict, top: Mapping) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and not _is_dist(value) and key != "overrides":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = to_plain(value)
-    return out
-
-
 def _check_values(c: dict) -> None:
+    """Ranges, and the syntax of every distribution (types are the schema's)."""
+
     def need(key: str, ok: bool, what: str) -> None:
         if not ok:
-            raise RenderConfigError(f"render config key 'render.{key}' {what}, got {c.get(key)!r}")
+            node = c
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            raise RenderConfigError(f"render config key 'render.{key}' {what}, got {node!r}")
 
-    for key in ("num_frames", "resolution", "samples", "workers", "num_shards"):
-        need(key, isinstance(c[key], int) and not isinstance(c[key], bool) and c[key] >= (0 if key == "num_frames" else 1),
-             "must be a positive integer")
-    need("shard", isinstance(c["shard"], int) and 0 <= c["shard"] < c["num_shards"], "must be in [0, num_shards)")
-    need("threads", c["threads"] is None or (isinstance(c["threads"], int) and c["threads"] >= 1), "must be null or >= 1")
-    need("lesion_probability", isinstance(c["lesion_probability"], int | float) and 0 <= c["lesion_probability"] <= 1,
-         "must be in [0, 1]")
-    need("min_visible_pixels", isinstance(c["min_visible_pixels"], int) and c["min_visible_pixels"] >= 1, "must be >= 1")
+    for key in ("resolution", "samples", "workers", "num_shards", "preview_frames"):
+        need(key, c[key] >= (0 if key == "preview_frames" else 1), "must be a positive integer")
+    need("num_frames", c["num_frames"] >= 0, "must be >= 0")
+    need("shard", 0 <= c["shard"] < c["num_shards"], "must be in [0, num_shards)")
+    need("threads", c["threads"] is None or c["threads"] >= 1, "must be null or >= 1")
+    need("lesion_probability", 0 <= c["lesion_probability"] <= 1, "must be in [0, 1]")
+    need("min_visible_pixels", c["min_visible_pixels"] >= 1, "must be >= 1")
     tx = c["textures"]
-
-    def need_tx(key: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise RenderConfigError(f"render config key 'render.textures.{key}' {what}, got {tx.get(key)!r}")
-
-    need_tx("mode", tx["mode"] in ("baked", "procedural"), "must be baked or procedural")
-    need_tx("patterns", isinstance(tx["patterns"], int) and not isinstance(tx["patterns"], bool) and tx["patterns"] >= 1,
-            "must be a positive integer")
-    scales = tx["vessel_scale"]
-    need_tx("vessel_scale", isinstance(scales, list | tuple) and len(scales) == 2
-            and all(isinstance(v, int | float) and v > 0 for v in scales), "must be [low, high] cells per mm, > 0")
+    need("textures.patterns", tx["patterns"] >= 1, "must be a positive integer")
+    need("textures.vessel_scale", len(tx["vessel_scale"]) == 2 and all(v > 0 for v in tx["vessel_scale"]),
+         "must be [low, high] cells per mm, > 0")
     for key in ("reference_radius_mm", "length_mm", "branch_scale"):
-        need_tx(key, isinstance(tx[key], int | float) and tx[key] > 0, "must be > 0")
-    need_tx("texel_mm", tx["texel_mm"] is None or (isinstance(tx["texel_mm"], int | float) and tx["texel_mm"] > 0),
-            "must be null or > 0")
+        need(f"textures.{key}", tx[key] > 0, "must be > 0")
+    need("textures.texel_mm", tx["texel_mm"] is None or tx["texel_mm"] > 0, "must be null or > 0")
+    for key, value in c["shader"].items():
+        if key.endswith(("_edges", "_radius", "_offset", "_direction", "_shift", "_tint")) and isinstance(value, list):
+            size = 2 if key.endswith("_edges") else 3
+            need(f"shader.{key}", len(value) == size, f"must have {size} entries")
+    need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
+    for name, spec in param_specs(c).items():
+        _check_dist(f"render.params.{name}", spec)
     names = set(param_names(c))
     for key in c["overrides"] or {}:
         if key not in names:
@@ -162,8 +177,13 @@ def dataset_config(cfg: Mapping) -> dict:
 def dataset_name(cfg: Mapping | None = None) -> str:
     """A stable name for the dataset a config renders, independent of workers/threads/shards. Past version 1
     it hashes `RENDERER_VERSION` too, so a code change that alters pixels never reuses an old dataset."""
+    return resolved_name(resolve_config(cfg))
+
+
+def resolved_name(resolved: Mapping) -> str:
+    """`dataset_name` of a config `resolve_config` returned."""
     version = {"renderer": RENDERER_VERSION} if RENDERER_VERSION != 1 else {}
-    return f"frames_{config_hash({**version, **dataset_config(resolve_config(cfg))})}"
+    return f"frames_{config_hash({**version, **dataset_config(resolved)})}"
 
 
 # ----------------------------------------------------------------------------------- sampling

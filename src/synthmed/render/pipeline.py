@@ -26,6 +26,7 @@ from synthmed.render.config import (
     param_names,
     pattern_lane,
     resolve_config,
+    resolved_name,
     sample_params,
 )
 from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, file_lock, spawn_context
@@ -155,6 +156,8 @@ def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> di
 # --------------------------------------------------------------------------------- main side
 def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Render the dataset of a `render` config into out_dir (resuming a partial one); return out_dir.
+    `cfg`: the `render` node of a composed config (or a plain mapping merged onto its defaults, see
+    `synthmed.render.config.render_node`).
 
     Writes images/, masks/ (0/255), frames/<id>.json sidecars, and, once every frame of the dataset exists
     (all shards), manifest.csv, preview.png, [coco.json] and finally dataset.yaml.
@@ -256,7 +259,7 @@ def finalize(c: dict, out: Path) -> None:
     import synthmed
 
     meta = {
-        "name": dataset_name(c),
+        "name": resolved_name(c),
         "renderer_version": RENDERER_VERSION,
         "synthmed_version": getattr(synthmed, "__version__", "unknown"),
         "blender_version": sides[0]["blender"] if sides else None,

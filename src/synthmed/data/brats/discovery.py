@@ -23,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from synthmed.data.brats import labels
+
 log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 KINDS: tuple[str, ...] = (*MODALITIES, "seg")
 # BraTS 2023 file suffixes -> the classic names.
 ALIASES_2023 = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
-BRATS_LABELS = frozenset({0, 1, 2, 4})  # NCR/NET, ED, ET (classic numbering)
-LABELS_2023 = frozenset({0, 1, 2, 3})  # ET is 3 from 2023 on
+BRATS_LABELS = frozenset(labels.BRATS_LABELS)  # NCR/NET, ED, ET (classic numbering)
+LABELS_2023 = frozenset(labels.LABELS_2023)  # ET is 3 from 2023 on
 GRADES = ("HGG", "LGG")
 
 _NAME = re.compile(r"^(?P<stem>.+?)[_-](?P<kind>flair|t1ce|t1|t2|seg|t2f|t1n|t1c|t2w)\.nii(\.gz)?$", re.I)
@@ -149,7 +151,7 @@ def to_brats_labels(seg: np.ndarray, subject: BratsSubject, path: Path | None = 
         )
     out = seg.astype(np.uint8)
     if subject.source == "2023":
-        out[seg == 3] = 4
+        out[seg == labels.ET_2023] = labels.ET
     return out
 
 

@@ -25,13 +25,11 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from synthmed.data.brats.discovery import read_volume
-from synthmed.data.brats.slices import REGION_CLASSES, _resize, preprocess_volumes
+from synthmed.data.brats.labels import INDEX_TO_BRATS, REGION_INDICES, REGION_LABEL
+from synthmed.data.brats.slices import _resize, preprocess_volumes
 from synthmed.utils import atomic_path
 
 log = logging.getLogger(__name__)
-
-WRITE_LABEL = {"wt": 2, "tc": 1, "et": 4}
-INDEX_TO_BRATS = np.array([0, 1, 2, 4], np.uint8)
 
 
 def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
@@ -63,8 +61,7 @@ def region_scores(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) 
 
 
 class BratsVolumeEvaluation(L.Callback):
-    def __init__(self, subdir: str = "volumes", save_nifti: bool = True, max_subjects: int | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(self, subdir: str, save_nifti: bool, max_subjects: int | None, batch_size: int) -> None:
         self.subdir, self.save_nifti, self.max_subjects = subdir, bool(save_nifti), max_subjects
         self.batch_size = int(batch_size)
         self.rows: list[dict[str, Any]] = []
@@ -90,7 +87,7 @@ class BratsVolumeEvaluation(L.Callback):
         if dm is None or not getattr(dm, "splits", None) or trainer.sanity_checking:
             return
         target = dm.target
-        regions = dict(REGION_CLASSES) if target == "multiclass" else {target: (1,)}
+        regions = dict(REGION_INDICES) if target == "multiclass" else {target: (1,)}
         out_dir = Path(trainer.default_root_dir) / self.subdir
         out_dir.mkdir(parents=True, exist_ok=True)
         was_training = pl_module.training
@@ -104,14 +101,14 @@ class BratsVolumeEvaluation(L.Callback):
             img = _header_image(subject.files[dm.modalities[0]])
             spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
             for region, classes in regions.items():
-                truth = np.isin(seg, REGION_CLASSES[region])
+                truth = np.isin(seg, REGION_INDICES[region])
                 mask = np.isin(pred, classes)
                 self.rows.append({"subject": sid, "region": region, **region_scores(mask, truth, spacing)})
             if self.save_nifti:
                 if target == "multiclass":
                     labels = INDEX_TO_BRATS[pred]
                 else:
-                    labels = (pred == 1).astype(np.uint8) * WRITE_LABEL[target]
+                    labels = (pred == 1).astype(np.uint8) * REGION_LABEL[target]
                 _write_like(img, labels, out_dir / f"{sid}_pred.nii.gz")
         if was_training:
             pl_module.train()

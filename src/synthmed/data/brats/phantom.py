@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synthmed.data.brats import labels as brats_labels
 from synthmed.utils import (
     atomic_path,
     atomic_write_json,
@@ -89,33 +90,34 @@ V.S. Fonov et al., "Unbiased average age-appropriate atlases for pediatric studi
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """Knobs of the phantom cohort (all but `num_subjects` and `workers` key the cohort's folder)."""
+    """Knobs of the phantom cohort; their values live in conf/data/brats_slices.yaml (`data.root.phantom`).
+    All but `workers` key the cohort's folder (the artefact's also by `num_subjects`)."""
 
-    num_subjects: int = 30
-    seed: int = 0
+    num_subjects: int
+    seed: int
     # anatomy
-    warp_mm: float = 3.0  # amplitude (std) of the smooth random displacement
-    warp_scale_mm: float = 24.0  # its correlation length
-    rotate_deg: float = 6.0  # max rotation about each axis
-    scale_range: float = 0.06  # per-axis scaling in 1 +- scale_range
-    shift_mm: float = 4.0  # max translation per axis
-    flip_prob: float = 0.5  # left-right flip
+    warp_mm: float  # amplitude (std) of the smooth random displacement
+    warp_scale_mm: float  # its correlation length
+    rotate_deg: float  # max rotation about each axis
+    scale_range: float  # per-axis scaling in 1 +- scale_range
+    shift_mm: float  # max translation per axis
+    flip_prob: float  # left-right flip
     # tumour
-    count: tuple[int, int] = (1, 1)  # tumours per subject, inclusive range
-    radius_mm: tuple[float, float] = (10.0, 22.0)  # visible core radius (after mass effect)
-    location: tuple[float, float, float] | None = None  # MNI mm; None: anywhere in white matter
-    location_jitter_mm: float = 10.0
-    necrosis: tuple[float, float] = (0.35, 0.75)  # necrotic core radius / core radius
-    irregularity: float = 0.25  # lobulation of the core outline
-    oedema_mm: tuple[float, float] = (4.0, 18.0)  # reach of the oedema beyond the core (in white matter)
-    mass_effect: float = 0.5  # 0: none; <1: how much tissue is pushed away (template radius shrink)
-    non_enhancing_fraction: float = 0.2  # share of LGG-like subjects without enhancing rim
+    count: tuple[int, int]  # tumours per subject, inclusive range
+    radius_mm: tuple[float, float]  # visible core radius (after mass effect)
+    location: tuple[float, float, float] | None  # MNI mm; None: anywhere in white matter
+    location_jitter_mm: float
+    necrosis: tuple[float, float]  # necrotic core radius / core radius
+    irregularity: float  # lobulation of the core outline
+    oedema_mm: tuple[float, float]  # reach of the oedema beyond the core (in white matter)
+    mass_effect: float  # 0: none; <1: how much tissue is pushed away (template radius shrink)
+    non_enhancing_fraction: float  # share of LGG-like subjects without enhancing rim
     # image
-    contrast: float = 1.0  # scales the signal difference between tumour classes and normal tissue
-    heterogeneity: float = 0.15  # smooth intensity variation inside the tumour
-    noise: float = 0.04  # Rician noise sigma relative to the brightest normal tissue
-    bias: float = 0.15  # bias field (std of its log)
-    workers: int = field(default=2, compare=False)  # parallel processes (does not change the output)
+    contrast: float  # scales the signal difference between tumour classes and normal tissue
+    heterogeneity: float  # smooth intensity variation inside the tumour
+    noise: float  # Rician noise sigma relative to the brightest normal tissue
+    bias: float  # bias field (std of its log)
+    workers: int = field(compare=False)  # parallel processes (does not change the output)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> PhantomConfig:
@@ -124,7 +126,10 @@ class PhantomConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - names)
         if unknown:
-            raise ValueError(f"unknown data.phantom key(s) {unknown}; known: {sorted(names)}")
+            raise ValueError(f"unknown data.root.phantom key(s) {unknown}; known: {sorted(names)}")
+        missing = sorted(names - set(cfg))
+        if missing:
+            raise ValueError(f"data.root.phantom is missing {missing} (conf/data/brats_slices.yaml holds them all)")
         for key in ("count", "radius_mm", "necrosis", "oedema_mm", "location"):
             if cfg.get(key) is not None:
                 cfg[key] = tuple(cfg[key])
@@ -271,18 +276,18 @@ def _paint_tumour(
     oedema = (~core) & (beyond < oedema_reach) & (csf < 0.6) & (brain > 0.5)
 
     lab = np.zeros(shape, np.uint8)
-    lab[oedema] = 2
+    lab[oedema] = brats_labels.ED
     if tumour.enhancing:
-        lab[core] = 4
-        lab[core & necrotic] = 1
+        lab[core] = brats_labels.ET
+        lab[core & necrotic] = brats_labels.NCR
     else:
-        lab[core] = 1
+        lab[core] = brats_labels.NCR  # the non-enhancing core shares NCR's label
     region = labels[box]
     np.copyto(region, lab, where=lab > 0)  # a later tumour overwrites an earlier one where they meet
 
     # Partial-volume fractions (a slightly blurred one-hot), then the new signal per modality.
     classes = ("ed", "et", "ncr") if tumour.enhancing else ("ed", "et", "net")
-    codes = (2, 4, 1)
+    codes = (brats_labels.ED, brats_labels.ET, brats_labels.NCR)
     het = 1 + cfg.heterogeneity * _smooth_noise(rng, shape, 3.0)
     base = signal[(slice(None), *box)]
     for cls, code in zip(classes, codes, strict=True):
@@ -492,3 +497,18 @@ def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
                 bar.update()
     bar.close()
     return out
+
+
+def phantom_cohort(phantom: Mapping[str, Any], num_subjects: int, data_dir: str | Path, progress: bool = True) -> Path:
+    """The phantom cohort artefact (the stage `brats_phantom`): exactly subjects 0..num_subjects-1 of the
+    `phantom` config under `<data_dir>/brats_phantom/<hash of the config and num_subjects>/`, found or made
+    (resumable, under a lock), with `artifact.yaml` (config, hash, versions, subjects, label convention).
+    Subject i is the same bytes whatever `num_subjects`."""
+    from synthmed import artifacts
+
+    cfg = PhantomConfig.from_mapping({**dict(phantom), "num_subjects": int(num_subjects)})
+    config = {**cfg.key(), "num_subjects": cfg.num_subjects}
+    path = Path(data_dir) / "brats_phantom" / config_hash(config)
+    extra = {"subjects": [subject_id(i) for i in range(cfg.num_subjects)], "labels": brats_labels.convention(),
+             "layout": "BraTS 2020/2021", "licence": "NOTICE.txt (the MNI ICBM152 template)"}
+    return artifacts.ensure(path, "brats_phantom", config, lambda out: _generate_cohort(cfg, out, progress), extra)

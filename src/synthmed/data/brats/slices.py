@@ -1,16 +1,22 @@
-"""BraTS axial slices as a LightningDataModule (subject-level splits, cached as memory-mappable .npy).
+"""BraTS axial slices: the slice cache (a stage) and a LightningDataModule that loads it (subject-level splits).
 
-Per subject, the extraction (read NIfTI, z-score each modality within the brain, resize slices to
-`image_size`) runs once; its result is cached under
+The slice cache is an artefact made by `slice_cache` (the stage `synthmed.artifacts.brats_slice_cache`):
+per subject, the extraction (read NIfTI, z-score each modality within the brain, resize slices to
+`image_size`) runs once, into
 
-    <data_dir>/brats_slices/<hash of (modalities, image_size, version)>/<subject>-<hash of its files>/
-        image.npy (S, M, H, W) float16, seg.npy (S, H, W) uint8 (0..3), brain.npy (S, H, W) uint8,
-        slice.npy (S,) int16 (axial index), tumour.npy (S,) bool, done.json (written last)
+    <data_dir>/brats_slices/<hash of (the subjects' files, modalities, image_size, skip_invalid, version)>/
+        <subject>/image.npy (S, M, H, W) float16, seg.npy (S, H, W) uint8 (indices 0..3, labels.py),
+                  brain.npy (S, H, W) uint8, slice.npy (S,) int16 (axial index), tumour.npy (S,) bool,
+                  done.json (written last)
+        artifact.yaml (written last: the config, the root, the cached subjects, the label convention)
 
 Cached slices: every slice with tumour, plus non-tumour brain slices (evenly spaced, as many as there are
 tumour slices) so that `empty_fraction` (up to 0.5) can be served. A slice's tumour flag is read from its
 resized mask, so a "tumour slice" always shows tumour at `image_size` (a few voxels of tumour can vanish
 when 240 px become 64). A second run with the same settings opens no NIfTI.
+
+`BratsSliceDataModule` only loads: it is given `root` (the BraTS folder, read again by the volume
+evaluation) and `cache` (the slice cache made from it) and never makes either.
 
 Items (the batch contract other modules rely on)::
 
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from synthmed.data.brats import labels
 from synthmed.data.brats.discovery import (
     MODALITIES,
     BratsSubject,
@@ -40,24 +47,29 @@ from synthmed.data.brats.discovery import (
     summarize,
     to_brats_labels,
 )
-from synthmed.utils import atomic_path, atomic_write_json, config_hash, file_lock
+from synthmed.utils import atomic_path, atomic_write_json, config_hash
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: tumour.npy from the resized mask (1: from the full-resolution one)
+CACHE_VERSION = 3  # 3: one artefact folder per set of subjects (2: tumour.npy from the resized mask)
 MAX_EMPTY_FRACTION = 0.5  # the cache holds at most as many tumour-free slices as tumour slices
 TARGETS = ("wt", "tc", "et", "multiclass")
-# Regions over the mapped labels (1 NCR/NET, 2 ED, 3 ET).
-REGION_CLASSES: dict[str, tuple[int, ...]] = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
-_TO_INDEX = np.zeros(256, np.uint8)
-_TO_INDEX[[1, 2, 4]] = [1, 2, 3]  # BraTS 0,1,2,4 -> 0,1,2,3
+
+
+def check_modalities(modalities: Sequence[str]) -> list[str]:
+    """`modalities` as a list; ValueError naming `data.modalities` when they are unknown or repeated."""
+    modalities = list(modalities)
+    bad = [m for m in modalities if m not in MODALITIES]
+    if bad or not modalities or len(set(modalities)) != len(modalities):
+        raise ValueError(f"data.modalities={modalities}: choose distinct names from {list(MODALITIES)}")
+    return modalities
 
 
 def target_from_seg(seg: torch.Tensor, target: str) -> torch.Tensor:
     """The training target (int64) from mapped labels 0..3."""
     if target == "multiclass":
         return seg.long()
-    return torch.isin(seg, torch.tensor(REGION_CLASSES[target])).long()
+    return torch.isin(seg, torch.tensor(labels.REGION_INDICES[target])).long()
 
 
 def _resize(x: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -95,7 +107,7 @@ def preprocess_volumes(subject: BratsSubject, modalities: Sequence[str]) -> tupl
             values = volumes[m][brain].astype(np.float64)
             mean, std = values.mean(), values.std()
             images[i][brain] = ((values - mean) / (std if std > 1e-6 else 1.0)).astype(np.float32)
-    return images, brain, _TO_INDEX[seg]
+    return images, brain, labels.to_index(seg)
 
 
 def extract_subject(subject: BratsSubject, modalities: Sequence[str], image_size: int) -> dict[str, np.ndarray]:
@@ -115,6 +127,79 @@ def extract_subject(subject: BratsSubject, modalities: Sequence[str], image_size
     # the flag describes the mask the model is trained on, not the full-resolution one
     return {"image": image, "seg": seg_s, "brain": brain_s, "slice": keep.astype(np.int16),
             "tumour": (seg_s > 0).any(axis=(1, 2))}
+
+
+def _skip_or_raise(problems: list[tuple[BratsSubject, Exception]], skip_invalid: bool, key: str) -> None:
+    if not problems:
+        return
+    if not skip_invalid:
+        raise problems[0][1]
+    message = (f"{key}=true: skipped {len(problems)} invalid subject(s):\n  "
+               + "\n  ".join(f"{s.id}: {e}" for s, e in problems))
+    warnings.warn(message, UserWarning, stacklevel=3)
+    log.warning(message)
+
+
+def slice_cache(root: str | Path, data_dir: str | Path, modalities: Sequence[str], image_size: int,
+                skip_invalid: bool, progress: bool = True) -> Path:
+    """The slice cache of the BraTS folder `root` (the stage `brats_slice_cache`): found by the hash of the
+    subjects' files (names, sizes, times), `modalities`, `image_size` and `skip_invalid`, else extracted
+    (resumable, under a lock). Invalid subjects raise an error naming the file, or are left out with a
+    warning when `skip_invalid`; the artefact's metadata lists the subjects it holds."""
+    from synthmed import artifacts
+
+    if root is None:
+        raise ValueError("data.cache needs data.root: the BraTS folder (or the brats_phantom stage) to cache slices of")
+    modalities = check_modalities(modalities)
+    found = discover_subjects(root)
+    config = {"subjects": config_hash([[s.id, s.signature()] for s in found], length=16),
+              "modalities": modalities, "image_size": int(image_size), "skip_invalid": bool(skip_invalid),
+              "version": CACHE_VERSION}
+    path = Path(data_dir) / "brats_slices" / config_hash(config)
+    extra: dict[str, Any] = {"root": str(Path(root).expanduser().resolve()), "labels": labels.convention()}
+
+    def make(out: Path) -> None:
+        # filled in here, written by ensure() after make: which subjects the cache holds
+        extra.update(_extract_all(found, out, modalities, int(image_size), bool(skip_invalid), progress))
+
+    return artifacts.ensure(path, "brats_slices", config, make, extra)
+
+
+def _extract_all(found: list[BratsSubject], out: Path, modalities: list[str], image_size: int,
+                 skip_invalid: bool, progress: bool) -> dict[str, Any]:
+    """Cache the slices of every usable subject not cached yet (one folder each, `done.json` written last)."""
+    from tqdm.auto import tqdm
+
+    problems: list[tuple[BratsSubject, Exception]] = []
+    present = []
+    for s in found:  # presence is checked without opening files; the rest while extracting
+        if s.missing:
+            try:
+                check_subject(s, load_labels=False)
+            except (FileNotFoundError, ValueError) as err:
+                problems.append((s, err))
+                continue
+        present.append(s)
+    todo = [s for s in present if not (out / s.id / "done.json").exists()]
+    for s in tqdm(todo, desc="extracting BraTS slices", unit="subject", disable=not progress or not todo):
+        try:
+            arrays = extract_subject(s, modalities, image_size)
+        except (FileNotFoundError, ValueError) as err:
+            problems.append((s, err))
+            continue
+        folder = out / s.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in arrays.items():
+            with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, array)
+        atomic_write_json(folder / "done.json", {"subject": s.id, "source": s.source, "grade": s.grade,
+                                                 "slices": int(len(arrays["slice"]))})
+    _skip_or_raise(problems, skip_invalid, "data.cache.skip_invalid")
+    cached = [s for s in present if (out / s.id / "done.json").exists()]
+    if not cached:
+        raise ValueError(f"data.root: no valid BraTS subject to cache among {len(found)} found")
+    return {"subjects": [s.id for s in cached], "skipped": {s.id: str(e) for s, e in problems},
+            "summary": summarize(cached)}
 
 
 class _CachedSubject:
@@ -170,40 +255,34 @@ class _ItemList(Dataset):
 
 
 class BratsSliceDataModule(L.LightningDataModule):
-    """Axial BraTS slices: `root` (any 2018-2023 layout) or, when None, the phantom cohort in `data_dir`.
+    """Axial BraTS slices, loaded from `cache` (a slice cache of `root`, made by the `brats_slice_cache` stage).
 
     Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`); training takes
     `num_train_slices` slices (None: all tumour slices) of which `empty_fraction` have no tumour; val/test
     take all tumour slices of their subjects plus the same share without. `aug` (config with `_target_`
     or an object with `extra_samples(dataset, seed)`) appends its samples to the training set, or replaces
     the real slices with them when it has `replace_real=True` (it still learns from the real slices).
+    It never makes data: a missing `root` or `cache` is a ValueError/FileNotFoundError naming the key.
     """
 
     def __init__(
         self,
-        root: str | None = None,
-        data_dir: str = "data",
-        phantom: Mapping[str, Any] | None = None,
-        num_subjects: int = 30,
-        skip_invalid: bool = False,
-        modalities: Sequence[str] = MODALITIES,
-        target: str = "wt",
-        image_size: int = 128,
-        num_train_slices: int | None = 290,
-        empty_fraction: float = 0.0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int | None = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        aug: Any = None,
-        progress: bool = True,
+        root: str | None,
+        cache: str | None,
+        modalities: Sequence[str],
+        target: str,
+        image_size: int,
+        num_train_slices: int | None,
+        empty_fraction: float,
+        val_fraction: float,
+        test_fraction: float,
+        split_seed: int | None,
+        batch_size: int,
+        num_workers: int,
+        aug: Any,
     ) -> None:
         super().__init__()
-        modalities = list(modalities)
-        bad = [m for m in modalities if m not in MODALITIES]
-        if bad or not modalities or len(set(modalities)) != len(modalities):
-            raise ValueError(f"data.modalities={modalities}: choose distinct names from {list(MODALITIES)}")
+        modalities = check_modalities(modalities)
         if target not in TARGETS:
             raise ValueError(f"data.target={target!r} is not one of {list(TARGETS)}")
         if not 0.0 <= float(empty_fraction) <= MAX_EMPTY_FRACTION:
@@ -212,11 +291,12 @@ class BratsSliceDataModule(L.LightningDataModule):
         if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
             raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
                              "must be >= 0 and leave subjects for training")
-        self.root = root
-        self.data_dir = Path(data_dir)
-        self.phantom = dict(phantom or {})
-        self.num_subjects = int(num_subjects)
-        self.skip_invalid = bool(skip_invalid)
+        for key, value in (("root", root), ("cache", cache)):
+            if value is None or not isinstance(value, (str, Path)):
+                raise ValueError(f"data.{key}={value!r}: BratsSliceDataModule loads a folder and makes none; give "
+                                 f"a path (the brats_* experiments make it with a stage: data.root = brats_phantom, "
+                                 f"data.cache = brats_slice_cache, resolved by synthmed.artifacts.resolve)")
+        self.root, self.cache = Path(root), Path(cache)
         self.modalities = modalities
         self.target = target
         self.image_size = int(image_size)
@@ -226,7 +306,6 @@ class BratsSliceDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed or 0)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.aug = aug
-        self.progress = bool(progress)
         self.subjects: list[BratsSubject] = []
         self.splits: dict[str, list[str]] = {}
         self.datasets: dict[str, Dataset] = {}
@@ -234,16 +313,11 @@ class BratsSliceDataModule(L.LightningDataModule):
         self.train_items: dict[str, int] = {}  # {"real": n, "extra": m}: what the training set is made of
         self._aug_name = "none"
         self.summary: dict[str, Any] = {}
-        self.nifti_reads = 0
         self._prepared = False
 
     # ---- subjects and cache ------------------------------------------------------------------
-    def cache_root(self) -> Path:
-        key = {"modalities": self.modalities, "image_size": self.image_size, "version": CACHE_VERSION}
-        return self.data_dir / "brats_slices" / config_hash(key)
-
     def _subject_dir(self, subject: BratsSubject) -> Path:
-        return self.cache_root() / f"{subject.id}-{config_hash(subject.signature())}"
+        return self.cache / subject.id
 
     def subject(self, sid: str) -> BratsSubject:
         for s in self.subjects:
@@ -251,73 +325,30 @@ class BratsSliceDataModule(L.LightningDataModule):
                 return s
         raise KeyError(f"unknown subject {sid!r}")
 
-    def _find(self) -> list[BratsSubject]:
-        if self.root is None:
-            from synthmed.data.brats.phantom import PhantomConfig, generate_cohort, subject_id
-
-            cfg = PhantomConfig.from_mapping({**self.phantom, "num_subjects": self.num_subjects})
-            root = generate_cohort(cfg, self.data_dir, progress=self.progress)
-            wanted = {subject_id(i) for i in range(cfg.num_subjects)}
-            return [s for s in discover_subjects(root) if s.id in wanted]
-        return discover_subjects(self.root)
-
-    def _skip_or_raise(self, problems: list[tuple[BratsSubject, Exception]]) -> None:
-        if not problems:
-            return
-        if not self.skip_invalid:
-            raise problems[0][1]
-        message = (f"data.skip_invalid=true: skipped {len(problems)} invalid subject(s):\n  "
-                   + "\n  ".join(f"{s.id}: {e}" for s, e in problems))
-        warnings.warn(message, UserWarning, stacklevel=3)
-        log.warning(message)
-
     def prepare_data(self) -> None:
-        """Find subjects (making the phantom cohort if needed), check them, and cache their slices."""
+        """Open the slice cache and find its subjects' files under `root` (no NIfTI is read)."""
         if self._prepared:
             return
-        found = self._find()
-        self.summary = summarize(found)
+        from synthmed.artifacts import read_metadata
+
+        try:
+            meta = read_metadata(self.cache)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"data.cache={self.cache}: {err} (make it with the brats_slice_cache stage)") from err
+        made = meta.get("config", {})
+        for key, mine in (("image_size", self.image_size), ("modalities", self.modalities)):
+            if made.get(key) != mine:
+                raise ValueError(f"data.cache={self.cache} holds {key}={made.get(key)}, but data.{key}={mine}")
+        if Path(meta["root"]) != self.root.expanduser().resolve():
+            raise ValueError(f"data.cache={self.cache} was made from {meta['root']}, not data.root={self.root}")
+        found = {s.id: s for s in discover_subjects(self.root)}
+        gone = [sid for sid in meta["subjects"] if sid not in found]
+        if gone:
+            raise FileNotFoundError(f"data.root={self.root} no longer holds subject(s) {gone} of data.cache={self.cache}")
+        self.subjects = [found[sid] for sid in meta["subjects"]]
+        self.summary = summarize(self.subjects)
         log.info("BraTS subjects: %s", self.summary)
-        problems: list[tuple[BratsSubject, Exception]] = []
-        present = []
-        for s in found:  # presence is checked without opening files; the rest while extracting
-            if s.missing:
-                try:
-                    check_subject(s, load_labels=False)
-                except (FileNotFoundError, ValueError) as err:
-                    problems.append((s, err))
-                    continue
-            present.append(s)
-        self._skip_or_raise(problems)
-        root = self.cache_root()
-        with file_lock(root / ".lock"):  # parallel jobs: one extracts, the others wait
-            self._extract(present)
-        self.subjects = [s for s in present if (self._subject_dir(s) / "done.json").exists()]
-        if len(self.subjects) < 1:
-            raise ValueError("no valid BraTS subject to train on")
         self._prepared = True
-
-    def _extract(self, present: list[BratsSubject]) -> None:
-        """Cache the slices of the subjects not cached yet (one folder each, `done.json` written last)."""
-        from tqdm.auto import tqdm
-
-        todo = [s for s in present if not (self._subject_dir(s) / "done.json").exists()]
-        problems: list[tuple[BratsSubject, Exception]] = []
-        for s in tqdm(todo, desc="extracting BraTS slices", unit="subject", disable=not self.progress or not todo):
-            try:
-                arrays = extract_subject(s, self.modalities, self.image_size)
-            except (FileNotFoundError, ValueError) as err:
-                problems.append((s, err))
-                continue
-            self.nifti_reads += 1
-            out = self._subject_dir(s)
-            out.mkdir(parents=True, exist_ok=True)
-            for name, array in arrays.items():
-                with atomic_path(out / f"{name}.npy") as tmp, open(tmp, "wb") as f:
-                    np.save(f, array)
-            atomic_write_json(out / "done.json", {"subject": s.id, "source": s.source, "grade": s.grade,
-                                                  "slices": int(len(arrays["slice"]))})
-        self._skip_or_raise(problems)
 
     # ---- splits and slices ---------------------------------------------------------------------
     def _split(self) -> dict[str, list[str]]:
@@ -420,7 +451,7 @@ class BratsSliceDataModule(L.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         return {"subjects": self.summary, "splits": {k: len(v) for k, v in self.splits.items()},
                 "slices": {k: len(v) for k, v in self.datasets.items()}, "train_items": dict(self.train_items),
-                "cache": str(self.cache_root())}
+                "cache": str(self.cache)}
 
     # ---- loaders -------------------------------------------------------------------------------
     def _loader(self, name: str, shuffle: bool) -> DataLoader:

@@ -1,0 +1,290 @@
+"""The mucosa: its material (mottled colour, vessels, fake translucency, wet droplets under a coat) over a
+vessel pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per sample
+(`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and
+geometry-node trees share: the bake evaluates exactly what the procedural shader does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from synthmed.render.config import pattern_lane
+from synthmed.render.nodes import (
+    NodeGraph,
+    NodeInputs,
+    hsv_colour,
+    new_geometry_tree,
+    new_material,
+    shifted_colour,
+)
+
+
+# ------------------------------------------------------------------------------ the pattern's texel grid
+def texel_mm(cfg: Mapping) -> float:
+    """The baked pattern's texel: `textures.texel_mm`, or (null) 0.4 mm at 128 px, finer for larger frames."""
+    texel = cfg["textures"]["texel_mm"]
+    return float(texel) if texel is not None else 0.4 * 128.0 / float(cfg["resolution"])
+
+
+def pattern_grid(cfg: Mapping) -> tuple[int, int, float, float]:
+    """Texels of one baked pattern: (rows, cols, radians a row, mm a column). Rows go around the reference
+    circle plus one repeated row at each end; columns along `length_mm`."""
+    textures = cfg["textures"]
+    texel = texel_mm(cfg)
+    around = max(8, int(round(2.0 * math.pi * float(textures["reference_radius_mm"]) / texel)))
+    cols = max(8, int(round(float(textures["length_mm"]) / texel)))
+    return around + 2, cols, 2.0 * math.pi / around, float(textures["length_mm"]) / cols
+
+
+def lane_vessel_scale(textures: Mapping, lane: int) -> float:
+    """Vessel cells per mm (on the reference radius) of pattern `lane`: log-spaced over `vessel_scale`."""
+    low, high = (float(v) for v in textures["vessel_scale"])
+    count = int(textures["patterns"])
+    return low * (high / low) ** (lane / (count - 1)) if count > 1 else math.sqrt(low * high)
+
+
+# ------------------------------------------------------------------------------ the pattern as nodes
+def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) -> dict[str, Any]:
+    """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
+    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells).
+    `lane` and `scale` (vessel cells per mm) are numbers or sockets."""
+    textures, shader = cfg["textures"], cfg["shader"]
+    radius = float(textures["reference_radius_mm"])
+    point = graph.node("ShaderNodeCombineXYZ", {0: graph.math("MULTIPLY", graph.math("COSINE", theta), radius),
+                                                1: graph.math("MULTIPLY", graph.math("SINE", theta), radius),
+                                                2: axial}).outputs[0]
+    point = graph.vector_math("ADD", point, graph.vector_math("SCALE", _vector(shader["pattern_lane_shift"]),
+                                                              scale=lane))
+
+    def noise(offset, frequency, detail):
+        return graph.noise(graph.vector_math("ADD", point, _vector(offset)), float(frequency), float(detail))
+
+    def warped(lookup, offset, frequency, cells):
+        # one scalar noise shifts the lookup along a fixed oblique direction: meandering cell edges
+        amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise(offset, frequency, shader["pattern_warp_detail"]),
+                                                   0.5),
+                            graph.math("DIVIDE", float(textures["vessel_distortion"]) * float(shader["pattern_warp_gain"]),
+                                       cells))
+        return graph.vector_math("ADD", lookup, graph.vector_math("SCALE", _vector(shader["pattern_warp_direction"]),
+                                                                  scale=amount))
+
+    def edges(lookup, cells):
+        return graph.node("ShaderNodeTexVoronoi", {"Vector": lookup, "Scale": cells,
+                                                   "Randomness": float(shader["pattern_voronoi_randomness"])},
+                          feature="DISTANCE_TO_EDGE", voronoi_dimensions="3D").outputs["Distance"]
+
+    fine = graph.math("MULTIPLY", scale, float(textures["branch_scale"]))
+    main_at = warped(point, shader["pattern_main_warp_offset"], shader["pattern_main_warp_scale"], scale)
+    branch_at = warped(main_at, shader["pattern_branch_warp_offset"], shader["pattern_branch_warp_scale"], fine)
+    return {"mottle": noise((0.0, 0.0, 0.0), shader["pattern_mottle_scale"], shader["pattern_mottle_detail"]),
+            "main": edges(main_at, scale), "branch": edges(branch_at, fine),
+            "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"])}
+
+
+def baked_channels(graph: NodeGraph, theta, axial, lane, image, cfg: Mapping) -> dict[str, Any]:
+    """The same channels as `pattern_channels`, read from the baked texture (lanes stacked bottom-up)."""
+    textures, vessel_range = cfg["textures"], float(cfg["shader"]["pattern_vessel_range"])
+    rows = pattern_grid(cfg)[0]
+    around = graph.math("FLOORED_MODULO", theta, 2.0 * math.pi)
+    # row r of a lane holds angle (r - 0.5) x step: the angle sits at row position angle / step + 0.5, whose
+    # texel-centre coordinate is one more (texel r spans [r, r + 1))
+    row = graph.math("MULTIPLY_ADD", around, (rows - 2) / (2.0 * math.pi), 1.0)
+    v = graph.math("DIVIDE", graph.math("MULTIPLY_ADD", lane, float(rows), row), float(rows * int(textures["patterns"])))
+    u = graph.math("DIVIDE", axial, float(textures["length_mm"]))
+    uv = graph.node("ShaderNodeCombineXYZ", {0: u, 1: v, 2: 0.0}).outputs[0]
+    texture = graph.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
+    texture.image = image
+    rgb = graph.node("ShaderNodeSeparateColor", {0: texture.outputs["Color"]})
+    return {"mottle": rgb.outputs[0], "main": graph.math("MULTIPLY", rgb.outputs[1], vessel_range),
+            "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"]}
+
+
+def _vector(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+# ------------------------------------------------------------------------------ the material
+class Mucosa:
+    """The mucosa material (`material`), its per-frame inputs, and (baked mode) the pattern texture."""
+
+    def __init__(self, bpy, cfg: Mapping) -> None:
+        self.bpy, self.cfg = bpy, cfg
+        self.material, graph = new_material(bpy, "mucosa")
+        self.inputs = NodeInputs(graph)
+        self.pattern_image = None
+        self.pattern_lanes: frozenset[int] = frozenset()  # the baked patterns `set_pattern` loaded
+        self._build(graph)
+
+    def _build(self, graph: NodeGraph) -> None:
+        bpy, cfg, knob = self.bpy, self.cfg, self.inputs
+        geometry, textures, shader = cfg["scene"], cfg["textures"], cfg["shader"]
+        # where on the wall: the angle around the lumen and the axial position, mapped onto the pattern's
+        # reference cylinder and turned / shifted per frame (`pattern_inputs`)
+        around = graph.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
+        around_xyz = graph.node("ShaderNodeSeparateXYZ", {0: around})
+        theta = graph.math("ADD", graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0]),
+                           knob["pattern.angle"])
+        coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]
+        z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
+        axial = graph.math("MULTIPLY_ADD", z, knob["pattern.axial_scale"], knob["pattern.axial_offset"])
+        if textures["mode"] == "baked":
+            self.pattern_image = bpy.data.images.new("mucosa_pattern", 1, 1, alpha=True, float_buffer=False)
+            self.pattern_image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
+            self.pattern_image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
+            channels = baked_channels(graph, theta, axial, knob["pattern.lane"], self.pattern_image, cfg)
+        elif textures["mode"] == "procedural":
+            channels = pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
+        else:
+            raise ValueError(f"render.textures.mode: unknown mode {textures['mode']!r} (baked, procedural)")
+        seed = knob["mucosa.bump_seed"]
+        # mottled base colour
+        mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
+        mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
+        base = graph.mix_colour(mottle, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_dark"))
+        # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
+        # mask decides how much of the wall shows them (vascular density)
+        width = knob["vessels.width"]
+        main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        branch = graph.map_range(channels["branch"], graph.math("MULTIPLY", width, float(textures["branch_width"])),
+                                 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
+        threshold = graph.math("SUBTRACT", float(shader["vessels_patch_threshold"]),
+                               graph.math("MULTIPLY", knob["vessels.density"], float(shader["vessels_patch_density_gain"])))
+        shown = graph.map_range(channels["patch"], threshold,
+                                graph.math("ADD", threshold, float(shader["vessels_patch_band"])), 0.0, 1.0, "SMOOTHSTEP")
+        vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
+                             knob["vessels.contrast"])
+        coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
+        # fake translucency: warmer, lighter where the surface turns away (light scattered under the surface)
+        facing = graph.node("ShaderNodeLayerWeight", {"Blend": float(shader["mucosa_rim_blend"])}).outputs["Facing"]
+        rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
+        coloured = graph.mix_colour(rim, coloured, knob.rgb("mucosa.colour_rim"))
+        # wet surface: small domes of mucus (where a noise rises above a threshold) under a glossy coat; each
+        # dome holds every normal direction, so each catches the tip light as a glint (the bump node evaluates
+        # its height three times a sample: one cheap noise; the wall's larger undulations are geometry already)
+        noise = graph.noise(graph.seeded(coordinates, seed), float(geometry["mucosa_bump_scale"]),
+                            float(shader["droplet_noise_detail"]))
+        low = graph.math("SUBTRACT", float(shader["droplet_threshold"]),
+                         graph.math("MULTIPLY", knob["mucosa.droplets"], float(shader["droplet_density_gain"])))
+        height = graph.map_range(noise, low, graph.math("ADD", low, float(shader["droplet_band"])), 0.0, 1.0,
+                                 "SMOOTHSTEP")
+        bump = graph.node("ShaderNodeBump", {"Strength": knob["mucosa.bump_strength"],
+                                             "Distance": float(geometry["mucosa_bump_distance"]), "Height": height})
+        bsdf = graph.node("ShaderNodeBsdfPrincipled", {
+            "Base Color": coloured, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],
+            "Coat Weight": knob["mucosa.wetness"], "Coat Roughness": knob["mucosa.coat_roughness"],
+            "Coat IOR": float(shader["mucosa_coat_ior"]), "Coat Normal": bump.outputs[0],
+            "Specular IOR Level": float(shader["mucosa_specular"]),
+        })
+        if cfg["engine"]["subsurface"]:
+            graph.connect(float(shader["subsurface_weight"]), bsdf.inputs["Subsurface Weight"])
+            graph.connect(_vector(shader["subsurface_radius"]), bsdf.inputs["Subsurface Radius"])
+            graph.connect(float(shader["subsurface_scale"]), bsdf.inputs["Subsurface Scale"])
+        graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+
+    # -------------------------------------------------------------------------- per frame
+    def pattern_inputs(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """Where this frame's wall lies on the mucosa pattern: which pattern, turned and shifted how, and the
+        axial scale that keeps its cells round on a lumen of this radius."""
+        cfg = self.cfg
+        textures = cfg["textures"]
+        lane = pattern_lane(cfg, params)
+        scale = float(textures["reference_radius_mm"]) / float(params["tube.radius_mm"])
+        # the wall from a little behind the lens to the far end of the tube must lie on [0, length_mm]
+        first = (float(params["camera.axial_mm"]) - float(cfg["shader"]["pattern_margin_mm"])) * scale
+        free = float(textures["length_mm"]) - (float(cfg["scene"]["tube_length_mm"]) * scale - first)
+        offset = -first + max(free, 0.0) * float(params["mucosa.pattern_shift"])
+        return {"pattern.lane": float(lane), "pattern.angle": math.radians(float(params["mucosa.pattern_angle_deg"])),
+                "pattern.axial_scale": scale, "pattern.axial_offset": offset,
+                "pattern.vessel_scale": lane_vessel_scale(textures, lane)}
+
+    def pose(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """Set the material's per-frame inputs (colours from the sampled HSV); return the pattern inputs."""
+        shader = self.cfg["shader"]
+        hue, saturation, value = params["mucosa.hue"], params["mucosa.saturation"], params["mucosa.value"]
+        colours = {
+            "mucosa.colour": hsv_colour(hue, saturation, value),
+            "mucosa.colour_dark": shifted_colour(hue, saturation, value, shader["mucosa_dark"]),
+            "mucosa.colour_rim": shifted_colour(hue, saturation, value, shader["mucosa_rim"]),
+            "vessels.colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"], params["vessels.value"]),
+        }
+        pattern = self.pattern_inputs(params)
+        self.inputs.set({**params, **pattern}, colours)
+        return pattern
+
+    # -------------------------------------------------------------------------- the baked pattern
+    def bake_pattern(self, scene, lane: int) -> np.ndarray:
+        """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
+        procedural shader runs per sample). Returns (rows, cols, 4) uint8; see `pattern_grid`."""
+        bpy, cfg = self.bpy, self.cfg
+        rows, cols, texel_theta, texel_axial = pattern_grid(cfg)
+        tree = new_geometry_tree(bpy, "MucosaPatternBake")
+        graph = NodeGraph(tree)
+        points = graph.node("GeometryNodeMeshLine", {"Count": rows * cols})
+        index = graph.node("GeometryNodeInputIndex").outputs[0]
+        # texel (row, col) of point `index`, row-major; +0.5 keeps floor() exact in float arithmetic
+        row = graph.math("FLOOR", graph.math("DIVIDE", graph.math("ADD", index, 0.5), float(cols)))
+        col = graph.math("SUBTRACT", index, graph.math("MULTIPLY", row, float(cols)))
+        # row 0 and the last row repeat the other end of the circle, so bilinear lookups wrap without a seam
+        theta = graph.math("MULTIPLY", graph.math("SUBTRACT", row, 0.5), texel_theta)
+        axial = graph.math("MULTIPLY", graph.math("ADD", col, 0.5), texel_axial)
+        channels = pattern_channels(graph, theta, axial, float(lane), lane_vessel_scale(cfg["textures"], lane), cfg)
+        packed = graph.node("ShaderNodeCombineXYZ", {0: channels["mottle"], 1: channels["main"],
+                                                     2: channels["branch"]}).outputs[0]
+        store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": points.outputs[0], "Name": "rgb",
+                                                               "Value": packed}, data_type="FLOAT_VECTOR", domain="POINT")
+        store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": "a",
+                                                               "Value": channels["patch"]}, data_type="FLOAT", domain="POINT")
+        graph.connect(store.outputs[0], graph.node("NodeGroupOutput").inputs[0])
+        mesh = bpy.data.meshes.new("mucosa_pattern_bake")
+        bake_object = bpy.data.objects.new("mucosa_pattern_bake", mesh)
+        bake_object.hide_render = True
+        scene.collection.objects.link(bake_object)
+        bake_object.modifiers.new("bake", "NODES").node_group = tree
+        try:
+            depsgraph = bpy.context.evaluated_depsgraph_get()
+            depsgraph.update()
+            evaluated = bake_object.evaluated_get(depsgraph)
+            evaluated_mesh = evaluated.to_mesh()
+            count = rows * cols
+            if len(evaluated_mesh.vertices) != count:
+                raise RuntimeError(f"pattern bake produced {len(evaluated_mesh.vertices)} points, expected {count}")
+            rgb = np.empty(count * 3, np.float32)
+            evaluated_mesh.attributes["rgb"].data.foreach_get("vector", rgb)
+            alpha = np.empty(count, np.float32)
+            evaluated_mesh.attributes["a"].data.foreach_get("value", alpha)
+            evaluated.to_mesh_clear()
+        finally:
+            bpy.data.objects.remove(bake_object)
+            bpy.data.meshes.remove(mesh)
+            bpy.data.node_groups.remove(tree)
+        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None]], axis=1)
+        values[:, 1:3] /= float(cfg["shader"]["pattern_vessel_range"])  # distances to a vessel -> [0, 1]
+        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, 4)
+
+    def set_pattern(self, lanes: Mapping[int, np.ndarray]) -> None:
+        """Load baked patterns ({lane: `bake_pattern(lane)`}) into the texture the material looks up. Lanes no
+        frame of this run shows may be left out (their rows stay empty)."""
+        rows, cols = pattern_grid(self.cfg)[:2]
+        empty = np.zeros((rows, cols, 4), np.uint8)
+        # lane k occupies rows k*rows .. (k+1)*rows - 1
+        texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
+        height, width = texture.shape[:2]
+        image = self.pattern_image
+        image.scale(width, height)
+        # Blender images store rows bottom-up; v = 0 is row 0 of our array
+        image.pixels.foreach_set((texture.astype(np.float32) / 255.0).ravel())
+        image.update()
+        self.pattern_lanes = frozenset(lanes)
+
+    def check_pattern(self, params: Mapping[str, Any]) -> None:
+        """Baked mode: the frame's pattern must be loaded (a missing one would render a blank wall)."""
+        lane = pattern_lane(self.cfg, params)
+        if self.pattern_image is not None and lane not in self.pattern_lanes:
+            raise RuntimeError(f"textures.mode=baked: pattern {lane} of this frame is not loaded "
+                               f"(loaded: {sorted(self.pattern_lanes)}); bake it and pass it to set_pattern()")

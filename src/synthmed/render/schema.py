@@ -1,0 +1,187 @@
+"""The typed schema of the `render` config, checked by Hydra when a config is composed.
+
+conf/render/default.yaml holds every value; these dataclasses hold none (every field is MISSING): they say
+which keys exist and of what type, so `render.engine.samplez=3` or `render.samples=many` fails at compose
+time with Hydra's message naming the key. `params` stays a free mapping of distributions (their syntax and
+value ranges are checked in `synthmed.render.config`). Registered in Hydra's ConfigStore as
+`render/render_schema` when `synthmed` is imported; no numpy, no bpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class TextureMode(Enum):
+    baked = 1  # evaluated once per dataset into a texture every frame looks up
+    procedural = 2  # the same nodes evaluated per sample
+
+
+@dataclass
+class EngineConfig:
+    adaptive_sampling: bool = MISSING
+    adaptive_threshold: float = MISSING
+    adaptive_min_samples: int = MISSING
+    diffuse_bounces: int = MISSING
+    glossy_bounces: int = MISSING
+    light_tree: bool = MISSING
+    clamp_direct: float = MISSING
+    clamp_indirect: float = MISSING
+    filter_width: float = MISSING
+    subsurface: bool = MISSING
+
+
+@dataclass
+class TexturesConfig:
+    mode: TextureMode = MISSING
+    patterns: int = MISSING
+    vessel_scale: list[float] = MISSING
+    vessel_distortion: float = MISSING
+    branch_scale: float = MISSING
+    branch_reach: float = MISSING
+    branch_width: float = MISSING
+    branch_contrast: float = MISSING
+    reference_radius_mm: float = MISSING
+    length_mm: float = MISSING
+    texel_mm: float | None = MISSING
+
+
+@dataclass
+class EndoscopeConfig:
+    sensor_width_mm: float = MISSING
+    light_offset_mm: float = MISSING
+    light_soft_radius_mm: float = MISSING
+    light_power_scale: float = MISSING
+    octagon_cut: float = MISSING
+    vignette_power: float = MISSING
+
+
+@dataclass
+class SceneConfig:
+    tube_length_mm: float = MISSING
+    segments_along: int = MISSING
+    segments_around: int = MISSING
+    lesion_segments: int = MISSING
+    near_clip_mm: float = MISSING
+    far_clip_mm: float = MISSING
+    min_wall_clearance_mm: float = MISSING
+    mucosa_bump_scale: float = MISSING
+    mucosa_bump_distance: float = MISSING
+    lesion_sink_mm: float = MISSING
+
+
+@dataclass
+class ColourShift:
+    """A colour derived from a sampled HSV colour: hue + hue_shift, saturation x saturation_scale +
+    saturation_shift, value x value_scale (value capped at 1)."""
+
+    hue_shift: float = MISSING
+    saturation_scale: float = MISSING
+    saturation_shift: float = MISSING
+    value_scale: float = MISSING
+
+
+@dataclass
+class ShaderConfig:
+    """The constants of the node trees and materials (documented in conf/render/default.yaml)."""
+
+    # lumen geometry
+    fold_crescent_noise_scale: float = MISSING
+    fold_crescent_noise_detail: float = MISSING
+    fold_crescent_edges: list[float] = MISSING
+    wall_noise_detail: float = MISSING
+    # mucosa pattern
+    pattern_lane_shift: list[float] = MISSING
+    pattern_margin_mm: float = MISSING
+    pattern_vessel_range: float = MISSING
+    pattern_warp_gain: float = MISSING
+    pattern_warp_direction: list[float] = MISSING
+    pattern_main_warp_offset: list[float] = MISSING
+    pattern_main_warp_scale: float = MISSING
+    pattern_branch_warp_offset: list[float] = MISSING
+    pattern_branch_warp_scale: float = MISSING
+    pattern_warp_detail: float = MISSING
+    pattern_mottle_scale: float = MISSING
+    pattern_mottle_detail: float = MISSING
+    pattern_patch_offset: list[float] = MISSING
+    pattern_patch_scale: float = MISSING
+    pattern_patch_detail: float = MISSING
+    pattern_voronoi_randomness: float = MISSING
+    # mucosa material
+    mucosa_mottle_edges: list[float] = MISSING
+    mucosa_dark: ColourShift = field(default_factory=ColourShift)
+    mucosa_rim: ColourShift = field(default_factory=ColourShift)
+    mucosa_rim_blend: float = MISSING
+    vessels_patch_threshold: float = MISSING
+    vessels_patch_density_gain: float = MISSING
+    vessels_patch_band: float = MISSING
+    droplet_threshold: float = MISSING
+    droplet_density_gain: float = MISSING
+    droplet_band: float = MISSING
+    droplet_noise_detail: float = MISSING
+    mucosa_coat_ior: float = MISSING
+    mucosa_specular: float = MISSING
+    subsurface_weight: float = MISSING
+    subsurface_radius: list[float] = MISSING
+    subsurface_scale: float = MISSING
+    # lesions
+    lesion_shape_noise_scale: float = MISSING
+    lesion_shape_noise_detail: float = MISSING
+    lesion_noise_detail: float = MISSING
+    lesion_noise_roughness: float = MISSING
+    lesion_mottle_edges: list[float] = MISSING
+    lesion_mottle_gain: float = MISSING
+    lesion_bump_gain: float = MISSING
+    lesion_bump_distance: float = MISSING
+    lesion_dark: ColourShift = field(default_factory=ColourShift)
+    lesion_roughness: float = MISSING
+    lesion_coat_weight: float = MISSING
+    lesion_coat_roughness: float = MISSING
+    lesion_coat_ior: float = MISSING
+    stalk_radius_wall: float = MISSING
+    stalk_radius_head: float = MISSING
+    stalk_length: float = MISSING
+    stalk_centre: float = MISSING
+    head_radius: float = MISSING
+    head_centre: float = MISSING
+    # light
+    light_warmth_tint: list[float] = MISSING
+
+
+@dataclass
+class RenderConfig:
+    num_frames: int = MISSING
+    resolution: int = MISSING
+    seed: int = MISSING
+    workers: int = MISSING
+    threads: int | None = MISSING
+    shard: int = MISSING
+    num_shards: int = MISSING
+    min_visible_pixels: int = MISSING
+    lesion_probability: float = MISSING
+    samples: int = MISSING
+    max_bounces: int = MISSING
+    depth: bool = MISSING
+    coco: bool = MISSING
+    preview_frames: int = MISSING
+    overrides: dict[str, Any] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    textures: TexturesConfig = field(default_factory=TexturesConfig)
+    endoscope: EndoscopeConfig = field(default_factory=EndoscopeConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    shader: ShaderConfig = field(default_factory=ShaderConfig)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+SCHEMA_NAME = "render_schema"
+
+
+def register_schema() -> None:
+    """Store the schema as `render/render_schema` (conf/render/default.yaml lists it first). Idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="render", name=SCHEMA_NAME, node=RenderConfig)
