@@ -256,4 +256,4 @@ def test_extra_samples_of_the_wrong_shape_fail_naming_the_regime(root, tmp_path)
 
     with pytest.raises(ValueError, match=r"aug=three_channels: extra sample 0 has image shape \(3, 16, 16\), "
                                          r"the real slices \(4, 16, 16\)"):
-        make_dm(root, tmp_path, aug=ThreeChannels(**{**TRANSFORM_ARGS, "extra": 1}))
+        make_dm(root, tmp_path, aug=ThreeChannels(**{**TRANSFORM_ARGS, "extra": 1, "name": "three_channels"}))

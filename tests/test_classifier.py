@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from synthmed.models.classifier import LesionClassifier
-from synthmed.models.nets.lesion_cnn import LesionCNN
 from synthmed.run import load_pretrained
+from synthmed.utils import compose_config
 
 
 def make(loss="cross_entropy", freeze=False, size=50):
-    return LesionClassifier(LesionCNN(image_size=size), optimizer=torch.optim.Adam, loss=loss, freeze_features=freeze)
+    """The classifier of `experiment=colon_cls` as its config builds it (the study's sizes)."""
+    cfg = compose_config(["experiment=colon_cls", f"data.image_size={size}"])
+    return instantiate(cfg.model, loss=loss, freeze_features=freeze)
 
 
 def test_study_architecture_shapes():
-    net = LesionCNN(image_size=50)
+    net = make().net
     convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128] and all(c.kernel_size == (5, 5) for c in convs)
     assert net.head[1].out_features == 512
     assert net(torch.zeros(3, 3, 50, 50)).shape == (3, 2)
     with pytest.raises(ValueError, match="too small"):
-        LesionCNN(image_size=4)
+        make(size=4)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse_softmax"])

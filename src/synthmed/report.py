@@ -103,7 +103,7 @@ def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row.update(n=len(ok), failed=len(members) - len(ok))
         for metric in metrics:
-            found = [float(j["test"][metric]) for j in ok if metric in j["test"]]
+            found = [float(j["test"][metric]) for j in ok if j["test"].get(metric) is not None]  # null: undefined
             row[f"{metric} mean"], row[f"{metric} std"] = _mean_std(found) if found else (math.nan, math.nan)
         rows.append(row)
     return keys, metrics, rows
@@ -138,7 +138,7 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
             for job in members:
                 match = [b for b in base_jobs if seed_of(b) == seed_of(job)
                          and all(b["overrides"].get(k) == job["overrides"].get(k) for k in others)]
-                if match and metric in job["test"] and metric in match[0]["test"]:
+                if match and job["test"].get(metric) is not None and match[0]["test"].get(metric) is not None:
                     pairs.append(float(job["test"][metric]) - float(match[0]["test"][metric]))
             if not pairs:
                 continue

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from synthmed import __version__, artifacts
+from synthmed import __version__, artifacts, tracking
 from synthmed.utils import atomic_write_json, atomic_write_text, git_commit, to_plain
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,13 @@ def run(cfg: DictConfig) -> float | None:
 
         name = run_name(cfg, overrides)
         # the run's loggers exist before its artefacts: a stage that trains (the GAN generators) logs to them
-        loggers = _instantiate_group(cfg.get("logger"), wandb={"name": name, "group": group})
+        loggers = _instantiate_group(cfg.get("logger"),
+                                     wandb={"name": name, "group": group, "tags": tracking.run_tags(overrides)})
         made = artifacts.resolve(cfg, context={"loggers": loggers, "output_dir": output_dir})
-        if made:
-            log.info("artefacts: %s", ", ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in made))
+        resolved = {key: str(OmegaConf.select(cfg, key)) for key in made}
+        if resolved:
+            log.info("artefacts: %s", ", ".join(f"{key}={path}" for key, path in resolved.items()))
+        tracking.declare_artifacts(loggers, resolved, since=start)
         datamodule = instantiate(cfg.data)
         record: dict[str, Any] = {
             "experiment": cfg.name,
@@ -147,7 +150,7 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("model") is None:  # a stage (colon_render, brats_phantom) or an analysis such as brats_embed
             datamodule.prepare_data()
             record["data"] = getattr(datamodule, "describe", dict)()
-            record["artifacts"] = {key: OmegaConf.select(cfg, key) for key in made}
+            record["artifacts"] = resolved
             if cfg.get("analysis"):
                 record["test"] = instantiate(cfg.analysis)(datamodule, output_dir)
             _log_analysis(loggers, hparams(cfg), record.get("test", {}), output_dir)
@@ -165,6 +168,7 @@ def run(cfg: DictConfig) -> float | None:
         )
         for logger in loggers:
             logger.log_hyperparams(hparams(cfg))
+        tracking.define_summaries(loggers, cfg.get("monitor"), str(cfg.get("monitor_mode", "min")))
 
         resume = cfg.get("ckpt_path")
         if resume:
@@ -181,6 +185,8 @@ def run(cfg: DictConfig) -> float | None:
             test_metrics = {k: _scalar(v) for r in results for k, v in r.items()}
 
         best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        tracking.log_checkpoint(loggers, best_path, f"{cfg.name}-best", {"monitor": cfg.get("monitor"),
+                                "score": _scalar(best_score) if best_score is not None else None, "test": test_metrics})
         record.update(
             status="ok",
             test=test_metrics,

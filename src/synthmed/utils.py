@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -170,8 +171,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and a strict parser (or any
+    tool but Python's) refuses `NaN`. An undefined metric is `null`."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(to_plain(obj), indent=2, sort_keys=True, default=str) + "\n")
+    """Write strict JSON (NaN and infinities as null) atomically."""
+    text = json.dumps(strict_json(to_plain(obj)), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

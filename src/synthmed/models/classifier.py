@@ -32,9 +32,10 @@ class LesionClassifier(SplitMetricsModule):
         self,
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        lr: float = 1e-3,
-        loss: str = "cross_entropy",
-        freeze_features: bool = False,
+        lr: float,
+        loss: str,
+        freeze_features: bool,
+        table_images: int,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -95,6 +96,9 @@ class LesionClassifier(SplitMetricsModule):
         wrong = set((pred != target).nonzero().flatten().tolist())
         for k, (i, t, p_, s_) in enumerate(zip(ids, target.tolist(), pred.tolist(), score.tolist(), strict=True)):
             self._test_rows.append((str(i), int(t), int(p_), float(s_)))
+            if len(self._test_images) < self.hparams.table_images:  # the frame as the table shows it
+                image = batch["image"][k].detach().cpu().permute(1, 2, 0).numpy() * 0.5 + 0.5
+                self._test_images.append((image.clip(0, 1) * 255).round().astype(np.uint8))
             if k in wrong and len(self._test_errors) < self.MAX_ERRORS_SHOWN:
                 self._test_errors.append((batch["image"][k].detach().cpu(), int(t), float(s_)))
 
@@ -109,6 +113,7 @@ class LesionClassifier(SplitMetricsModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_rows: list[tuple[str, int, int, float]] = []
+        self._test_images: list[np.ndarray] = []
         self._test_errors: list[tuple[torch.Tensor, int, float]] = []
 
     def on_test_epoch_end(self) -> None:
@@ -116,6 +121,7 @@ class LesionClassifier(SplitMetricsModule):
         self._log_confusion(self.confusion.compute().cpu().numpy())
         self.confusion.reset()
         self._write_predictions()
+        self._log_prediction_table()
         self._log_errors()
 
     def _write_predictions(self) -> None:
@@ -135,6 +141,34 @@ class LesionClassifier(SplitMetricsModule):
         writer.writerow(["id", "label", "predicted", "score"])
         writer.writerows([i, t, p, f"{s:.6f}"] for i, t, p, s in self._test_rows)
         atomic_write_text(Path(root) / "test_predictions.csv", buffer.getvalue())
+
+    def _log_prediction_table(self) -> None:
+        """W&B table `test/predictions`: every test frame (id, label, prediction, score, correct, its picture for
+        the first `table_images`), joined with the render manifest's parameters (lesion type, size, colour,
+        visible pixels, scene) when the frames are a rendered dataset, so the misses can be filtered and grouped
+        by parameter in the W&B UI. The dataset's preview sheet goes along as `data/preview`."""
+        from synthmed import tracking
+
+        loggers = getattr(self.trainer, "loggers", [])
+        if not tracking.wandb_runs(loggers) or not self.trainer.is_global_zero:
+            return
+        root = getattr(getattr(self.trainer, "datamodule", None), "root", None)
+        manifest: dict[str, dict[str, str]] = {}
+        if root is not None and (Path(root) / "manifest.csv").is_file():
+            import csv
+
+            with (Path(root) / "manifest.csv").open(newline="") as f:
+                manifest = {row["id"]: row for row in csv.DictReader(f)}
+        extra = [c for c in next(iter(manifest.values()), {}) if c not in ("id", "label")]
+        rows = [[i, t, p, round(s, 6), int(t == p), *(manifest.get(i, {}).get(c) for c in extra)]
+                for i, t, p, s in self._test_rows]
+        images = self._test_images + [None] * (len(rows) - len(self._test_images))
+        tracking.log_table(loggers, "test/predictions", ["id", "label", "predicted", "score", "correct", *extra],
+                           rows, images={"frame": images})
+        if root is not None and (Path(root) / "preview.png").is_file():
+            from PIL import Image
+
+            log_image(self.trainer, "data/preview", np.asarray(Image.open(Path(root) / "preview.png").convert("RGB")))
 
     def _log_errors(self) -> None:
         """A picture of the first misclassified test frames, each titled with its label and score."""

@@ -23,6 +23,10 @@ RUN_KEYS = ("workers", "threads", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
 RENDERER_VERSION = 1
+RENDERER_DATE = "2026-12-01"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
+# Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
+# `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
+UNHASHED_DEFAULTS = {"device": "cpu"}
 DIST_KINDS = ("uniform", "loguniform", "normal", "randint", "choice", "bernoulli", "by")
 LESION_TYPES = ("sessile", "pedunculated", "flat")
 # The experiment whose composed config holds the renderer's defaults (scale=paper unless overridden).
@@ -171,7 +175,8 @@ def _check_values(c: dict) -> None:
 
 def dataset_config(cfg: Mapping) -> dict:
     """The part of a resolved config that changes pixels or labels (what `dataset_name` hashes)."""
-    return {k: v for k, v in cfg.items() if k not in RUN_KEYS}
+    return {k: v for k, v in cfg.items()
+            if k not in RUN_KEYS and not (k in UNHASHED_DEFAULTS and v == UNHASHED_DEFAULTS[k])}
 
 
 def dataset_name(cfg: Mapping | None = None) -> str:

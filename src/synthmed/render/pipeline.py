@@ -11,7 +11,12 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
+import socket
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.render.config import (
+    RENDERER_DATE,
     RENDERER_VERSION,
     dataset_config,
     dataset_name,
@@ -32,7 +38,7 @@ from synthmed.render.config import (
 from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, file_lock, spawn_context
 
 SIDE_DIR = "frames"  # one sidecar JSON per finished frame
-SCRATCH = ".scratch"  # the workers' per-frame EXR files; removed when the pool is done
+SCRATCH = ".scratch"  # the workers' per-frame EXR files, one folder per render process (<pid>@<host>)
 PATTERNS = ".patterns"  # the baked mucosa patterns (textures.mode=baked); removed once the dataset is complete
 FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 DERIVED_COLUMNS = ("camera.offset_mm", "mucosa.pattern_index", "vessels.scale_per_mm", "lesion.placed",
@@ -47,10 +53,19 @@ def frame_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def _threads(cfg: Mapping) -> int:
+def usable_cpus() -> int:
+    """The number of CPUs this process may run on: its affinity mask where the OS has one (SLURM, taskset and
+    container CPU sets restrict it), else every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _threads(cfg: Mapping, workers: int | None = None) -> int:
+    """Cycles threads per worker: `threads` if set, else the usable CPUs split among the `workers`."""
     if cfg["threads"]:
         return int(cfg["threads"])
-    return max(1, (os.cpu_count() or 1) // int(cfg["workers"]))
+    return max(1, usable_cpus() // int(workers or cfg["workers"]))
 
 
 def _sidecar(out: Path, index: int) -> Path:
@@ -63,8 +78,79 @@ def _frame_done(out: Path, index: int) -> bool:
             and (out / "masks" / f"{i}.png").exists())
 
 
+# --------------------------------------------------------------------------------- left-overs of a kill
+_HOST = socket.gethostname()
+# atomic_path's temp names: ".<name>.<8 random characters>.tmp<suffix>" (tempfile.mkstemp)
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def _scratch_dir(out: Path) -> Path:
+    # host and pid: another node rendering a shard into the same (shared) folder has its own pids
+    return out / SCRATCH / f"{os.getpid()}@{_HOST}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_dead_scratch(out: Path) -> list[Path]:
+    """Remove the scratch folders under `<out>/.scratch` whose render process (same host) no longer exists;
+    a live process's folder is never touched. Returns the folders removed."""
+    removed = []
+    root = out / SCRATCH
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        pid, _, host = d.name.partition("@")
+        if not pid.isdigit() or (host and host != _HOST) or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    try:
+        root.rmdir()  # only if no other process is using it
+    except OSError:
+        pass
+    return removed
+
+
+def _remove_temp_files(folder: Path, owned) -> None:
+    """Remove atomic_path temp files in `folder` whose target name satisfies `owned`. Call only while holding
+    the lock under which those targets are written: then no live process is writing them."""
+    for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
+        m = _ATOMIC_TMP.match(p.name)
+        if m and owned(m["name"]):
+            p.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------- worker side
 _STATE: dict[str, Any] = {}
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the render process that started it dies, even by kill -9 (which runs no clean-up
+    in the parent). On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG): it needs no Python code to run
+    in the worker, which may be deep in a Blender render holding the GIL. Elsewhere a thread polls the parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before prctl: the signal will never come
+                os._exit(1)
+            return
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=poll, name="synthmed-parent-watch", daemon=True).start()
 
 
 def _pin_worker(threads: int, workers: int) -> None:
@@ -81,7 +167,9 @@ def _pin_worker(threads: int, workers: int) -> None:
     os.sched_setaffinity(0, cores[k * threads:(k + 1) * threads])
 
 
-def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int = 1) -> None:
+def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int = 1, parent: int | None = None) -> None:
+    if parent is not None:
+        pass  # MUTATION
     # an exception here would make the Pool respawn workers forever: keep it and raise it per frame
     try:
         _pin_worker(threads, workers)
@@ -129,7 +217,7 @@ def _worker_frame(index: int) -> int:
 
 def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> dict[str, Any]:
     """Render, post-process and write one frame (images, masks, [depth], then its sidecar last)."""
-    from synthmed.render.post import finish_frame, rle_encode, write_png
+    from synthmed.render.post import finish_frame, write_png
 
     p = sample_params(cfg, index)
     seed = frame_seed(cfg["seed"], index)
@@ -147,8 +235,6 @@ def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> di
     row.update(p)
     row.update({k: rendered["derived"].get(k) for k in DERIVED_COLUMNS})
     side = {"row": row, "blender": blender}
-    if cfg["coco"]:
-        side["rle"] = rle_encode(f["mask"])
     atomic_write_json(_sidecar(out, index), side)
     return side
 
@@ -164,17 +250,26 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
     """
     c = resolve_config(cfg)
     out = Path(out_dir)
-    for sub in ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ()):
+    frame_dirs = ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ())
+    for sub in frame_dirs:
         (out / sub).mkdir(parents=True, exist_ok=True)
+    remove_dead_scratch(out)  # of renders killed before they could clean up
     n, shard, shards = int(c["num_frames"]), int(c["shard"]), int(c["num_shards"])
     # jobs that need the same frames (e.g. the seeds of a parallel sweep) take turns: the later one waits,
     # then finds them made; other shards of the dataset hold other locks and render side by side
     with file_lock(out / f".render-shard{shard}of{shards}.lock"):
+        def mine(name: str) -> bool:  # a file of one of this shard's frames
+            stem = name.split(".", 1)[0]
+            return stem.isdigit() and int(stem) % shards == shard
+
+        for sub in frame_dirs:
+            _remove_temp_files(out / sub, mine)
         todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
         if todo:
             log.info("rendering %d of the %d frames of shard %d/%d into %s", len(todo), n, shard, shards, out)
             _render_frames(c, out, todo, progress)
     with file_lock(out / ".finalize.lock"):
+        _remove_temp_files(out, lambda name: True)  # manifest, preview, coco, dataset.yaml of a killed finalize
         if all(_frame_done(out, i) for i in range(n)):
             finalize(c, out)
     return out
@@ -184,10 +279,10 @@ def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     from tqdm.auto import tqdm
 
     workers = max(1, min(int(c["workers"]), len(todo)))
-    threads = _threads(c) if c["threads"] else max(1, (os.cpu_count() or 1) // workers)
-    scratch = out / SCRATCH / str(os.getpid())  # per run: concurrent shards never remove each other's
+    threads = _threads(c, workers)
+    scratch = _scratch_dir(out)  # per process: concurrent shards never remove each other's
     with spawn_context() as ctx, ctx.Pool(workers, initializer=_worker_init,
-                                          initargs=(c, str(out), threads, str(scratch), workers)) as pool:
+                                          initargs=(c, str(out), threads, str(scratch), workers, os.getpid())) as pool:
         if c["textures"]["mode"] == "baked":
             _bake_patterns(c, out, _lanes_shown(c, todo), pool, progress)
         with tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress,
@@ -219,6 +314,7 @@ def _bake_patterns(c: dict, out: Path, lanes: list[int], pool, progress: bool) -
 
     (out / PATTERNS).mkdir(exist_ok=True)
     with file_lock(out / PATTERNS / ".bake.lock"):
+        _remove_temp_files(out / PATTERNS, lambda name: True)  # of a bake that was killed
         missing = [k for k in lanes if not _pattern_path(out, k).exists()]
         if not missing:
             return
@@ -250,8 +346,6 @@ def finalize(c: dict, out: Path) -> None:
     for r in rows:
         w.writerow([_fmt(r.get(k)) for k in columns])
     write_preview(out, rows[: int(c["preview_frames"])])
-    if c["coco"]:
-        _write_coco(out, c, rows, sides)
     with atomic_path(out / "manifest.csv") as tmp:
         tmp.write_text(buf.getvalue())
     from omegaconf import OmegaConf
@@ -267,6 +361,8 @@ def finalize(c: dict, out: Path) -> None:
         "num_lesion_frames": int(sum(int(r["label"]) for r in rows)),
         "config": dataset_config(c),
     }
+    if c["coco"]:
+        write_coco(out, rows, meta)
     atomic_write_text(out / "dataset.yaml", OmegaConf.to_yaml(OmegaConf.create(meta)))
     shutil.rmtree(out / PATTERNS, ignore_errors=True)  # every frame exists: the patterns are not needed again
 
@@ -294,15 +390,39 @@ def write_preview(out: Path, rows: list[dict], cols: int = 4) -> None:
     write_png(out / "preview.png", sheet)
 
 
-def _write_coco(out: Path, c: dict, rows: list[dict], sides: list[dict]) -> None:
-    size = int(c["resolution"])
-    images, anns = [], []
-    for k, (r, s) in enumerate(zip(rows, sides, strict=True)):
-        images.append({"id": k, "file_name": f"images/{r['id']}.png", "width": size, "height": size})
-        if int(r["label"]):
-            x0, y0, x1, y1 = (int(r[f"bbox_{a}"]) for a in ("x0", "y0", "x1", "y1"))
-            anns.append({"id": len(anns) + 1, "image_id": k, "category_id": 1, "iscrowd": 1,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(r["visible_pixels"]),
-                         "segmentation": s["rle"]})
-    coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}
+COCO_CATEGORY = {"id": 1, "name": "lesion", "supercategory": "colon"}
+
+
+def write_coco(out: Path, rows: list[dict], meta: Mapping[str, Any]) -> dict:
+    """Write `<out>/coco.json` (COCO instances: pycocotools' COCO, COCOeval and detection libraries read it)
+    and return it. One image per frame (ids from 1, in frame order), one annotation (iscrowd 0, category 1
+    "lesion") per frame of label 1: its mask from masks/<id>.png as compressed RLE (pycocotools), area the
+    mask's pixel count, bbox [x, y, w, h] the mask's pixel extent. Frames whose few visible lesion pixels are
+    under `min_visible_pixels` (label 0) get no annotation, as they get no label. `info` holds only what the
+    config fixes (name, versions, the renderer's date): two renders of one config write the same bytes."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for image_id, r in enumerate(rows, start=1):
+        name = f"{r['id']}.png"
+        mask = np.asarray(Image.open(out / "masks" / name)) > 0
+        height, width = mask.shape
+        images.append({"id": image_id, "file_name": f"images/{name}", "width": width, "height": height})
+        if not int(r["label"]):
+            continue
+        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+        ys, xs = np.nonzero(mask)
+        x0, y0 = int(xs.min()), int(ys.min())
+        annotations.append({
+            "id": len(annotations) + 1, "image_id": image_id, "category_id": COCO_CATEGORY["id"], "iscrowd": 0,
+            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask_utils.area(rle)), "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]})
+    coco = {
+        "info": {"description": f"synthmed procedural colonoscopy frames {meta['name']} (Blender "
+                                f"{meta['blender_version']}, synthmed {meta['synthmed_version']})",
+                 "version": f"renderer {meta['renderer_version']}", "year": int(RENDERER_DATE[:4]),
+                 "date_created": RENDERER_DATE, "contributor": "synthmed", "url": ""},
+        "licenses": [], "images": images, "annotations": annotations, "categories": [COCO_CATEGORY]}
     atomic_write_text(out / "coco.json", json.dumps(coco, sort_keys=True))
+    return coco

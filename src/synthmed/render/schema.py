@@ -21,6 +21,11 @@ class TextureMode(Enum):
     procedural = 2  # the same nodes evaluated per sample
 
 
+class Device(Enum):
+    cpu = 1  # Cycles on the CPU cores (the reference: byte-reproducible across x86-64 hosts)
+    gpu = 2  # Cycles on CUDA/OptiX GPUs; fails when none is found
+
+
 @dataclass
 class EngineConfig:
     adaptive_sampling: bool = MISSING
@@ -159,6 +164,7 @@ class RenderConfig:
     seed: int = MISSING
     workers: int = MISSING
     threads: int | None = MISSING
+    device: Device = MISSING
     shard: int = MISSING
     num_shards: int = MISSING
     min_visible_pixels: int = MISSING

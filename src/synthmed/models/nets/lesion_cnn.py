@@ -13,13 +13,13 @@ class LesionCNN(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        image_size: int = 50,
-        channels: Sequence[int] = (32, 64, 128),
-        kernel_size: int = 5,
-        hidden: int = 512,
-        num_classes: int = 2,
-        dropout: float = 0.0,
+        in_channels: int,
+        image_size: int,
+        channels: Sequence[int],
+        kernel_size: int,
+        hidden: int,
+        num_classes: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
