@@ -31,19 +31,14 @@ MODELS = ("dcgan", "pix2pix", "unet")
 def _gan_images_per_s(kind: str, scale: str, steps: int, barrier) -> float:
     import lightning as L
     import torch
+    from hydra.utils import instantiate
 
     from synthmed.callbacks import StepTimer
-    from synthmed.models.dcgan import TumourLabelGAN
-    from synthmed.models.pix2pix import BrainSliceTranslator
 
-    cfg = compose_experiment(scale)
-    gan, size, bs = cfg.scale.gan, int(cfg.scale.brats.image_size), int(cfg.scale.gan.batch_size)
+    cfg = compose_experiment(scale, "aug=gan")  # the generators exactly as aug=gan builds them
+    size, bs = int(cfg.data.image_size), int(cfg.scale.gan.batch_size)
     torch.manual_seed(0)
-    if kind == "dcgan":
-        module = TumourLabelGAN(image_size=gan.dcgan_size, g_channels=gan.dcgan_channels, d_channels=gan.dcgan_channels)
-    else:
-        module = BrainSliceTranslator(image_size=size, out_channels=4, g_channels=gan.pix2pix_channels,
-                                      d_channels=gan.pix2pix_channels)
+    module = instantiate(cfg.aug.pairs.dcgan if kind == "dcgan" else cfg.aug.pairs.pix2pix)
 
     class Start(L.Callback):  # every process times the same stretch: they start together after one batch
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -43,41 +43,32 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
     from frames import make_frames
-    from hydra import compose, initialize_config_module
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+    from hydra.utils import instantiate
 
-    from synthmed.data.colon import ColonFramesDataModule
-    from synthmed.models.classifier import LesionClassifier
-    from synthmed.models.nets.lesion_cnn import LesionCNN
     from synthmed.run import run
+    from synthmed.utils import compose_config
 
     tmp = Path(tempfile.mkdtemp(prefix="synthmed-bench-"))
     frames = make_frames(tmp / "frames", n=args.frames, size=64)
 
     # 1. the synthmed runner (a real job: loggers, checkpoints, metrics), timed by its StepTimer callback
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "experiment=colon_cls", "scale=paper", f"data.root={frames}", f"trainer.max_epochs={args.epochs}",
-            "+callbacks.step_timer._target_=synthmed.callbacks.StepTimer", "+trainer.enable_progress_bar=false",
-        ], return_hydra_config=True)
-    OmegaConf.set_readonly(cfg.hydra, False)
-    cfg.hydra.runtime.output_dir = str(tmp / "run")
-    HydraConfig.instance().set_config(cfg)
-    OmegaConf.set_struct(cfg, False)
+    overrides = ["experiment=colon_cls", "scale=paper", f"data.root={frames}", f"trainer.max_epochs={args.epochs}",
+                 "+callbacks.step_timer._target_=synthmed.callbacks.StepTimer", "+trainer.enable_progress_bar=false"]
+    cfg = compose_config(overrides, output_dir=tmp / "run")
+    plain_cfg = compose_config(overrides)  # the same data and model for the plain loop
     del cfg.hydra  # a real job's config has no hydra node; HydraConfig holds it
     run(cfg)
     epochs = json.loads((tmp / "run" / "step_times.json").read_text())["epochs"]
     runner_times = [gap for epoch in epochs[1:] for gap in epoch]  # first epoch is warm-up
-    dm = ColonFramesDataModule(root=str(frames), image_size=50, batch_size=100, split_seed=0)
+    dm = instantiate(plain_cfg.data)
     dm.setup()
     steps_per_epoch = len(dm.train_dataloader())
 
     # 2. a plain PyTorch loop on the same model, data and optimiser
     torch.manual_seed(0)
-    net = LesionCNN(image_size=50)
-    module = LesionClassifier(net, optimizer=torch.optim.Adam)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    module = instantiate(plain_cfg.model)
+    net = module.net
+    opt = torch.optim.Adam(net.parameters(), lr=float(plain_cfg.model.lr))
     starts = []
     for _ in range(args.epochs):
         net.train()

@@ -17,13 +17,14 @@ import statistics
 import time
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from synthmed.utils import compose_config
 
-def compose_experiment(scale: str):
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        return compose("config", overrides=["experiment=brats_seg", f"scale={scale}"])
+
+def compose_experiment(scale: str, *overrides: str):
+    """`experiment=brats_seg` at `scale` (plus overrides), composed as `python -m synthmed` would."""
+    return compose_config(["experiment=brats_seg", f"scale={scale}", *overrides])
 
 
 def step_times(module: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, steps: int) -> list[float]:

@@ -149,6 +149,7 @@ def test_a_sweep_with_a_failed_job_still_writes_its_wandb_summary(frames_dir, tm
     assert info["name"].endswith("summary") and info["group"] == sweep.name
     row = next(r for r in history if "failed_jobs/path" in r)
     assert row["failed_jobs/nrows"] == 1 and row["summary/nrows"] == 2
+    assert row["seeds/nrows"] == 1  # one point a finished job, for a chart per regime
     table = json.loads(next(sweep.glob(f"wandb/offline-run-*/files/{row['failed_jobs/path']}")).read_text())
     assert "does not exist" in table["data"][0][3]
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "ok"

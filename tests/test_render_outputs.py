@@ -115,6 +115,17 @@ def test_threads_follow_the_cpu_affinity():
     assert fixed == 3  # an explicit render.threads wins
 
 
+def test_device_in_the_dataset_name():
+    """`device: cpu` hashes as no key (every dataset name of before the key existed stays); `gpu` renders other
+    bytes, so it names another dataset."""
+    from synthmed.render.config import resolved_name
+
+    cpu = resolve_config(compose_render(TINY))
+    assert cpu["device"] == "cpu"
+    assert resolved_name(cpu) == resolved_name({k: v for k, v in cpu.items() if k != "device"})
+    assert resolved_name(resolve_config(compose_render([*TINY, "render.device=gpu"]))) != resolved_name(cpu)
+
+
 def test_gpu_device_without_a_gpu_fails_naming_the_key(tmp_path):
     cfg = compose_render([*TINY, "render.num_frames=1", "render.workers=1", "render.device=gpu"])
     with pytest.raises(RuntimeError, match=r"render\.device"):
@@ -147,10 +158,10 @@ def _running(pid: int) -> bool:
 def test_kill_main_process_leaves_no_workers_and_no_scratch(tmp_path):
     """kill -9 of the render process alone (not its group): its workers die with it, the next render removes
     the dead process's scratch, finishes the dataset, and its frames equal an uninterrupted render's.
-    Frames of ~4 s (320 samples, 1 thread a worker): when the parent dies, each worker is mid-way through one.
-    A Pool worker left alone exits only once its frame is done (EOF on the task pipe), writing into the dataset
-    meanwhile; the check window (2 s) is shorter than that."""
-    overrides = [*TINY, "render.num_frames=4", "render.workers=2", "render.threads=1", "render.samples=320",
+    Frames of ~3.5 s (256 samples, 1 thread a worker): the kill comes as the first frame is done, when its
+    worker has just taken frame 2. A Pool worker left alone exits only once its frame is done (EOF on the task
+    pipe), writing into the dataset meanwhile; the check window (2 s) is shorter than that."""
+    overrides = [*TINY, "render.num_frames=3", "render.workers=2", "render.threads=1", "render.samples=256",
                  "render.lesion_probability=0.8"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     script = textwrap.dedent(f"""
@@ -183,7 +194,7 @@ def test_kill_main_process_leaves_no_workers_and_no_scratch(tmp_path):
     render_dataset(compose_render(overrides), killed, progress=False)
     assert not any(d.exists() for d in dead_scratch) and not (killed / ".scratch").exists()
     render_dataset(compose_render(overrides), clean, progress=False)
-    assert _frames(killed) == _frames(clean) and len(_frames(clean)) == 8
+    assert _frames(killed) == _frames(clean) and len(_frames(clean)) == 6
     assert (killed / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes()
     assert not list(killed.rglob("*.tmp*"))
 

@@ -48,7 +48,10 @@ def test_table_paired_differences_reference_and_curves(tmp_path):
     md = paths["md"].read_text()
     diffs = [IOU[("gan", s)] - IOU[("none", s)] for s in range(3)]
     p = stats.ttest_rel([IOU[("gan", s)] for s in range(3)], [IOU[("none", s)] for s in range(3)]).pvalue
-    assert f"{sum(diffs) / 3:+.4f} (n=3, p={p:.3g})" in md
+    # the 95% interval of the mean paired difference: mean ± t(0.975, n-1) * sd / sqrt(n)
+    mean, sd = sum(diffs) / 3, stats.tstd(diffs)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n=3, p={p:.3g})" in md
     assert "| gan | 0.6323 |" in md and "| none | 0.5890 |" in md
     assert "RuntimeError: out of memory" in md
     for key in ("png", "curves"):

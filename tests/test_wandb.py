@@ -74,3 +74,20 @@ def test_rendered_dataset_and_checkpoint_are_artifacts_of_the_run_that_made_them
     assert used == [{"key": "data.root", "name": f"colon_render-{dataset.name}", "type": "dataset",
                      "path": str(Path("data/colon") / dataset.name), "hash": dataset.name, "made_by_this_run": False}]
     assert [kind for _, kind in _artifacts(_run_file(second))] == ["model"]
+
+
+def test_dashboard_layout_builds_offline_and_names_every_panel(tmp_path, monkeypatch):
+    """No network: the layout is written to a file, built with wandb-workspaces, and --apply is refused."""
+    from synthmed import dashboard
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "dashboard.json"
+    assert dashboard.main(["synthmed", "--metric", "test/iou_wt", "--out", str(out)]) == 0
+    spec = json.loads(out.read_text())
+    titles = dashboard.panel_titles(spec)
+    assert {"summary", "paired_differences", "seeds", "failed_jobs", "test/predictions", "test/volumes"} <= set(titles)
+    assert "test/iou_wt per aug.name (mean, std over seeds)" in titles and "val/loss" in titles
+    workspace = dashboard.build_workspace(spec)
+    assert [s.name for s in workspace.sections] == [s["name"] for s in spec["sections"]]
+    assert sum(len(s.panels) for s in workspace.sections) == len(titles)
+    assert dashboard.main(["synthmed", "--out", str(out), "--apply", "--entity", "me"]) == 2

@@ -142,10 +142,13 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
                     pairs.append(float(job["test"][metric]) - float(match[0]["test"][metric]))
             if not pairs:
                 continue
-            p = math.nan  # a paired t-test is a one-sample t-test of the differences
+            p = low = high = math.nan  # a paired t-test is a one-sample t-test of the differences
+            mean = sum(pairs) / len(pairs)
             if len(pairs) > 1 and any(d != pairs[0] for d in pairs):
-                p = float(stats.ttest_1samp(pairs, 0.0).pvalue)
-            entry[metric] = {"diff": sum(pairs) / len(pairs), "n": len(pairs), "p": p}
+                test = stats.ttest_1samp(pairs, 0.0)
+                p = float(test.pvalue)
+                low, high = (float(v) for v in test.confidence_interval(0.95))
+            entry[metric] = {"diff": mean, "n": len(pairs), "p": p, "ci95": [low, high]}
         out.append(entry)
     return out
 
@@ -193,15 +196,16 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
         baseline = next(j["report"]["baseline"] for j in jobs if j["report"].get("baseline"))
         shown = " ".join(f"{k}={v}" for k, v in baseline.items())
         lines += ["", f"## Paired difference against {shown}", "",
-                  "Mean over seeds of (row − baseline) for the same seed; p: two-sided paired t-test across "
-                  "seeds (n/a with fewer than 2 pairs).", "",
+                  "Mean over seeds of (row − baseline) for the same seed, [its 95% confidence interval]; p: "
+                  "two-sided paired t-test across seeds (n/a with fewer than 2 pairs).", "",
                   "| " + " | ".join([*keys, *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics))]
         for entry in diffs:
             cells = [str(entry[k]) for k in keys]
             for metric in metrics:
                 d = entry.get(metric)
                 p = "n/a" if d is None or math.isnan(d["p"]) else f"{d['p']:.3g}"
-                cells.append("n/a" if d is None else f"{d['diff']:+.4f} (n={d['n']}, p={p})")
+                ci = "" if d is None or math.isnan(d["ci95"][0]) else f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                cells.append("n/a" if d is None else f"{d['diff']:+.4f}{ci} (n={d['n']}, p={p})")
             lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j["status"] != "ok"]
     if failed:
@@ -266,7 +270,12 @@ def _plot(rows, keys, metrics, jobs, path: Path) -> None:
         means = [row[f"{metric} mean"] for row in rows]
         stds = [row[f"{metric} std"] for row in rows]
         ax.bar(range(len(rows)), [0 if math.isnan(m) else m for m in means],
-               yerr=[0 if math.isnan(s) else s for s in stds], capsize=4, color="#c8553d")
+               yerr=[0 if math.isnan(s) else s for s in stds], capsize=4, color="#c8553d", alpha=0.8)
+        for x, row in enumerate(rows):  # one point a seed: the spread the mean hides
+            points = [float(j["test"][metric]) for j in jobs if j["status"] == "ok" and j["test"].get(metric) is not None
+                      and all(str(j["overrides"].get(k, "")) == str(row[k]) for k in keys)]
+            offsets = [0.0] if len(points) == 1 else [-0.2 + 0.4 * i / (len(points) - 1) for i in range(len(points))]
+            ax.scatter([x + o for o in offsets], points, s=14, color="black", zorder=3)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{metric} (mean ± std, n = {', '.join(str(r['n']) for r in rows)})", fontsize=9)
     fig.tight_layout()
@@ -339,13 +348,29 @@ def log_summary_to_wandb(sweep_dir: Path, project: str, name: str) -> None:
         for key, name in (("summary_chart", "summary.png"), ("val_loss_curves", "summary_val_loss.png")):
             if (sweep_dir / name).exists():
                 logged[key] = wandb.Image(str(sweep_dir / name))
-        failed = [j for j in collect_jobs(sweep_dir) if j["status"] != "ok"]
+        jobs = collect_jobs(sweep_dir)
+        keys, metrics, _ = summarise(jobs)
+        failed = [j for j in jobs if j["status"] != "ok"]
         logged["failed_jobs"] = wandb.Table(columns=["job", "overrides", "status", "error"], data=[
             [j["job"], " ".join(f"{k}={v}" for k, v in j["overrides"].items()), j["status"], j.get("error", "")] for j in failed])
+        # one row a finished job: a W&B chart of a metric per regime with one point per seed
+        logged["seeds"] = wandb.Table(columns=["job", *keys, "seed", *metrics], data=[
+            [j["job"], *(j["overrides"].get(k, "") for k in keys), j["overrides"].get("seed", j.get("metrics", {}).get("seed")),
+             *(j["test"].get(m) for m in metrics)] for j in jobs if j["status"] == "ok"])
+        diffs = paired_differences(jobs, keys, metrics)
+        logged["paired_differences"] = wandb.Table(
+            columns=[*keys, "metric", "diff", "ci95_low", "ci95_high", "p", "n"],
+            data=[[*(d[k] for k in keys), m, d[m]["diff"], *_nullable(d[m]["ci95"]), *_nullable([d[m]["p"]]), d[m]["n"]]
+                  for d in diffs for m in metrics if m in d])
         run.summary["jobs_failed"] = len(failed)
+        run.summary["jobs_finished"] = len(jobs) - len(failed)
         run.log(logged)
     finally:
         run.finish()
+
+
+def _nullable(values: list[float]) -> list[float | None]:
+    return [None if v is None or math.isnan(v) else v for v in values]
 
 
 def main(argv: list[str] | None = None) -> int:

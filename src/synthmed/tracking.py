@@ -90,9 +90,10 @@ def declare_artifacts(loggers: Iterable[Any], resolved: Mapping[str, str], since
     import wandb
 
     for run in runs:
-        run.config.update({"artifacts": [{k: r[k] for k in ("key", "name", "type", "path", "hash",
-                                                              "made_by_this_run")} for r in records]},
-                          allow_val_change=True)
+        listed = [{k: r[k] for k in ("key", "name", "type", "path", "hash", "made_by_this_run")} for r in records]
+        # a stage may have declared what it used first (the GAN pairs stage: its generators): keep those
+        earlier = [a for a in run.config.get("artifacts") or [] if a.get("key") not in {r["key"] for r in listed}]
+        run.config.update({"artifacts": [*earlier, *listed]}, allow_val_change=True)
         for record in records:
             artifact = wandb.Artifact(record["name"], type=record["type"],
                                       metadata={"path": record["path"], **{k: v for k, v in record["metadata"].items()

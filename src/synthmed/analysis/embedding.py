@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples):
+    |mu_a - mu_b|^2 + tr(C_a) + tr(C_b) - 2 tr((C_a C_b)^1/2)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # tr((C_a C_b)^1/2) = sum of the square roots of the eigenvalues of C_a C_b, which are those of the
+    # symmetric PSD S C_b S with S = C_a^1/2: eigvalsh of a symmetric matrix, no (removed) sqrtm(disp=False)
+    values, vectors = linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    product = root_a @ cov_b @ root_a
+    trace_root = np.sqrt(np.clip(linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def label_diversity(labels: np.ndarray, pairs: int = 500, seed: int = 0) -> float:

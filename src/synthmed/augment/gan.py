@@ -110,6 +110,15 @@ class PrefixedLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.inner.log_metrics({f"{self.prefix}/{key}": value for key, value in metrics.items()}, step)
 
+    @property
+    def forwards_images(self) -> bool:  # read by models.base.log_picture
+        return type(self.inner).__name__ == "WandbLogger"
+
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        """Pictures (a generator's sample grids) to the run's W&B logger, under the prefix."""
+        if self.forwards_images:
+            self.inner.log_image(key=f"{self.prefix}/{key}", images=images, step=step, **kwargs)
+
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass  # the run logs its whole config (the generators' included) itself
 
@@ -198,6 +207,9 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
     """The pairs file of `aug=gan` (the stage `brats_gan_pairs`): `extra` synthetic pairs sampled from the
     generators trained on the real training split of `data` (or loaded from `generators`), found by the hash
     of what produced them or made first (under locks). The global RNGs are left as they were."""
+    import time
+
+    since = time.time()
     with _global_rng_untouched():
         datamodule = real_training_split(data)
         slices = _training_slices(datamodule.real_train)
@@ -241,7 +253,24 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
 
         folder = artifacts.ensure(Path(data_dir) / "gan" / "pairs" / config_hash(config), "brats_gan_pairs", config,
                                   make, extra_meta)
+    generators_folder = None if given else Path(data_dir) / "gan" / "generators" / config_hash(key)
+    _tell_the_run(list(loggers or []), folder, generators_folder, since)
     return folder / PAIRS_FILE
+
+
+def _tell_the_run(loggers: list[Logger], pairs: Path, generators: Path | None, since: float) -> None:
+    """Declare in the run's W&B the pair set and the generators it used (made by it or found), and show it
+    the pairs picture (`aug/pairs`)."""
+    from synthmed import artifacts, tracking
+
+    used = {"aug.pairs": str(pairs)}
+    if generators is not None and artifacts.is_complete(generators):
+        used["aug.pairs.generators"] = str(generators)
+    tracking.declare_artifacts(loggers, used, since)
+    if (pairs / "pairs.png").is_file():
+        for logger in loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="aug/pairs", images=[str(pairs / "pairs.png")])
 
 
 def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,

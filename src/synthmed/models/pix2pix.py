@@ -74,6 +74,7 @@ class BrainSliceTranslator(pl.LightningModule):
         self.discriminator = PatchDiscriminator(
             in_channels + out_channels, d_channels, num_layers=3, norm=norm
         )
+        self._fixed: dict[str, torch.Tensor] | None = None  # the batch the per-epoch sample grid translates
 
     # --- conditioning -------------------------------------------------------------------------
     def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -145,6 +146,9 @@ class BrainSliceTranslator(pl.LightningModule):
             opt_g.step()
 
         n = real.shape[0]
+        if self._fixed is None:  # the first training batch, kept: the grid shows the same examples every epoch
+            k = self.hparams.num_val_images
+            self._fixed = {key: batch[key][:k].detach().cpu() for key in ("seg", "brain", "image")}
         self.log("train/d_loss", d_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_adv", g_adv.detach(), batch_size=n)
@@ -154,12 +158,25 @@ class BrainSliceTranslator(pl.LightningModule):
         cond, real = self._unpack(batch)
         fake = self.generator(cond)
         self.log("val/l1", F.l1_loss(fake, real), prog_bar=True, batch_size=real.shape[0])
-        if batch_idx == 0 and not self.trainer.sanity_checking:
-            from synthmed.visual import log_image
+        if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
+            from synthmed.models.base import log_picture
 
             k = self.hparams.num_val_images
             grid = translation_grid(batch["seg"][:k], real[:k], fake[:k])
-            log_image(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
+            log_picture(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        """Without validation (a generator trained by `aug=gan`), the sample grid of the epoch translates the
+        fixed first training batch instead."""
+        from synthmed.models.base import log_picture
+
+        if self.trainer is None or self.trainer.sanity_checking or self._fixed is None:
+            return
+        if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
+            return  # validation_step drew the grid of a fixed validation batch
+        fake = self.translate(self._fixed["seg"], self._fixed["brain"])
+        grid = translation_grid(self._fixed["seg"], self._fixed["image"], fake)
+        log_picture(self.trainer, "samples/pix2pix_grid", grid, step=self.current_epoch)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         cond, real = self._unpack(batch)

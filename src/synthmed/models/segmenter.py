@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from synthmed.data.brats.labels import REGION_INDICES
+from synthmed.data.brats.labels import REGION_INDICES, class_labels
 from synthmed.models.base import SplitMetricsModule
 from synthmed.visual import log_image
 
@@ -124,10 +124,38 @@ class SegmentationModule(SplitMetricsModule):
     def _log_overlay(self, split: str, step: int | None = None) -> None:
         if split not in self._overlay or self.trainer is None:
             return
-        log_image(self.trainer, f"{split}/overlay", overlay_figure(*self._overlay.pop(split)), step=step)
+        image, truth, pred = self._overlay.pop(split)
+        log_image(self.trainer, f"{split}/overlay", overlay_figure(image, truth, pred), step=step)
+        self._log_mask_layers(f"{split}/masks", image, truth, pred, step)
+
+    def _log_mask_layers(self, key: str, image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor,
+                         step: int | None) -> None:
+        """The overlay samples as W&B images with two mask layers, `ground_truth` and `prediction` (each shown
+        or hidden in the W&B UI), their classes named by the label convention."""
+        import numpy as np
+
+        loggers = [lg for lg in self.trainer.loggers or [] if type(lg).__name__ == "WandbLogger"]
+        if not loggers:
+            return
+        names = class_labels(self.hparams.target)
+        masks = [{"ground_truth": {"mask_data": truth[i].numpy().astype(np.uint8), "class_labels": names},
+                  "prediction": {"mask_data": pred[i].numpy().astype(np.uint8), "class_labels": names}}
+                 for i in range(len(image))]
+        pictures = [greyscale(image[i]) for i in range(len(image))]
+        for logger in loggers:
+            logger.log_image(key=key, images=pictures, step=step, masks=masks)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters(), lr=self.hparams.lr)
+
+
+def greyscale(image: torch.Tensor):
+    """One sample (C, H, W) as a uint8 picture: its RGB when C is 3, else its first channel, min-max scaled."""
+    import numpy as np
+
+    img = image.float().numpy()
+    img = img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0]
+    return ((img - img.min()) / (img.max() - img.min() + 1e-8) * 255).astype(np.uint8)
 
 
 def overlay_figure(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor):

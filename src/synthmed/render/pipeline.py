@@ -169,7 +169,7 @@ def _pin_worker(threads: int, workers: int) -> None:
 
 def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int = 1, parent: int | None = None) -> None:
     if parent is not None:
-        pass  # MUTATION
+        _die_with_parent(parent)
     # an exception here would make the Pool respawn workers forever: keep it and raise it per frame
     try:
         _pin_worker(threads, workers)

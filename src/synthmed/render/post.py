@@ -66,16 +66,6 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         tmp.write_bytes(data)
 
 
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """COCO uncompressed RLE (column-major run lengths, starting with a run of zeros)."""
-    flat = (np.asarray(mask) > 0).flatten(order="F")
-    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
-    counts = np.diff(bounds).tolist() if flat.size else []
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
-
-
 def outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of the mask whose 4-neighbourhood leaves the mask."""
     m = np.asarray(mask) > 0

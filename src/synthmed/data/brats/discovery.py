@@ -53,8 +53,13 @@ class BratsSubject:
         return [kind for kind in KINDS if kind not in self.files]
 
     @property
+    def convention(self) -> str:
+        """The label convention of its files (labels.CONVENTIONS): ET 3 in the 2023 layout, 4 before."""
+        return labels.convention_of(self.source)
+
+    @property
     def known_labels(self) -> frozenset[int]:
-        return LABELS_2023 if self.source == "2023" else BRATS_LABELS
+        return frozenset(labels.CONVENTIONS[self.convention])
 
     def signature(self) -> list[list]:
         """What identifies the subject's data for caches: file names, sizes and modification times."""
@@ -150,7 +155,7 @@ def to_brats_labels(seg: np.ndarray, subject: BratsSubject, path: Path | None = 
             f"unknown label values {unknown} in {where} (expected {sorted(subject.known_labels)})"
         )
     out = seg.astype(np.uint8)
-    if subject.source == "2023":
+    if subject.convention == labels.BRATS_2023:
         out[seg == labels.ET_2023] = labels.ET
     return out
 

@@ -1,14 +1,18 @@
-"""Volume evaluation of a slice segmenter on the test subjects (a Lightning callback).
+"""Volume evaluation of a slice segmenter on the test subjects (a Lightning callback), in BraTS form.
 
 After testing, each test subject's volume is predicted slice by slice (the same z-scoring and resizing
-as training, logits resized back to the full slice), saved as a BraTS-format NIfTI with the input's
-affine and header (`<output_dir>/volumes/<subject>_pred.nii.gz`), and scored per region against the
-ground truth: `<output_dir>/volumes/metrics.csv` with columns subject, region, dice, iou, hd95 (mm).
-The means are logged as `test/vol_dice_<region>`, `test/vol_iou_<region>`, `test/vol_hd95_<region>`.
+as training, logits resized back to the full slice), written as `<output_dir>/volumes/<subject>.nii.gz`
+(the name BraTS submissions use) with the input's affine and header, in the input's own label convention
+(labels.CONVENTIONS: ET 4 up to BraTS 2021, 3 for BraTS 2023), and scored per region against the ground
+truth with `synthmed.data.brats.metrics` (MONAI Dice/IoU/HD95 with the BraTS rules for empty masks, and the
+BraTS 2023 lesion-wise Dice/HD95): `<output_dir>/volumes/metrics.csv` (subject, region, then
+`metrics.SCORES`), the W&B table `test/volume_metrics` (the same rows), and the means over subjects logged
+as `test/vol_<score>_<region>` for dice, iou, hd95, lesion_dice, lesion_hd95 (never NaN: an empty or
+missed mask counts with the BraTS values).
 
-Label values written: multiclass -> 0/1/2/4 (NCR, ED, ET); a single-region target is written as the
-BraTS label whose region it is (WT -> 2, TC -> 1, ET -> 4), so reading the file as BraTS labels gives
-back exactly the predicted region.
+Labels written: multiclass -> the convention's NCR/ED/ET values; a single-region target is written as the
+label whose region it is (WT -> ED, TC -> NCR, ET -> ET, labels.region_label), so reading the file as
+BraTS labels gives back exactly the predicted region.
 """
 
 from __future__ import annotations
@@ -22,42 +26,19 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 
+from synthmed import tracking
+from synthmed.data.brats import labels
 from synthmed.data.brats.discovery import read_volume
-from synthmed.data.brats.labels import INDEX_TO_BRATS, REGION_INDICES, REGION_LABEL
+from synthmed.data.brats.metrics import SCORES, brats_scores, region_scores  # noqa: F401 (region_scores: API)
+from synthmed.data.brats.nifti import save_nifti
 from synthmed.data.brats.slices import _resize, preprocess_volumes
 from synthmed.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-
-def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
-    """Distances (mm) from the surface voxels of `a` to the surface of `b` (both non-empty bool arrays)."""
-    sa = a & ~ndi.binary_erosion(a)
-    sb = b & ~ndi.binary_erosion(b)
-    dist_to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
-    return dist_to_b[sa]
-
-
-def region_scores(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Dice, IoU and the 95th-percentile symmetric Hausdorff distance of two masks.
-
-    Both empty: dice = iou = 1, hd95 = 0; one empty: dice = iou = 0, hd95 = nan."""
-    inter, ps, ts = int((pred & truth).sum()), int(pred.sum()), int(truth.sum())
-    if ps == 0 and ts == 0:
-        return {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
-    dice = 2 * inter / (ps + ts)
-    iou = inter / (ps + ts - inter)
-    if ps == 0 or ts == 0:
-        return {"dice": dice, "iou": iou, "hd95": float("nan")}
-    both = pred | truth
-    idx = np.argwhere(both)
-    lo, hi = np.maximum(idx.min(0) - 2, 0), idx.max(0) + 3
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    p, t = pred[box], truth[box]
-    d = np.concatenate([surface_distances(p, t, spacing), surface_distances(t, p, spacing)])
-    return {"dice": dice, "iou": iou, "hd95": float(np.percentile(d, 95))}
+COLUMNS = ("subject", "region", *SCORES)
+MEANS = ("dice", "iou", "hd95", "lesion_dice", "lesion_hd95")  # logged as test/vol_<score>_<region>
 
 
 class BratsVolumeEvaluation(L.Callback):
@@ -87,7 +68,7 @@ class BratsVolumeEvaluation(L.Callback):
         if dm is None or not getattr(dm, "splits", None) or trainer.sanity_checking:
             return
         target = dm.target
-        regions = dict(REGION_INDICES) if target == "multiclass" else {target: (1,)}
+        regions = dict(labels.REGION_INDICES) if target == "multiclass" else {target: (1,)}
         out_dir = Path(trainer.default_root_dir) / self.subdir
         out_dir.mkdir(parents=True, exist_ok=True)
         was_training = pl_module.training
@@ -101,24 +82,25 @@ class BratsVolumeEvaluation(L.Callback):
             img = _header_image(subject.files[dm.modalities[0]])
             spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
             for region, classes in regions.items():
-                truth = np.isin(seg, REGION_INDICES[region])
+                truth = np.isin(seg, labels.REGION_INDICES[region])
                 mask = np.isin(pred, classes)
-                self.rows.append({"subject": sid, "region": region, **region_scores(mask, truth, spacing)})
+                self.rows.append({"subject": sid, "region": region, **brats_scores(mask, truth, spacing)})
             if self.save_nifti:
+                convention = subject.convention  # written back in the input's own numbering
                 if target == "multiclass":
-                    labels = INDEX_TO_BRATS[pred]
+                    values = labels.from_index(pred, convention)
                 else:
-                    labels = (pred == 1).astype(np.uint8) * REGION_LABEL[target]
-                _write_like(img, labels, out_dir / f"{sid}_pred.nii.gz")
+                    values = (pred == 1).astype(np.uint8) * labels.region_label(target, convention)
+                write_like(img, values, out_dir / f"{sid}.nii.gz")
         if was_training:
             pl_module.train()
         _write_csv(out_dir / "metrics.csv", self.rows)
+        tracking.log_table(trainer.loggers, "test/volume_metrics", list(COLUMNS),
+                           [[row[c] for c in COLUMNS] for row in self.rows])
         for region in regions:
             rows = [r for r in self.rows if r["region"] == region]
-            for key in ("dice", "iou", "hd95"):
-                values = np.array([r[key] for r in rows], float)
-                finite = values[np.isfinite(values)]
-                pl_module.log(f"test/vol_{key}_{region}", float(finite.mean()) if finite.size else float("nan"))
+            for key in MEANS if rows else ():
+                pl_module.log(f"test/vol_{key}_{region}", float(np.mean([r[key] for r in rows])))
         log.info("volume evaluation of %d test subjects written to %s", len(ids), out_dir)
 
 
@@ -129,25 +111,19 @@ def _header_image(path: Path):
     return nib.load(str(path))
 
 
-def _write_like(reference, labels: np.ndarray, path: Path) -> None:
+def write_like(reference: Any, values: np.ndarray, path: Path) -> Path:
+    """Write the label volume `values` (uint8) as NIfTI `path` with the affine and header of `reference`."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, reference.header.copy())
+    img = nib.Nifti1Image(values.astype(np.uint8), reference.affine, reference.header.copy())
     img.set_data_dtype(np.uint8)
     img.header["scl_slope"], img.header["scl_inter"] = 1, 0
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(_to_gz_bytes(img))
-
-
-def _to_gz_bytes(img) -> bytes:
-    import gzip
-
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    return save_nifti(img, path)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["subject", "region", "dice", "iou", "hd95"])
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
@@ -35,8 +34,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from synthmed.data.brats import labels as brats_labels
+from synthmed.data.brats.cleanup import die_with_parent, remove_stale_temp_files
+from synthmed.data.brats.nifti import save_nifti
 from synthmed.utils import (
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     config_hash,
@@ -418,7 +418,7 @@ def make_subject(cfg: PhantomConfig, index: int) -> dict[str, np.ndarray]:
 
 
 def _write_nifti(path: Path, data: np.ndarray) -> None:
-    """Write a .nii.gz atomically and reproducibly (gzip mtime 0, so same data -> same bytes)."""
+    """Write a .nii.gz atomically and reproducibly (nibabel's writer: gzip mtime 0, so same data -> same bytes)."""
     import nibabel as nib
 
     img = nib.Nifti1Image(data, OUTPUT_AFFINE)
@@ -426,15 +426,8 @@ def _write_nifti(path: Path, data: np.ndarray) -> None:
     hdr.set_xyzt_units("mm")
     hdr.set_qform(OUTPUT_AFFINE, code=1)
     hdr.set_sform(OUTPUT_AFFINE, code=1)
-    img.update_header()
-    hdr["vox_offset"], hdr["scl_slope"], hdr["scl_inter"] = 352, 1.0, 0.0
-    # What nibabel's to_bytes() would give (header, empty extension flag, voxels in Fortran order), gzipped
-    # in one pass: to_bytes() copies the volume in small chunks first, which cost as much as compressing it.
-    comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container, mtime 0
-    voxels = np.ascontiguousarray(data).ravel(order="F")
-    payload = comp.compress(hdr.binaryblock + bytes(4)) + comp.compress(memoryview(voxels).cast("B")) + comp.flush()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0  # stored values are the values (no NaN "unset" scaling)
+    save_nifti(img, path)
 
 
 def subject_files(cohort_dir: Path, index: int) -> dict[str, Path]:
@@ -450,10 +443,13 @@ def _write_subject(cfg: PhantomConfig, cohort_dir: str, index: int) -> int:
     return index
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """A worker lives no longer than the process that started it: killed with its parent (kill -9
+    included), a worker would go on writing the cohort without the parent's lock, then hang."""
     import torch
 
     torch.set_num_threads(1)
+    die_with_parent(parent)
 
 
 def cohort_dir(cfg: PhantomConfig, data_dir: str | Path) -> Path:
@@ -476,6 +472,8 @@ def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    # the caller holds the cohort's lock: a temporary file here belongs to a writer that died (kill -9)
+    remove_stale_temp_files(out)
     if not (out / "cohort.json").exists():
         atomic_write_json(out / "cohort.json", {"generator": "synthmed.data.brats.phantom", **cfg.key()})
         atomic_write_text(out / "NOTICE.txt", NOTICE_TEXT)
@@ -490,7 +488,8 @@ def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
             _write_subject(cfg, str(out), i)
             bar.update()
     else:
-        with spawn_context() as ctx, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with spawn_context() as ctx, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                         initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_write_subject, cfg, str(out), i) for i in todo]
             for future in as_completed(futures):
                 future.result()

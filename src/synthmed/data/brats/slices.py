@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from synthmed.data.brats import labels
+from synthmed.data.brats.cleanup import remove_stale_temp_files
 from synthmed.data.brats.discovery import (
     MODALITIES,
     BratsSubject,
@@ -170,6 +171,8 @@ def _extract_all(found: list[BratsSubject], out: Path, modalities: list[str], im
     """Cache the slices of every usable subject not cached yet (one folder each, `done.json` written last)."""
     from tqdm.auto import tqdm
 
+    # ensure() holds the cache's lock: temporary files here are a killed run's (e.g. `.image.npy.*.tmp.npy`)
+    remove_stale_temp_files(out)
     problems: list[tuple[BratsSubject, Exception]] = []
     present = []
     for s in found:  # presence is checked without opening files; the rest while extracting
