@@ -65,15 +65,15 @@ def test_hd95_and_dice_match_an_independent_implementation(spacing):
     pred = ndi.binary_dilation(truth, iterations=2) & (rng.random(truth.shape) < 0.9)
     pred |= cube(lo=(2, 2, 30), size=(4, 4, 4))  # a stray blob: the directed distances differ a lot
     ours = region_scores(pred, truth, spacing)
-    assert ours["hd95"] == pytest.approx(reference_hd95(pred, truth, spacing), rel=1e-6)
+    assert ours["hd95"] == pytest.approx(reference_hd95(pred, truth, spacing), rel=1e-5)  # MONAI: float32
     # the max of the directed 95th percentiles, not the 95th percentile of the pooled distances
     sp, st = pred & ~ndi.binary_erosion(pred), truth & ~ndi.binary_erosion(truth)
     pooled = np.percentile(np.concatenate([ndi.distance_transform_edt(~st, sampling=spacing)[sp],
                                            ndi.distance_transform_edt(~sp, sampling=spacing)[st]]), 95)
     assert abs(ours["hd95"] - pooled) > 0.1
     inter = (pred & truth).sum()
-    assert ours["dice"] == pytest.approx(2 * inter / (pred.sum() + truth.sum()), abs=1e-12)
-    assert ours["iou"] == pytest.approx(inter / (pred | truth).sum(), abs=1e-12)
+    assert ours["dice"] == pytest.approx(2 * inter / (pred.sum() + truth.sum()), abs=1e-6)  # MONAI: float32
+    assert ours["iou"] == pytest.approx(inter / (pred | truth).sum(), abs=1e-6)
 
 
 def test_disjoint_masks():
@@ -120,7 +120,7 @@ def test_brats_seg_on_a_2023_cohort_writes_brats_predictions(tmp_path):
     for i in range(5):
         write_subject(root, f"BraTS-GLI-{i:05d}-000", layout="2023", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
     run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}", f"data.root={root}",
-                  "data.target=et", "trainer.max_epochs=4", "model.lr=1e-2"], cwd=tmp_path)
+                  "data.target=et", "optimized_metric=test/iou_et", "trainer.max_epochs=15", "model.lr=1e-2", "model.net.base_channels=8"], cwd=tmp_path)
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     text = metrics_file.read_text()
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +89,89 @@ def test_brats_seg_runs_on_phantom(tmp_path):
     run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}"], cwd=tmp_path)
     metrics = json.loads(next((tmp_path / "outputs").rglob("metrics.json")).read_text())
     assert "test/iou_wt" in metrics["test"]
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    from synthmed.data.brats.cleanup import TEMP_NAME
+
+    return [p for p in folder.rglob("*") if TEMP_NAME.match(p.name)]
+
+
+def _kill_when(cmd: str, ready, timeout: float = 180) -> list[int]:
+    """Run python -c `cmd`, kill -9 it once `ready()` holds; return the children it had."""
+    proc = subprocess.Popen([sys.executable, "-c", cmd])
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
+        time.sleep(0.1)
+    children = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_cohort_generation_leaves_no_worker_and_resumes_byte_identical(tmp_path):
+    knobs = {**phantom_knobs(), "workers": 2, "num_subjects": 3}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = ("import json; from synthmed.data.brats.phantom import generate_cohort; "
+           f"generate_cohort(json.loads({json.dumps(json.dumps(knobs))}), {str(killed)!r}, progress=False)")
+    workers = _kill_when(cmd, lambda: any(killed.rglob("*_seg.nii.gz")))
+    assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
+    deadline = time.time() + 5
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "a worker outlived its killed parent"
+    (cohort,) = (killed / "brats_phantom").iterdir()
+    done = sorted(p.parent.name for p in cohort.rglob("*_seg.nii.gz"))
+    assert 1 <= len(done) < 3
+    leftover = cohort / done[0] / f".{done[0]}_t1.nii.gz.abcd_123.tmp.gz"  # as a writer killed mid-file leaves
+    leftover.write_bytes(b"half a volume")
+    generate_cohort(knobs, killed, progress=False)  # resumes: the missing subjects, the leftovers removed
+    generate_cohort({**knobs, "workers": 1}, clean, progress=False)  # uninterrupted
+    files = sorted(p.relative_to(cohort) for p in cohort.rglob("*.nii.gz") if not p.name.startswith("."))
+    assert len(files) == 15
+    for name in files:
+        assert (cohort / name).read_bytes() == (clean / "brats_phantom" / cohort.name / name).read_bytes(), name
+    assert not _temp_files(killed) and not _temp_files(clean)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_slice_extraction_resumes_without_leftovers(tmp_path):
+    from test_brats_discovery import write_subject
+
+    from synthmed.data.brats.slices import slice_cache
+
+    root = tmp_path / "brats"
+    for i in range(12):
+        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 40), tumour_slices=(5, 30))
+    data = tmp_path / "data"
+    cmd = ("from synthmed.data.brats.slices import slice_cache; "
+           f"slice_cache({str(root)!r}, {str(data)!r}, ['flair', 't1', 't1ce', 't2'], 64, False, progress=False)")
+    _kill_when(cmd, lambda: any(data.rglob("done.json")))
+    (folder,) = [p for p in (data / "brats_slices").iterdir() if p.is_dir()]
+    assert not (folder / "artifact.yaml").exists()  # unfinished
+    first = sorted(p.parent for p in folder.rglob("done.json"))[0]
+    (first / ".image.npy.abcd_123.tmp.npy").write_bytes(b"half an array")  # what a kill mid-np.save leaves
+    assert slice_cache(root, data, ["flair", "t1", "t1ce", "t2"], 64, False, progress=False) == folder
+    assert len(list(folder.rglob("done.json"))) == 12 and not _temp_files(folder)

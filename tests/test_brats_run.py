@@ -59,9 +59,10 @@ def test_brats_seg_experiment_runs(tmp_path):
     import numpy as np
 
     rows = list(csv.DictReader(open(run_dir / "volumes" / "metrics.csv")))
-    assert rows and set(rows[0]) == {"subject", "region", "dice", "iou", "hd95"}
+    assert rows and set(rows[0]) == {"subject", "region", "dice", "iou", "hd95", "lesion_dice", "lesion_hd95",
+                                     "lesions", "fp_lesions"}
     assert "test/vol_dice_wt" in metrics["test"]
-    pred = nib.load(str(run_dir / "volumes" / f"{rows[0]['subject']}_pred.nii.gz"))
+    pred = nib.load(str(run_dir / "volumes" / f"{rows[0]['subject']}.nii.gz"))
     ref = nib.load(str(root / rows[0]["subject"] / f"{rows[0]['subject']}_flair.nii.gz"))
     assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 2}

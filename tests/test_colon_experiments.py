@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_synthmed
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from synthmed.data.colon import read_frame_index
+from synthmed.utils import compose_config as _compose  # a module-scoped fixture cannot take the function one
 
 CI = ["scale=ci", "logger=csv"]
 
@@ -22,10 +21,7 @@ CI = ["scale=ci", "logger=csv"]
 def rendered(tmp_path_factory) -> Path:
     from synthmed.render import render_dataset
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=colon_render", "scale=ci", "render.num_frames=24",
-                                           "render.resolution=48"])
+    cfg = _compose(["experiment=colon_render", "scale=ci", "render.num_frames=24", "render.resolution=48"])
     return render_dataset(cfg.render, tmp_path_factory.mktemp("render") / "frames", progress=False)
 
 

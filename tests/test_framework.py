@@ -16,9 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_synthmed
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from wandb_records import logged_history, read_records, run_info
 
@@ -29,21 +26,10 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 CI = ["scale=ci", "logger=csv"]
 
 
-def compose_cfg(overrides: list[str], output_dir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    OmegaConf.set_readonly(cfg.hydra, False)
-    cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    OmegaConf.set_struct(cfg, False)
-    return cfg
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes(experiment, tmp_path):
+def test_every_experiment_composes(compose_config, experiment, tmp_path):
     for scale in ("ci", "cpu", "paper"):
-        cfg = compose_cfg([f"experiment={experiment}", f"scale={scale}"], tmp_path)
+        cfg = compose_config([f"experiment={experiment}", f"scale={scale}"], output_dir=tmp_path)
         del cfg.hydra  # the job's own config must resolve; Hydra's node is resolved by Hydra
         resolved = OmegaConf.to_container(cfg, resolve=True)
         assert resolved["name"] == experiment
@@ -51,17 +37,17 @@ def test_every_experiment_composes(experiment, tmp_path):
         assert "_target_" in resolved["data"]
 
 
-def test_command_line_beats_experiment(tmp_path):
-    cfg = compose_cfg(["experiment=colon_cls", "scale=ci", "trainer.max_epochs=7", "model.lr=0.01"], tmp_path)
+def test_command_line_beats_experiment(compose_config, tmp_path):
+    cfg = compose_config(["experiment=colon_cls", "scale=ci", "trainer.max_epochs=7", "model.lr=0.01"], output_dir=tmp_path)
     assert cfg.trainer.max_epochs == 7 and cfg.model.lr == 0.01
-    cfg = compose_cfg(["experiment=colon_cls", "scale=ci"], tmp_path)
+    cfg = compose_config(["experiment=colon_cls", "scale=ci"], output_dir=tmp_path)
     assert cfg.trainer.max_epochs == cfg.scale.colon.max_epochs
 
 
-def test_scales_change_sizes_not_code(tmp_path):
+def test_scales_change_sizes_not_code(compose_config, tmp_path):
     targets = {}
     for scale in ("ci", "cpu", "paper"):
-        cfg = compose_cfg(["experiment=colon_cls", f"scale={scale}"], tmp_path)
+        cfg = compose_config(["experiment=colon_cls", f"scale={scale}"], output_dir=tmp_path)
         targets[scale] = (cfg.data._target_, cfg.model._target_, cfg.model.net._target_, cfg.data.image_size)
     assert len({t[:3] for t in targets.values()}) == 1
     assert targets["paper"][3] == 50

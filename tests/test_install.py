@@ -80,3 +80,31 @@ def test_optuna_preset_tunes_on_the_validation_loss(frames_dir, tmp_path):
     assert set(result["best_params"]) == {"model.lr", "data.batch_size"}
     trials = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
     assert result["best_value"] == pytest.approx(min(t["best_val"]["val/loss"] for t in trials))
+
+
+@pytest.mark.slow
+def test_a_fresh_environment_without_bpy_runs_the_brain_study_and_names_the_render_extra(tmp_path):
+    """A new virtual environment (nothing from this interpreter's site-packages), synthmed from its wheel
+    without the [render] extra: the brain experiment runs; a render request fails with one line. Minutes:
+    every dependency is installed (torch's CPU build first, then the versions of constraints.txt)."""
+    root = Path(__file__).resolve().parents[1]
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    python = str(env_dir / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=1800)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("synthmed-*.whl"))
+    subprocess.run([*pip, str(wheel), "-c", str(root / "constraints.txt")], check=True, timeout=1800)
+    assert subprocess.run([python, "-c", "import bpy"], capture_output=True).returncode != 0  # no bpy here
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    brain = subprocess.run([python, "-m", "synthmed", "experiment=brats_seg", "scale=ci", "logger=csv"], cwd=work,
+                           env=env, capture_output=True, text=True, timeout=1800)
+    assert brain.returncode == 0, brain.stderr[-3000:]
+    assert json.loads(next(work.glob("outputs/runs/*/*/metrics.json")).read_text())["status"] == "ok"
+    colon = subprocess.run([python, "-m", "synthmed", "experiment=colon_cls", "scale=ci", "logger=csv"], cwd=work,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert colon.returncode != 0 and 'pip install "synthmed[render]"' in colon.stderr

@@ -162,3 +162,13 @@ def test_the_report_cli_lists_the_failed_job(frames_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "synthmed.report", str(sweep)], capture_output=True, text=True,
                          check=True).stdout
     assert "Failed jobs" in out and "does not exist" in out
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(frames_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_synthmed([*CI, f"data.root={frames_dir}", "trainer.max_epochs=1", f"hydra.run.dir={first}"], cwd=tmp_path)
+    run_synthmed([*CI, f"data.root={frames_dir}", "trainer.max_epochs=2", f"hydra.run.dir={second}",
+                  f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], cwd=tmp_path)
+    once = json.loads((first / "metrics.json").read_text())
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert resumed["status"] == "ok" and resumed["steps"] == 2 * once["steps"]  # it went on, not from scratch

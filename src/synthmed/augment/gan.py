@@ -131,10 +131,12 @@ class PrefixedLogger(Logger):
 
 def generator_trainer_config(trainer: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     """The trainer config a generator trains with: the job's `trainer` (accelerator, devices, precision,
-    determinism) with `max_epochs=epochs`, no checkpoints and no validation (a GAN has no loss to select on)."""
+    determinism) with `max_epochs=epochs`, no checkpoints, no validation (a GAN has no loss to select on) and
+    its losses logged at every step."""
     cfg = to_plain(trainer)
+    # every step's losses reach the run's loggers: a generator's epoch can be fewer steps than the default 50
     cfg.update(max_epochs=int(epochs), enable_checkpointing=False, enable_model_summary=False,
-               num_sanity_val_steps=0, limit_val_batches=0)
+               num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1)
     return cfg
 
 

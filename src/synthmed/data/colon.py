@@ -145,8 +145,8 @@ class ColonFramesDataModule(L.LightningDataModule):
         val_fraction: float,
         test_fraction: float,
         split_seed: int | None,
-        num_workers: int = 0,
-        flips: bool = False,
+        num_workers: int,
+        flips: bool,
     ) -> None:
         super().__init__()
         if task not in ("classification", "segmentation"):
