@@ -25,11 +25,11 @@ from pathlib import Path
 
 def phantom_knobs() -> dict:
     """data.root.phantom of the real config (the one home of the phantom's knobs)."""
-    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=brats_phantom"])
+    from synthmed.utils import compose_config
+
+    cfg = compose_config(["experiment=brats_phantom"])
     return OmegaConf.to_container(cfg.data.root.phantom, resolve=True)
 
 

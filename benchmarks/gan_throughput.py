@@ -43,11 +43,11 @@ def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str,
 
 def generators(scale: str):
     """The two generators exactly as `aug=gan` builds them at `scale` (composed config, aug.pairs.*)."""
-    from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=brats_seg", "aug=gan", f"scale={scale}"])
+    from synthmed.utils import compose_config
+
+    cfg = compose_config(["experiment=brats_seg", "aug=gan", f"scale={scale}"])
     return instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix)
 
 

@@ -9,20 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_brats_slices import DM_ARGS, make_cache, make_dm, root  # noqa: F401  (root is a fixture)
 
 from synthmed import artifacts
 from synthmed.augment.gan import CombinedAugmenter, GanAugmenter, gan_pairs, generator_trainer_config
+from synthmed.utils import compose_config
 
 
 def compose_ci(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        return compose("config", overrides=["experiment=brats_seg", "scale=ci", *overrides])
+    return compose_config(["experiment=brats_seg", "scale=ci", *overrides])
 
 
 _GAN = compose_ci(["aug=gan"])

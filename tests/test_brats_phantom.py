@@ -25,13 +25,11 @@ def test_phantom_config_rejects_unknown_key():
 
 def phantom_knobs() -> dict:
     """data.root.phantom of the real config: the one home of the phantom's knobs."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=brats_phantom", "scale=ci"])
+    from synthmed.utils import compose_config
+
+    cfg = compose_config(["experiment=brats_phantom", "scale=ci"])
     return OmegaConf.to_container(cfg.data.root.phantom, resolve=True)
 
 

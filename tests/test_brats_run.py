@@ -7,18 +7,16 @@ import json
 import pytest
 import torch
 from conftest import run_synthmed
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from test_brats_discovery import write_subject
 
+from synthmed.utils import compose_config
+
 
 def compose_brats(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        return compose("config", overrides=["scale=ci", *overrides])
+    return compose_config(["scale=ci", *overrides])
 
 
 def test_channels_follow_the_modalities():

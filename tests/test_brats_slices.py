@@ -16,13 +16,11 @@ from synthmed.data.brats.slices import BratsSliceDataModule
 
 def _transform_args():
     """aug/transform.yaml's knobs, from the real config (the constructor holds no defaults)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module("synthmed.conf", version_base="1.3"):
-        aug = compose("config", overrides=["aug=transform", "scale=ci"]).aug
+    from synthmed.utils import compose_config
+
+    aug = compose_config(["aug=transform", "scale=ci"]).aug
     return OmegaConf.to_container(aug, resolve=True)
 
 

@@ -9,14 +9,12 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from synthmed.models.nets.dcgan import TumourLabelDiscriminator
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from synthmed.utils import compose_config
 
 
 class RandomSlices(Dataset):
@@ -63,8 +61,7 @@ def trainer(tmp_path: Path, **kw) -> pl.Trainer:
 def from_config(name: str, scale: str = "ci", **kw):
     """Compose the real Hydra config of the generator's experiment (`experiment=brats_<name> scale=<scale>`,
     where its sizes are stated) and instantiate the model, with `kw` overriding its arguments."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment=brats_{name}", f"scale={scale}"])
+    cfg = compose_config([f"experiment=brats_{name}", f"scale={scale}"])
     return hydra.utils.instantiate(cfg.model, **kw)
 
 

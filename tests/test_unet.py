@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from synthmed.models.nets.unet import UNet
@@ -13,13 +14,13 @@ from synthmed.models.segmenter import SegmentationModule, soft_dice_loss
 
 @pytest.mark.parametrize("cin,cout,depth", [(4, 2, 2), (3, 2, 3), (4, 4, 1)])
 def test_unet_shapes(cin, cout, depth):
-    net = UNet(cin, cout, base_channels=4, depth=depth)
+    net = UNet(cin, cout, base_channels=4, depth=depth, batch_norm=True)
     assert net(torch.randn(2, cin, 32, 32)).shape == (2, cout, 32, 32)
 
 
 def test_unet_rejects_bad_size():
     with pytest.raises(ValueError, match="divisible"):
-        UNet(1, 2, base_channels=2, depth=3)(torch.randn(1, 1, 20, 20))
+        UNet(1, 2, base_channels=2, depth=3, batch_norm=True)(torch.randn(1, 1, 20, 20))
 
 
 def test_dice_loss_perfect_prediction_is_zero():
@@ -41,9 +42,15 @@ def toy_items(n=32, size=16, channels=3):
     return items
 
 
-def test_segmenter_learns_binary_rgb_and_checkpoint_loads(tmp_path):
+def segmenter(compose_config, *overrides: str) -> SegmentationModule:
+    """The segmenter (U-Net inside) as an experiment's config builds it."""
+    return instantiate(compose_config(["scale=ci", *overrides]).model)
+
+
+def test_segmenter_learns_binary_rgb_and_checkpoint_loads(compose_config, tmp_path):
     L.seed_everything(0, verbose=False)
-    model = SegmentationModule(UNet(3, 2, base_channels=4, depth=2), torch.optim.Adam, lr=1e-2, target="binary")
+    model = segmenter(compose_config, "experiment=colon_seg", "model.lr=1e-2", "model.net.base_channels=4",
+                      "model.net.depth=2")
     loader = DataLoader(toy_items(24), batch_size=8)
     trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path), accelerator="cpu")
@@ -57,8 +64,8 @@ def test_segmenter_learns_binary_rgb_and_checkpoint_loads(tmp_path):
     assert state["hyper_parameters"]["target"] == "binary"
 
 
-def test_segmenter_multiclass_regions():
-    model = SegmentationModule(UNet(4, 4, base_channels=2, depth=1), torch.optim.Adam, target="multiclass")
+def test_segmenter_multiclass_regions(compose_config):
+    model = segmenter(compose_config, "experiment=brats_seg", "data.target=multiclass", "model.net.out_channels=4")
     assert set(model.regions) == {"wt", "tc", "et"}
-    with pytest.raises(ValueError, match="out_channels"):
-        SegmentationModule(UNet(4, 2, base_channels=2, depth=1), torch.optim.Adam, target="multiclass")
+    with pytest.raises(Exception, match="model.target='multiclass' needs model.net.out_channels=4"):
+        segmenter(compose_config, "experiment=brats_seg", "data.target=multiclass")  # Hydra wraps the ValueError

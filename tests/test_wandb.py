@@ -85,7 +85,7 @@ def test_dashboard_layout_builds_offline_and_names_every_panel(tmp_path, monkeyp
     assert dashboard.main(["synthmed", "--metric", "test/iou_wt", "--out", str(out)]) == 0
     spec = json.loads(out.read_text())
     titles = dashboard.panel_titles(spec)
-    assert {"summary", "paired_differences", "seeds", "failed_jobs", "test/predictions", "test/volumes"} <= set(titles)
+    assert {"summary", "paired_differences", "seeds", "failed_jobs", "test/predictions", "test/volume_metrics"} <= set(titles)
     assert "test/iou_wt per aug.name (mean, std over seeds)" in titles and "val/loss" in titles
     workspace = dashboard.build_workspace(spec)
     assert [s.name for s in workspace.sections] == [s["name"] for s in spec["sections"]]

@@ -10,7 +10,7 @@ from synthmed.visual import log_image
 class LossCurves(L.Callback):
     """Keep the epoch-level losses and draw them (train and validation) as `images/loss_curves.png`."""
 
-    def __init__(self, keys: tuple[str, ...] = ("train/loss", "val/loss")) -> None:
+    def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = tuple(keys)
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.keys}
 

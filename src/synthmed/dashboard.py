@@ -25,9 +25,10 @@ SUMMARY_TABLES = ("summary", "paired_differences", "seeds", "failed_jobs")
 SUMMARY_IMAGES = ("summary_chart", "val_loss_curves")
 CURVES = ("val/loss", "train/loss_epoch", "gan/dcgan/train/d_loss", "gan/dcgan/train/g_loss",
           "gan/pix2pix/train/g_loss", "gan/pix2pix/val/l1")
-PICTURES = ("val/overlay", "test/overlay", "test/errors", "test/confusion_matrix", "data/preview", "loss_curves",
-            "gan/dcgan/samples", "gan/pix2pix/samples", "gan/pairs", "analysis/embeddings")
-RUN_TABLES = ("test/predictions", "test/volumes")
+PICTURES = ("val/masks", "test/masks", "val/overlay", "test/overlay", "test/errors", "test/confusion_matrix",
+            "data/preview", "loss_curves", "gan/dcgan/samples/tumour_maps", "gan/pix2pix/samples/pix2pix_grid",
+            "samples/tumour_maps", "val/pix2pix_grid", "aug/pairs", "analysis/embeddings")
+RUN_TABLES = ("test/predictions", "test/volume_metrics")
 
 
 def layout(project: str, metric: str = "test/iou_wt", by: str = "aug.name", entity: str | None = None,

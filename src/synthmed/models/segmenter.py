@@ -49,12 +49,12 @@ class SegmentationModule(SplitMetricsModule):
         self,
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        lr: float = 1e-3,
-        target: str = "wt",
-        dice_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        num_overlays: int = 4,
-        overlay_every: int = 5,
+        lr: float,
+        target: str,
+        dice_weight: float,
+        ce_weight: float,
+        num_overlays: int,
+        overlay_every: int,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])

@@ -20,8 +20,7 @@ def double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int = 4, out_channels: int = 2, base_channels: int = 64, depth: int = 4,
-                 batch_norm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, base_channels: int, depth: int, batch_norm: bool) -> None:
         super().__init__()
         if depth < 1 or base_channels < 1:
             raise ValueError(f"UNet: depth={depth} and base_channels={base_channels} must be >= 1")
