@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,4 +39,10 @@ def run_synthmed(args: list[str], cwd: Path, env: dict | None = None, check: boo
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"synthmed {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    for metrics in Path(cwd).rglob("metrics.json"):  # every experiment a test runs writes strict JSON
+        json.loads(metrics.read_text(), parse_constant=_refuse_constant)
     return proc
+
+
+def _refuse_constant(name: str):
+    raise AssertionError(f"metrics.json holds {name}: not valid JSON (an undefined metric is null)")

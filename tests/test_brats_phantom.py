@@ -110,7 +110,7 @@ def _alive(pid: int) -> bool:
 
 
 def _temp_files(folder: Path) -> list[Path]:
-    from synthmed.data.brats.cleanup import TEMP_NAME
+    from synthmed.cleanup import TEMP_NAME
 
     return [p for p in folder.rglob("*") if TEMP_NAME.match(p.name)]
 

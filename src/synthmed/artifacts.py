@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from synthmed.cleanup import remove_stale_temp_files
 from synthmed.utils import atomic_write_text, config_hash, file_lock, to_plain
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def ensure(path: str | Path, stage: str, config: Mapping[str, Any], make: Callab
         if not is_complete(path):  # another job may have made it while this one waited
             log.info("%s: making %s", stage, path)
             path.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(path)  # this job holds the lock: any temp file here is a killed writer's
             make(path)
             meta = {"stage": stage, "hash": config_hash(to_plain(config)), "config": to_plain(config),
                     "versions": versions(), **to_plain(dict(extra or {}))}

@@ -11,18 +11,15 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import re
 import shutil
 import socket
-import sys
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synthmed.cleanup import die_with_parent, remove_stale_temp_files
 from synthmed.render.config import (
     RENDERER_DATE,
     RENDERER_VERSION,
@@ -80,8 +77,6 @@ def _frame_done(out: Path, index: int) -> bool:
 
 # --------------------------------------------------------------------------------- left-overs of a kill
 _HOST = socket.gethostname()
-# atomic_path's temp names: ".<name>.<8 random characters>.tmp<suffix>" (tempfile.mkstemp)
-_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
 
 
 def _scratch_dir(out: Path) -> Path:
@@ -117,42 +112,8 @@ def remove_dead_scratch(out: Path) -> list[Path]:
     return removed
 
 
-def _remove_temp_files(folder: Path, owned) -> None:
-    """Remove atomic_path temp files in `folder` whose target name satisfies `owned`. Call only while holding
-    the lock under which those targets are written: then no live process is writing them."""
-    for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
-        m = _ATOMIC_TMP.match(p.name)
-        if m and owned(m["name"]):
-            p.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------------- worker side
 _STATE: dict[str, Any] = {}
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this worker when the render process that started it dies, even by kill -9 (which runs no clean-up
-    in the parent). On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG): it needs no Python code to run
-    in the worker, which may be deep in a Blender render holding the GIL. Elsewhere a thread polls the parent."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
-            if os.getppid() != parent:  # the parent died before prctl: the signal will never come
-                os._exit(1)
-            return
-
-    def poll() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=poll, name="synthmed-parent-watch", daemon=True).start()
-
-
 def _pin_worker(threads: int, workers: int) -> None:
     """Give this worker its own `threads` cores before bpy is imported. Blender's task scheduler sizes itself
     from the affinity mask; unpinned, each worker keeps an idle scheduler thread spinning on a core the
@@ -169,7 +130,7 @@ def _pin_worker(threads: int, workers: int) -> None:
 
 def _worker_init(cfg: dict, out: str, threads: int, scratch: str, workers: int = 1, parent: int | None = None) -> None:
     if parent is not None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     # an exception here would make the Pool respawn workers forever: keep it and raise it per frame
     try:
         _pin_worker(threads, workers)
@@ -263,13 +224,13 @@ def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bo
             return stem.isdigit() and int(stem) % shards == shard
 
         for sub in frame_dirs:
-            _remove_temp_files(out / sub, mine)
+            remove_stale_temp_files(out / sub, recursive=False, owned=mine)
         todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
         if todo:
             log.info("rendering %d of the %d frames of shard %d/%d into %s", len(todo), n, shard, shards, out)
             _render_frames(c, out, todo, progress)
     with file_lock(out / ".finalize.lock"):
-        _remove_temp_files(out, lambda name: True)  # manifest, preview, coco, dataset.yaml of a killed finalize
+        remove_stale_temp_files(out, recursive=False)  # manifest, preview, coco, dataset.yaml of a killed finalize
         if all(_frame_done(out, i) for i in range(n)):
             finalize(c, out)
     return out
@@ -314,7 +275,7 @@ def _bake_patterns(c: dict, out: Path, lanes: list[int], pool, progress: bool) -
 
     (out / PATTERNS).mkdir(exist_ok=True)
     with file_lock(out / PATTERNS / ".bake.lock"):
-        _remove_temp_files(out / PATTERNS, lambda name: True)  # of a bake that was killed
+        remove_stale_temp_files(out / PATTERNS, recursive=False)  # of a bake that was killed
         missing = [k for k in lanes if not _pattern_path(out, k).exists()]
         if not missing:
             return

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synthmed.cleanup import die_with_parent, remove_stale_temp_files
 from synthmed.data.brats import labels as brats_labels
-from synthmed.data.brats.cleanup import die_with_parent, remove_stale_temp_files
 from synthmed.data.brats.nifti import save_nifti
 from synthmed.utils import (
     atomic_write_json,

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from synthmed.cleanup import remove_stale_temp_files
 from synthmed.data.brats import labels
-from synthmed.data.brats.cleanup import remove_stale_temp_files
 from synthmed.data.brats.discovery import (
     MODALITIES,
     BratsSubject,

@@ -15,22 +15,29 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# the names utils.atomic_path gives its temporary files (tempfile.mkstemp: 8 characters of [a-z0-9_])
-TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$")
+# the names utils.atomic_path gives its temporary files (tempfile.mkstemp: 8 characters of [a-z0-9_]);
+# `target` is the name of the file being written
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Remove the `atomic_path` temporary files under `folder` (recursively) and return them. Call it only
-    while holding the lock of the stage that writes `folder`: then no living process owns one of them."""
+def remove_stale_temp_files(folder: str | Path, recursive: bool = True,
+                            owned: Callable[[str], bool] | None = None) -> list[Path]:
+    """Remove the `atomic_path` temporary files under `folder` (whose target name satisfies `owned`, when
+    given) and return them. Call it only while holding the lock under which those targets are written: then
+    no living process owns one of them."""
     removed = []
-    for root, _dirs, files in os.walk(folder):
+    folder = Path(folder)
+    walk = os.walk(folder) if recursive else [(str(folder), [], [p.name for p in folder.iterdir() if p.is_file()])]
+    for root, _dirs, files in walk if folder.is_dir() else []:
         for name in files:
-            if TEMP_NAME.match(name):
+            match = TEMP_NAME.match(name)
+            if match and (owned is None or owned(match["target"])):
                 path = Path(root) / name
                 path.unlink(missing_ok=True)
                 removed.append(path)
