@@ -34,16 +34,18 @@ def main() -> None:
         raise SystemExit(f"--metric {args.metric} is not among the sweep's test metrics {metrics}")
     label = [" ".join(f"{k}={row[k]}" for k in keys) for row in rows]
 
-    fig = plt.figure(figsize=(12, 7.2), dpi=100)
-    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25])
+    fig = plt.figure(figsize=(12, 6.4), dpi=100)
+    grid = fig.add_gridspec(2, 3, height_ratios=[0.6, 1.4])
     fig.suptitle(f"study dashboard: {args.sweep_dir.name} ({sum(j['status'] == 'ok' for j in jobs)} of "
                  f"{len(jobs)} jobs finished)", fontsize=11)
 
     ax = fig.add_subplot(grid[0, :])  # the summary table
     ax.axis("off")
+    shown = [args.metric, *(m for m in metrics if m != args.metric)][:6]  # the study's metric first; room for 6
     cells = [[*(str(row[k]) for k in keys), str(row["n"]), str(row["failed"]),
-              *(_cell(row[f"{m} mean"], row[f"{m} std"]) for m in metrics)] for row in rows]
-    table = ax.table(cellText=cells, colLabels=[*keys, "n", "failed", *metrics], loc="center", cellLoc="center")
+              *(_cell(row[f"{m} mean"], row[f"{m} std"]) for m in shown)] for row in rows]
+    table = ax.table(cellText=cells, colLabels=[*keys, "n", "failed", *(m.removeprefix("test/") for m in shown)],
+                     loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.4)

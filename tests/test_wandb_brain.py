@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_synthmed
 from test_wandb import OFFLINE, _run_file, _table
 from wandb_records import logged_history, read_records, run_info
@@ -30,9 +31,17 @@ def _image_rows(run_file: Path, key: str) -> list[dict]:
     return out
 
 
-def test_brats_seg_shows_mask_layers_and_the_per_subject_table(tmp_path):
-    run_synthmed(["experiment=brats_seg", "scale=ci", f"paths.root_dir={tmp_path}"], cwd=tmp_path, env=OFFLINE)
-    job = next(tmp_path.glob("outputs/runs/*/*"))
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory) -> Path:
+    """One `brats_seg aug=gan` run at scale=ci (a segmenter and its generators), read by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("gan_run")
+    run_synthmed(["experiment=brats_seg", "scale=ci", "aug=gan", f"paths.root_dir={tmp_path}"], cwd=tmp_path,
+                 env=OFFLINE)
+    return tmp_path
+
+
+def test_brats_seg_shows_mask_layers_and_the_per_subject_table(gan_run):
+    job = next(gan_run.glob("outputs/runs/*/*"))
     run_file = _run_file(job)
     # overlays as images with two mask layers, toggleable in the UI, classes named by labels.py
     for key in ("test/masks", "val/masks"):
@@ -52,9 +61,8 @@ def test_brats_seg_shows_mask_layers_and_the_per_subject_table(tmp_path):
     assert {"test/vol_dice_wt", "test/vol_hd95_wt", "test/vol_lesion_dice_wt"} <= _history_keys(run_file)
 
 
-def test_brats_seg_with_gan_pairs_shows_the_generators(tmp_path):
-    run_synthmed(["experiment=brats_seg", "scale=ci", "aug=gan", f"paths.root_dir={tmp_path}"], cwd=tmp_path,
-                 env=OFFLINE)
+def test_brats_seg_with_gan_pairs_shows_the_generators(gan_run):
+    tmp_path = gan_run
     job = next(tmp_path.glob("outputs/runs/*/*"))
     run_file = _run_file(job)
     keys = _history_keys(run_file)
