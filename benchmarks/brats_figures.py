@@ -26,7 +26,7 @@ def main() -> None:
 
     from synthmed.data.brats.discovery import MODALITIES, discover_subjects, read_volume
 
-    cohort = Path(args.cohort) if args.cohort else sorted(Path("data/brats_phantom").glob("*/cohort.json"))[0].parent
+    cohort = Path(args.cohort) if args.cohort else sorted(Path("data/brats_phantom").glob("*/artifact.yaml"))[0].parent
     subjects = discover_subjects(cohort)[: args.subjects]
     fig, axes = plt.subplots(len(subjects), 5, figsize=(10, 2.1 * len(subjects)), dpi=90, squeeze=False)
     for row, s in enumerate(subjects):

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_synthmed
 
 from synthmed.data.brats.discovery import discover_subjects, validate_subjects
-from synthmed.data.brats.phantom import PhantomConfig, generate_cohort, make_subject, subject_files
+from synthmed.data.brats.phantom import PhantomConfig, make_subject, phantom_cohort, subject_files
 
 
 def test_phantom_config_rejects_unknown_key():
@@ -59,8 +59,9 @@ def test_phantom_stage_holds_exactly_the_subjects_asked_for(tmp_path):
 
 
 def test_phantom_subject_deterministic_and_valid(tmp_path):
-    cfg = PhantomConfig.from_mapping({**phantom_knobs(), "num_subjects": 1, "workers": 1, "radius_mm": (12.0, 14.0)})
-    out = generate_cohort(cfg, tmp_path, progress=False)
+    knobs = {**phantom_knobs(), "workers": 1, "radius_mm": (12.0, 14.0)}
+    cfg = PhantomConfig.from_mapping({**knobs, "num_subjects": 1})
+    out = phantom_cohort(knobs, 1, tmp_path, progress=False)
     files = subject_files(out, 0)
     first = {k: p.read_bytes() for k, p in files.items()}
     subjects = discover_subjects(out)
@@ -78,7 +79,7 @@ def test_phantom_subject_deterministic_and_valid(tmp_path):
     assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and (seg == 2).any() and (seg == 1).any()
     assert again["t1"].dtype == np.int16
     # resumable: finished subjects are not rewritten
-    generate_cohort(cfg, tmp_path, progress=False)
+    assert phantom_cohort(knobs, 1, tmp_path, progress=False) == out
     assert {k: p.read_bytes() for k, p in files.items()} == first
 
 
@@ -130,23 +131,23 @@ def _kill_when(cmd: str, ready, timeout: float = 180) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_cohort_generation_leaves_no_worker_and_resumes_byte_identical(tmp_path):
-    knobs = {**phantom_knobs(), "workers": 2, "num_subjects": 3}
+    knobs = {**phantom_knobs(), "workers": 2}
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    cmd = ("import json; from synthmed.data.brats.phantom import generate_cohort; "
-           f"generate_cohort(json.loads({json.dumps(json.dumps(knobs))}), {str(killed)!r}, progress=False)")
+    cmd = ("import json; from synthmed.data.brats.phantom import phantom_cohort; "
+           f"phantom_cohort(json.loads({json.dumps(json.dumps(knobs))}), 3, {str(killed)!r}, progress=False)")
     workers = _kill_when(cmd, lambda: any(killed.rglob("*_seg.nii.gz")))
     assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
     deadline = time.time() + 5
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if _alive(w)], "a worker outlived its killed parent"
-    (cohort,) = (killed / "brats_phantom").iterdir()
+    (cohort,) = [p for p in (killed / "brats_phantom").iterdir() if p.is_dir()]
     done = sorted(p.parent.name for p in cohort.rglob("*_seg.nii.gz"))
     assert 1 <= len(done) < 3
     leftover = cohort / done[0] / f".{done[0]}_t1.nii.gz.abcd_123.tmp.gz"  # as a writer killed mid-file leaves
     leftover.write_bytes(b"half a volume")
-    generate_cohort(knobs, killed, progress=False)  # resumes: the missing subjects, the leftovers removed
-    generate_cohort({**knobs, "workers": 1}, clean, progress=False)  # uninterrupted
+    phantom_cohort(knobs, 3, killed, progress=False)  # resumes: the missing subjects, the leftovers removed
+    phantom_cohort({**knobs, "workers": 1}, 3, clean, progress=False)  # uninterrupted
     files = sorted(p.relative_to(cohort) for p in cohort.rglob("*.nii.gz") if not p.name.startswith("."))
     assert len(files) == 15
     for name in files:

@@ -33,14 +33,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from synthmed.cleanup import die_with_parent, remove_stale_temp_files
+from synthmed.cleanup import die_with_parent
 from synthmed.data.brats import labels as brats_labels
 from synthmed.data.brats.nifti import save_nifti
 from synthmed.utils import (
-    atomic_write_json,
     atomic_write_text,
     config_hash,
-    file_lock,
     spawn_context,
 )
 
@@ -452,30 +450,11 @@ def _init_worker(parent: int) -> None:
     die_with_parent(parent)
 
 
-def cohort_dir(cfg: PhantomConfig, data_dir: str | Path) -> Path:
-    return Path(data_dir) / "brats_phantom" / cfg.hash()
-
-
-def generate_cohort(cfg: PhantomConfig | Mapping[str, Any], data_dir: str | Path, progress: bool = True) -> Path:
-    """Make sure subjects 0..num_subjects-1 exist under `<data_dir>/brats_phantom/<hash>/`; return that folder.
-
-    Finished subjects are kept, missing ones are generated (in `cfg.workers` processes).
-    """
-    if not isinstance(cfg, PhantomConfig):
-        cfg = PhantomConfig.from_mapping(cfg)
-    out = cohort_dir(cfg, data_dir)
-    with file_lock(out / ".lock"):  # parallel jobs: one makes the cohort, the others wait
-        return _generate_cohort(cfg, out, progress)
-
-
 def _generate_cohort(cfg: PhantomConfig, out: Path, progress: bool) -> Path:
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
-    # the caller holds the cohort's lock: a temporary file here belongs to a writer that died (kill -9)
-    remove_stale_temp_files(out)
-    if not (out / "cohort.json").exists():
-        atomic_write_json(out / "cohort.json", {"generator": "synthmed.data.brats.phantom", **cfg.key()})
+    # called by artifacts.ensure, which holds the cohort's lock and has removed a killed writer's temp files
+    if not (out / "NOTICE.txt").exists():
         atomic_write_text(out / "NOTICE.txt", NOTICE_TEXT)
     todo = [i for i in range(cfg.num_subjects) if not all(p.exists() for p in subject_files(out, i).values())]
     if not todo:
