@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_synthmed
+from processes import children, running
 
 from synthmed.data.brats.discovery import discover_subjects, validate_subjects
 from synthmed.data.brats.phantom import PhantomConfig, make_subject, phantom_cohort, subject_files
@@ -90,26 +91,6 @@ def test_brats_seg_runs_on_phantom(tmp_path):
     assert "test/iou_wt" in metrics["test"]
 
 
-def _children(pid: int) -> list[int]:
-    """The live child processes of `pid` (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _temp_files(folder: Path) -> list[Path]:
     from synthmed.cleanup import TEMP_NAME
 
@@ -123,10 +104,10 @@ def _kill_when(cmd: str, ready, timeout: float = 180) -> list[int]:
     while not ready():
         assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
         time.sleep(0.1)
-    children = _children(proc.pid)
+    kids = children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return children
+    return kids
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -138,9 +119,9 @@ def test_killed_cohort_generation_leaves_no_worker_and_resumes_byte_identical(tm
     workers = _kill_when(cmd, lambda: any(killed.rglob("*_seg.nii.gz")))
     assert len(workers) >= 2  # the pool's workers (and multiprocessing's resource tracker)
     deadline = time.time() + 5
-    while any(_alive(w) for w in workers) and time.time() < deadline:
+    while any(running(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert not [w for w in workers if _alive(w)], "a worker outlived its killed parent"
+    assert not [w for w in workers if running(w)], "a worker outlived its killed parent"
     (cohort,) = [p for p in (killed / "brats_phantom").iterdir() if p.is_dir()]
     done = sorted(p.parent.name for p in cohort.rglob("*_seg.nii.gz"))
     assert 1 <= len(done) < 3

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from processes import children, running
 
 if importlib.util.find_spec("bpy") is None:
     pytest.skip("bpy is not installed", allow_module_level=True)
@@ -134,26 +135,6 @@ def test_gpu_device_without_a_gpu_fails_naming_the_key(tmp_path):
 
 
 # --------------------------------------------------------------------------------- kill -9
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (a reaper-less container keeps zombies of dead orphans)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_main_process_leaves_no_workers_and_no_scratch(tmp_path):
     """kill -9 of the render process alone (not its group): its workers die with it, the next render removes
@@ -176,14 +157,14 @@ def test_kill_main_process_leaves_no_workers_and_no_scratch(tmp_path):
         while time.time() < deadline and len(list((killed / "frames").glob("*.json"))) < 1:
             time.sleep(0.05)
         assert proc.poll() is None, "render finished before it could be killed"
-        workers = [k for k in _children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+        workers = [k for k in children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
         assert len(workers) >= 2, workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 2
-        while time.time() < deadline and any(_running(w) for w in workers):
+        while time.time() < deadline and any(running(w) for w in workers):
             time.sleep(0.05)
-        assert not [w for w in workers if _running(w)], "render workers outlived their killed parent"
+        assert not [w for w in workers if running(w)], "render workers outlived their killed parent"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
