@@ -286,8 +286,8 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
 def test_piped_script_gets_an_error_not_a_hung_pool(tmp_path):
     """A script piped to python cannot be re-imported by spawned workers: the render (whose Pool would restart
     them forever) stops at once with an error saying so, and renders nothing."""
-    code = ("from synthmed.render import render_dataset\n"
-            "render_dataset({'num_frames': 1, 'resolution': 48}, 'piped', progress=False)\n")
+    code = ("from synthmed.render import compose_render, render_dataset\n"
+            "render_dataset(compose_render(['render.num_frames=1', 'render.resolution=48']), 'piped', progress=False)\n")
     out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
     assert out.returncode != 0
@@ -301,8 +301,9 @@ def test_unguarded_script_names_the_fix_instead_of_hanging(tmp_path):
     worker stops with an error that names the fix (`utils.file_lock`, so the phantom cohort, slice cache and
     generators get it too)."""
     script = tmp_path / "unguarded.py"
-    script.write_text("from synthmed.render import render_dataset\n"
-                      "render_dataset({'num_frames': 1, 'resolution': 48}, 'out', progress=False)\n")
+    script.write_text("from synthmed.render import compose_render, render_dataset\n"
+                      "render_dataset(compose_render(['render.num_frames=1', 'render.resolution=48']), 'out', "
+                      "progress=False)\n")
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     seen: list[str] = []

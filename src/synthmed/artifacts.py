@@ -93,7 +93,7 @@ def _is_stage(node: Any) -> bool:
 
 def _call_stage(node: Any, context: Mapping[str, Any]) -> str:
     """Call the stage function of a stage node with its keys (configs stay DictConfigs: `_recursive_` off)
-    and those of `context` (the run's loggers, output dir) that it accepts. Returns the artefact's path."""
+    and those of `context` (the root config, the run's loggers) that it accepts. Returns the artefact's path."""
     target = str(node["_target_"])
     name = target[len(STAGE_PREFIX):]
     function = getattr(importlib.import_module("synthmed.artifacts"), name, None) if "." not in name else None

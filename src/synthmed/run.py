@@ -53,11 +53,6 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as hyperparameters (the artefacts' paths in place of their stage nodes)."""
-    return to_plain(cfg)
-
-
 def _log_analysis(loggers: list[Any], params: dict[str, Any], numbers: dict[str, float], output_dir: Path) -> None:
     """A job without a model (a stage or an analysis) reports to the same loggers as a training job: its
     config, its numbers, and in W&B its pictures (`images/*.png`)."""
@@ -131,7 +126,7 @@ def run(cfg: DictConfig) -> float | None:
         # the run's loggers exist before its artefacts: a stage that trains (the GAN generators) logs to them
         loggers = _instantiate_group(cfg.get("logger"),
                                      wandb={"name": name, "group": group, "tags": tracking.run_tags(overrides)})
-        made = artifacts.resolve(cfg, context={"loggers": loggers, "output_dir": output_dir})
+        made = artifacts.resolve(cfg, context={"loggers": loggers})
         resolved = {key: str(OmegaConf.select(cfg, key)) for key in made}
         if resolved:
             log.info("artefacts: %s", ", ".join(f"{key}={path}" for key, path in resolved.items()))
@@ -153,7 +148,7 @@ def run(cfg: DictConfig) -> float | None:
             record["artifacts"] = resolved
             if cfg.get("analysis"):
                 record["test"] = instantiate(cfg.analysis)(datamodule, output_dir)
-            _log_analysis(loggers, hparams(cfg), record.get("test", {}), output_dir)
+            _log_analysis(loggers, to_plain(cfg), record.get("test", {}), output_dir)
             record.update(status="ok", wall_time_s=round(time.time() - start, 2))
             atomic_write_json(output_dir / "metrics.json", record)
             failed = False
@@ -167,7 +162,7 @@ def run(cfg: DictConfig) -> float | None:
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
         )
         for logger in loggers:
-            logger.log_hyperparams(hparams(cfg))
+            logger.log_hyperparams(to_plain(cfg))
         tracking.define_summaries(loggers, cfg.get("monitor"), str(cfg.get("monitor_mode", "min")))
 
         resume = cfg.get("ckpt_path")

@@ -70,8 +70,8 @@ def declare_artifacts(loggers: Iterable[Any], resolved: Mapping[str, str], since
     written after `since` was made by this job and is logged as its output; one that existed is an input.
 
     W&B records inputs (`use_artifact`) only online; offline runs keep the list in their config
-    (`artifacts`), which `wandb sync` uploads. Artefacts are logged by reference (their folder's path, no
-    checksum over the files: a cohort is gigabytes), with their metadata and path."""
+    (`artifacts`), which `wandb sync` uploads. Artefacts are logged by reference to their metadata file (a
+    cohort of gigabytes is never walked or copied), with their metadata and path."""
     records = []
     for key, value in resolved.items():
         path = Path(value)

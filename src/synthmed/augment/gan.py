@@ -111,7 +111,7 @@ class PrefixedLogger(Logger):
         self.inner.log_metrics({f"{self.prefix}/{key}": value for key, value in metrics.items()}, step)
 
     @property
-    def forwards_images(self) -> bool:  # read by models.base.log_picture
+    def forwards_images(self) -> bool:  # read by synthmed.visual.log_image
         return type(self.inner).__name__ == "WandbLogger"
 
     def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:

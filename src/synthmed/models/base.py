@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 
 
@@ -25,17 +23,3 @@ class SplitMetricsModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-
-
-def log_picture(trainer: Any, key: str, image: Any, step: int | None = None) -> None:
-    """`synthmed.visual.log_image` (PNG under the trainer's `images/`, W&B image in every W&B logger), and also
-    through loggers that forward pictures to a run's logger (`augment.gan.PrefixedLogger`: a generator trained
-    inside a U-Net job shows its samples in that job's W&B run, under its prefix)."""
-    from synthmed.visual import _to_uint8, figure_to_array, log_image
-
-    if hasattr(image, "canvas"):
-        image = figure_to_array(image)
-    log_image(trainer, key, image, step=step)
-    for logger in getattr(trainer, "loggers", []) or []:
-        if getattr(logger, "forwards_images", False):
-            logger.log_image(key=key, images=[_to_uint8(image)], step=step)

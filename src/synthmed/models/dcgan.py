@@ -186,7 +186,7 @@ class TumourLabelGAN(pl.LightningModule):
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
 
     def on_train_epoch_end(self) -> None:
-        from synthmed.models.base import log_picture
+        from synthmed.visual import log_image
 
         if self.trainer is None or self.trainer.sanity_checking:
             return
@@ -196,7 +196,7 @@ class TumourLabelGAN(pl.LightningModule):
         )  # same noise every epoch: watch it evolve
         labels = self.sample(n, generator=rng)
         grid = image_grid(colourise(labels), ncols=int(np.ceil(np.sqrt(n))))
-        log_picture(self.trainer, "samples/tumour_maps", grid, step=self.current_epoch)
+        log_image(self.trainer, "samples/tumour_maps", grid, step=self.current_epoch)
 
     def configure_optimizers(self):
         hp = self.hparams

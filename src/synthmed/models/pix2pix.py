@@ -159,16 +159,16 @@ class BrainSliceTranslator(pl.LightningModule):
         fake = self.generator(cond)
         self.log("val/l1", F.l1_loss(fake, real), prog_bar=True, batch_size=real.shape[0])
         if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
-            from synthmed.models.base import log_picture
+            from synthmed.visual import log_image
 
             k = self.hparams.num_val_images
             grid = translation_grid(batch["seg"][:k], real[:k], fake[:k])
-            log_picture(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
+            log_image(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         """Without validation (a generator trained by `aug=gan`), the sample grid of the epoch translates the
         fixed first training batch instead."""
-        from synthmed.models.base import log_picture
+        from synthmed.visual import log_image
 
         if self.trainer is None or self.trainer.sanity_checking or self._fixed is None:
             return
@@ -176,7 +176,7 @@ class BrainSliceTranslator(pl.LightningModule):
             return  # validation_step drew the grid of a fixed validation batch
         fake = self.translate(self._fixed["seg"], self._fixed["brain"])
         grid = translation_grid(self._fixed["seg"], self._fixed["image"], fake)
-        log_picture(self.trainer, "samples/pix2pix_grid", grid, step=self.current_epoch)
+        log_image(self.trainer, "samples/pix2pix_grid", grid, step=self.current_epoch)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         cond, real = self._unpack(batch)

@@ -61,39 +61,20 @@ def _is_dist(node: Any) -> bool:
     return isinstance(node, Mapping) and any(k in node for k in DIST_KINDS)
 
 
-def _merge(node, user: Mapping, prefix: str) -> None:
-    """Merge a plain mapping onto a composed `render` node in place. OmegaConf checks keys and types against
-    the schema; a distribution (and `overrides`) is replaced whole, never merged key by key."""
-    for key, value in user.items():
-        name = f"{prefix}.{key}"
-        if key not in node:
-            raise RenderConfigError(f"unknown render config key '{name}' (known here: {', '.join(map(str, node))})")
-        current = node.get(key)
-        if (isinstance(value, Mapping) and isinstance(current, Mapping) and key != "overrides"
-                and not _is_dist(value) and not _is_dist(current)):
-            _merge(current, value, name)
-        else:
-            node[key] = value
-
-
-def render_node(cfg: Mapping | None = None):
-    """`cfg` as a composed, schema-typed `render` node: a composed node as is; a plain (partial) mapping
-    merged onto the defaults of `compose_render()`; None: the defaults."""
+def render_node(cfg: Any = None):
+    """`cfg` as the composed, schema-typed `render` node: a composed node as is, None: the defaults of
+    `compose_render()`. A plain mapping is refused: the knobs are checked by Hydra where the config is composed,
+    never by a second merge of our own."""
     from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from synthmed.render.schema import RenderConfig
 
+    if cfg is None:
+        return compose_render()
     if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is RenderConfig:
         return cfg
-    if cfg is not None and not isinstance(cfg, Mapping):
-        raise RenderConfigError(f"render config must be a mapping, got {type(cfg).__name__}")
-    node = compose_render()
-    try:
-        _merge(node, OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else (cfg or {}), "render")
-    except OmegaConfBaseException as e:
-        raise RenderConfigError(f"bad render config: {e}") from e
-    return node
+    raise RenderConfigError(f"a render config must be the composed `render` node, got {type(cfg).__name__}: "
+                            "use synthmed.render.compose_render([...overrides]) (or a composed config's `render`)")
 
 
 def resolve_config(cfg: Mapping | None = None) -> dict:

@@ -201,10 +201,9 @@ def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> di
 
 
 # --------------------------------------------------------------------------------- main side
-def render_dataset(cfg: Mapping | None, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+def render_dataset(cfg: Any, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Render the dataset of a `render` config into out_dir (resuming a partial one); return out_dir.
-    `cfg`: the `render` node of a composed config (or a plain mapping merged onto its defaults, see
-    `synthmed.render.config.render_node`).
+    `cfg`: the `render` node of a composed config (`compose_render([...])` outside a Hydra app).
 
     Writes images/, masks/ (0/255), frames/<id>.json sidecars, and, once every frame of the dataset exists
     (all shards), manifest.csv, preview.png, [coco.json] and finally dataset.yaml.
