@@ -1,6 +1,10 @@
 """Render throughput: the synthmed.render pipeline vs the naive way, on the same N frames, in one run.
 
     python benchmarks/render_throughput.py [--frames 8] [--resolution 128] [--workers 2]
+    python benchmarks/render_throughput.py --mode sequence [--frames 64] [--length 16]
+
+--mode sequence: the pipeline only (render.mode=sequence: one scene per sequence, the camera moving, with depth,
+normals, flow and poses written per frame; --frames a multiple of --length); the naive renderer has no sequences.
 
 pipeline: render_dataset (spawned workers, scene built once per worker, the mucosa pattern baked once per
           dataset, one render per frame giving RGB + object-index mask, sidecars, manifest).
@@ -138,6 +142,8 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--mode", choices=("still", "sequence"), default="still")
+    ap.add_argument("--length", type=int, default=16, help="frames per sequence (--mode sequence)")
     ap.add_argument("--rss-interval", type=float, default=2.0, help="seconds between samples of the workers' RSS")
     args = ap.parse_args()
 
@@ -146,6 +152,8 @@ def main() -> None:
     # the real config (experiment=colon_render, scale=paper) with the benchmark's sizes
     overrides = [f"render.num_frames={args.frames}", f"render.resolution={args.resolution}", "render.seed=0",
                  f"render.workers={args.workers}"]
+    if args.mode == "sequence":
+        overrides += ["render.mode=sequence", f"render.sequence.length={args.length}"]
     tmp = Path(tempfile.mkdtemp(prefix="render_bench_"))
     try:
         rss_start = _rss_mib("VmHWM")
@@ -163,14 +171,15 @@ def main() -> None:
         steady = (len(stamps) - args.workers) / (stamps[-1] - stamps[args.workers - 1]) \
             if len(stamps) > args.workers and stamps[-1] > stamps[args.workers - 1] else None
         result = {
-            "benchmark": "render_throughput", "frames": args.frames, "resolution": args.resolution,
+            "benchmark": "render_throughput", "mode": args.mode, "frames": args.frames, "resolution": args.resolution,
+            **({"sequence_length": args.length} if args.mode == "sequence" else {}),
             "workers": args.workers, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "pipeline_fps": round(args.frames / t_pipe, 3), "pipeline_s": round(t_pipe, 2),
             "pipeline_fps_steady": None if steady is None else round(steady, 3),
             "main_peak_rss_mib_start": round(rss_start, 1), "main_peak_rss_mib_end": round(rss_end, 1),
             "worker_peak_rss_mib": round(workers_peak, 1), **track.summary(args.frames),
         }
-        if not args.skip_naive:
+        if not args.skip_naive and args.mode == "still":
             (tmp / "naive" / "images").mkdir(parents=True)
             (tmp / "naive" / "masks").mkdir(parents=True)
             ctx = mp.get_context("spawn")

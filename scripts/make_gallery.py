@@ -6,6 +6,10 @@ gallery.png     frames of the default config (lesion forced present), mask outli
 pairs.png       frame | mask pairs
 height.png      one scene, lesion height increasing left to right (per-frame overrides)
 vessels.png     one scene, vascular density increasing left to right
+morphology.png  one scene, one lesion per Paris class: pedunculated, sessile, flat elevated, flat, depressed
+colour.png      one scene, lesion colour from paler than the mucosa through the same colour to redder
+surface.png     one scene, surface patterns: smooth, pits, villous, vascular, and a mucus cap
+negatives.png   frames without a lesion: bubbles, debris, a fluid pool, a reddened patch, motion blur, defocus
 """
 
 from __future__ import annotations
@@ -55,13 +59,14 @@ def _config(base: list[str], overrides: dict):
     return cfg
 
 
-def _sweep(base: list[str], fixed: dict, values: list, key: str, tmp: Path, name: str) -> list[np.ndarray]:
-    """The same frame (index 0) rendered once per value of `key`."""
+def _sweep(base: list[str], fixed: dict, values: list, key: str | None, tmp: Path, name: str) -> list[np.ndarray]:
+    """The same frame (index 0) rendered once per value of `key` (or, key None, per dict of values)."""
     from synthmed.render import render_dataset
 
     tiles = []
     for k, v in enumerate(values):
-        out = render_dataset(_config([*base, "render.num_frames=1"], {**fixed, key: v}), tmp / f"{name}{k}",
+        change = v if key is None else {key: v}
+        out = render_dataset(_config([*base, "render.num_frames=1"], {**fixed, **change}), tmp / f"{name}{k}",
                              progress=False)
         tiles.append(_load(out, 0, outline_mask=False)[0])
     return tiles
@@ -96,6 +101,29 @@ def main() -> None:
              "vessels.density": 0.5, "camera.axial_mm": 120.0}
     _save(out / "height.png", _row(_sweep(base, fixed, [1.5, 4.0, 7.0], "lesion.height_mm", tmp, "h")))
     _save(out / "vessels.png", _row(_sweep(base, fixed, [0.0, 0.5, 1.0], "vessels.density", tmp, "v")))
+    # variety: a clean scene (no clutter, no blur), the lesion in view, one factor varied per figure
+    clean = {**fixed, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0,
+             "optics.motion_blur": 0, "optics.defocus": 0, "optics.glare": 0.3, "lesion.behind_fold": 0,
+             "lesion.mucus": 0, "lesion.view_offaxis": 0.7, "lesion.redness": 0.2, "endoscope.exposure_ev": 0.0}
+    kinds = [{"lesion.type": "pedunculated", "lesion.height_mm": 11.0, "lesion.size_mm": 9.0},
+             {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.plateau": 0.2},
+             {"lesion.type": "flat_elevated", "lesion.height_mm": 1.8, "lesion.plateau": 0.6, "lesion.size_mm": 14.0},
+             {"lesion.type": "flat", "lesion.height_mm": 0.8, "lesion.plateau": 0.7, "lesion.size_mm": 14.0},
+             {"lesion.type": "depressed", "lesion.height_mm": 1.8, "lesion.depression": 0.5, "lesion.plateau": 0.4}]
+    _save(out / "morphology.png", _row(_sweep(base, {**clean, "lesion.surface": "pits"}, kinds, None, tmp, "m")))
+    _save(out / "colour.png", _row(_sweep(base, clean, [-1.0, -0.5, 0.0, 0.5, 1.0], "lesion.redness", tmp, "c")))
+    surfaces = [{"lesion.surface": s, "lesion.surface_strength": 1.0} for s in ("smooth", "pits", "villous", "vascular")]
+    surfaces.append({"lesion.surface": "smooth", "lesion.mucus": 1})
+    _save(out / "surface.png", _row(_sweep(base, {**clean, "lesion.size_mm": 14.0, "lesion.view_offaxis": 0.9}, surfaces,
+                                           None, tmp, "s")))
+    negatives = [{"clutter.bubbles": 1, "clutter.bubble_count": 18, "clutter.bubble_offaxis": 0.6},
+                 {"clutter.debris": 1, "clutter.debris_count": 5, "clutter.debris_size_mm": 3.0, "clutter.debris_offaxis": 0.8},
+                 {"clutter.fluid": 1, "clutter.fluid_level": 0.35},
+                 {"clutter.red_patch": 1, "clutter.red_patch_size_mm": 18.0, "clutter.red_patch_redness": 0.9,
+                  "clutter.red_patch_ahead_mm": 20.0},
+                 {"optics.motion_blur": 1, "optics.motion_blur_length": 0.04},
+                 {"optics.defocus": 1, "optics.defocus_sigma": 0.007}]
+    _save(out / "negatives.png", _row(_sweep(base, {**clean, "lesion.present": 0}, negatives, None, tmp, "n")))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""ColonFramesDataModule: layouts, stratified splits, errors."""
+"""ColonFramesDataModule: layouts, stratified and sequence-wise splits, errors."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from synthmed.data.colon import ColonFramesDataModule, read_frame_index, stratified_split
+from synthmed.data.colon import (
+    ColonFramesDataModule,
+    grouped_split,
+    read_frame_index,
+    split_frames,
+    stratified_split,
+)
 
 
 def frames_module(compose_config, **keys) -> ColonFramesDataModule:
@@ -87,9 +94,18 @@ def test_imagefolder_and_kvasir_layouts(compose_config, frames_dir, tmp_path):
     dm = frames_module(compose_config, root=str(tmp_path / "kvasir"), task="segmentation", image_size=16, batch_size=2)
     dm.setup()
     assert len(dm.splits["test"]) > 0
-    dm = frames_module(compose_config, root=str(tmp_path / "kvasir"), task="classification", image_size=16)
-    with pytest.raises(ValueError, match="classification needs labels"):
-        dm.setup()
+    # classification on Kvasir-SEG: a frame is a lesion frame iff its mask has pixels
+    dm = frames_module(compose_config, root=str(tmp_path / "kvasir"), task="classification", image_size=16,
+                       val_fraction=0.0, test_fraction=1.0)
+    dm.setup()
+    truth = {r["id"]: r["label"] for r in rows}
+    test = dm.splits["test"]
+    assert len(test) == 40 and all(test[i]["label"].item() == truth[test[i]["id"]] for i in range(40))
+    assert dm.describe()["splits"]["test"] == {"frames": 40, "lesion": 20, "normal": 20}
+    # an ImageFolder of one class (lesion frames only) is a dataset too
+    shutil.rmtree(tmp_path / "folder" / "normal")
+    layout, lesion_rows = read_frame_index(tmp_path / "folder")
+    assert layout == "imagefolder" and len(lesion_rows) == 20 and all(r["label"] == 1 for r in lesion_rows)
 
 
 def test_bad_dataset_errors_name_the_file(compose_config, tmp_path):
@@ -102,3 +118,46 @@ def test_bad_dataset_errors_name_the_file(compose_config, tmp_path):
     dm = frames_module(compose_config, root=str(tmp_path), image_size=8)
     with pytest.raises(ValueError, match="cannot read frame a"):
         dm.setup()
+
+
+def test_grouped_split_keeps_groups_whole_stratified_and_seeded():
+    # 10 sequences of 4 frames: s0-s4 show a lesion in some frames, s5-s9 never
+    labels = np.array([0, 1, 1, 0] * 5 + [0] * 20)
+    groups = [f"s{i // 4}" for i in range(40)]
+    parts = grouped_split(labels, groups, 0.2, 0.2, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(40))
+    seqs = [{groups[i] for i in part} for part in parts]
+    assert not (seqs[0] & seqs[1] or seqs[0] & seqs[2] or seqs[1] & seqs[2])  # a sequence lies in one split
+    for split in seqs[1:]:  # one lesion sequence and one normal sequence each in val and test
+        assert len(split) == 2 and len(split & {f"s{k}" for k in range(5)}) == 1
+    again = grouped_split(labels, groups, 0.2, 0.2, seed=1)
+    assert all((a == b).all() for a, b in zip(parts, again, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, grouped_split(labels, groups, 0.2, 0.2, seed=2),
+                                                       strict=True))
+
+
+def test_manifest_with_sequences_splits_by_sequence(compose_config, frames_dir, tmp_path):
+    root = tmp_path / "seq"
+    shutil.copytree(frames_dir, root)
+    with (root / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["sequence"] = f"seq{i // 4:02d}" if i < 36 else ""  # the last 4 frames belong to no sequence
+    with (root / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sequence_of = {r["id"]: r["sequence"] or r["id"] for r in rows}
+    dm = frames_module(compose_config, root=str(root), image_size=16, val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    seen = {name: {sequence_of[i] for i in split.ids} for name, split in dm.splits.items()}
+    assert sum(len(split) for split in dm.splits.values()) == 40
+    assert not (seen["train"] & seen["val"] or seen["train"] & seen["test"] or seen["val"] & seen["test"])
+    assert len(dm.splits["test"]) > 0 and len(dm.splits["val"]) > 0
+    again = frames_module(compose_config, root=str(root), image_size=16, val_fraction=0.2, test_fraction=0.2)
+    again.setup()
+    assert again.splits["test"].ids == dm.splits["test"].ids  # deterministic for a seed
+    # the public helper (used by analyses that must test on the CNN's test frames) gives the same split
+    _, index = read_frame_index(root)
+    test = split_frames(index, np.array([r["label"] for r in index]), 0.2, 0.2, seed=0)[2]
+    assert [index[i]["id"] for i in test] == dm.splits["test"].ids

@@ -64,7 +64,8 @@ def test_contract(clean):
         assert (clean / name).exists(), name
     rows = _rows(clean)
     assert len(rows) == FRAMES
-    assert not (set(param_names(resolve_config(tiny()))) - set(rows[0])), "manifest lacks sampled parameters"
+    still = {k for k in param_names(resolve_config(tiny())) if not k.startswith("sequence.")}  # mode=sequence only
+    assert not (still - set(rows[0])), "manifest lacks sampled parameters"
     assert {"id", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y1"} <= set(rows[0])
     assert len({r["seed"] for r in rows}) == len(rows)
     for r in rows:
@@ -171,13 +172,16 @@ def test_hidden_lesion_not_in_mask(tmp_path):
     # a lesion placed on the wall along a ray 150% of the half-FOV off axis, i.e. behind the camera's view
     cfg = tiny("render.num_frames=2", "render.workers=1",
                "++render.overrides={lesion.present: 1, lesion.view_offaxis: 2.2, lesion.type: sessile, "
-               "lesion.size_mm: 6.0, camera.fov_deg: 130.0}")
+               "lesion.size_mm: 6.0, lesion.behind_fold: 0, camera.fov_deg: 130.0}")
     render_dataset(cfg, tmp_path, progress=False)
     rows = _rows(tmp_path)
     for r in rows:
         assert r["lesion.present"] == "1" and r["lesion.placed"] == "1"
         assert int(r["visible_pixels"]) == 0 and r["label"] == "0"
         assert not np.array(Image.open(tmp_path / "masks" / f"{r['id']}.png")).any()
+
+
+NO_CLUTTER = {"clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0}
 
 
 def test_lesion_behind_a_fold_not_in_mask(tmp_path):
@@ -190,7 +194,8 @@ def test_lesion_behind_a_fold_not_in_mask(tmp_path):
              "tube.fold_depth": 0.42, "tube.fold_sharpness": 7.0, "tube.fold_partial": 0.0,
              "camera.axial_mm": 125.0, "camera.offset": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0,
              "camera.fov_deg": 130.0, "lesion.present": 1, "lesion.placement": "axial", "lesion.type": "sessile",
-             "lesion.size_mm": 8.0, "lesion.height_mm": 3.0, "lesion.tilt_deg": 0.0, "lesion.angle_deg": 30.0}
+             "lesion.size_mm": 8.0, "lesion.height_mm": 3.0, "lesion.tilt_deg": 0.0, "lesion.angle_deg": 30.0,
+             **NO_CLUTTER}
     rows = {}
     for name, axial in (("before", 144.0), ("behind", 156.0)):  # 6 mm before / beyond the ridge
         cfg = tiny("render.num_frames=1", "render.workers=1")

@@ -1,4 +1,5 @@
-"""The runner: one job of any experiment. Seed, instantiate, fit, test the best checkpoint, write metrics.json."""
+"""The runner: one job of any experiment. Seed, instantiate, fit, test the best checkpoint, write metrics.json.
+A test-only job (`train: false`, e.g. experiment=colon_eval) loads the weights of `ckpt` and tests them instead."""
 
 from __future__ import annotations
 
@@ -80,23 +81,93 @@ def local_checkpoint(key: str, value: Any) -> Path:
     return path
 
 
-def load_pretrained(model: Any, path: str | Path) -> None:
-    """Load the weights of a synthmed checkpoint (or a bare state dict) into `model`, safely
-    (`weights_only=True`): the fine-tuning step of the colonoscopy study."""
+def _trained_image_size(path: Path) -> str:
+    """What the run that wrote checkpoint `path` (<run dir>/checkpoints/*.ckpt) had as data.image_size, as a hint
+    for an error message; empty when that run's config is not beside it."""
+    config = path.resolve().parent.parent / ".hydra" / "config.yaml"
+    try:
+        size = OmegaConf.select(OmegaConf.load(config), "data.image_size")
+    except Exception:  # only a hint: a missing or unresolvable config gives none
+        return ""
+    return f"; its run ({config.parent.parent}) had data.image_size={size}" if size is not None else ""
+
+
+def load_weights(model: Any, key: str, value: Any) -> Path:
+    """Load the weights of the synthmed checkpoint (or bare state dict) named by config key `key` into `model`,
+    safely (`weights_only=True`), all keys and shapes matching. Errors name the key and the file. Returns the path."""
     import torch
 
-    path = local_checkpoint("pretrained", path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
+    path = local_checkpoint(key, value)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{key}={path} does not load as a checkpoint of weights (weights_only=True): {err}") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{key}={path} holds no state dict (a .ckpt written by a synthmed run)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"pretrained={path} does not fit model {type(model).__name__}: {err}") from err
-    log.info("loaded pretrained weights from %s", path)
+        hint = (" (a checkpoint of another model, or one trained at another image size: set the scale or "
+                f"data.image_size it was trained with{_trained_image_size(path)})")
+        raise ValueError(f"{key}={path} does not fit model {type(model).__name__}{hint}: {err}") from err
+    log.info("loaded the weights of %s=%s", key, path)
+    return path
+
+
+def load_pretrained(model: Any, path: str | Path) -> None:
+    """Load the weights of a synthmed checkpoint into `model` (`load_weights` of key `pretrained`): the
+    fine-tuning step of the colonoscopy study."""
+    load_weights(model, "pretrained", path)
 
 
 def _scalar(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
+
+
+def _check_test_only_keys(cfg: DictConfig) -> None:
+    """`ckpt` is the checkpoint a test-only job (`train: false`) tests, and nothing else: refuse either half alone."""
+    if cfg.get("train", True):
+        if cfg.get("ckpt"):
+            raise ValueError(f"ckpt={cfg.ckpt} names the checkpoint of a test-only job (train=false, e.g. "
+                             f"experiment=colon_eval); {cfg.name} trains: start from weights with pretrained=, "
+                             f"resume with ckpt_path=")
+        return
+    if not cfg.get("ckpt"):
+        raise ValueError(f"{cfg.name} tests a trained model (train=false): set ckpt=<run dir>/checkpoints/best.ckpt")
+    local_checkpoint("ckpt", cfg.ckpt)  # fail before any data is read
+
+
+def _test_before(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any], output_dir: Path) -> dict[str, float]:
+    """Test the starting weights (the pretrained ones, when fine-tuning) on the same test split the fitted model
+    is tested on, with a trainer of its own (files under `<output dir>/test_before/`: its predictions, its
+    confusion matrix), and return the metrics renamed test/* -> test_before/*. The fitted model is the same as
+    without this test."""
+    tester = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False,
+                         default_root_dir=str(output_dir / "test_before"))
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the test loader draws a seed: fitting stays as without this test
+        results = tester.test(model, datamodule=datamodule, verbose=False)
+    before = {k.replace("test/", "test_before/", 1): _scalar(v) for r in results for k, v in r.items()}
+    for logger in loggers:
+        logger.log_metrics(before, step=0)
+    log.info("before fitting: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(before.items())))
+    return before
+
+
+def _optimized(cfg: DictConfig, test_metrics: dict[str, float], best_val: dict[str, float]) -> float | None:
+    """`cfg.optimized_metric` for a sweeper: a test metric, or the monitored validation metric (tuning that leaves
+    the test set unseen); None when there is none or it is not finite."""
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    chosen = {**test_metrics, **best_val}
+    if metric not in chosen:
+        raise KeyError(f"optimized_metric={metric!r} is neither a test metric {sorted(test_metrics)} nor "
+                       f"the monitored validation metric {cfg.monitor!r}")
+    value = chosen[metric]
+    return value if math.isfinite(value) else None
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -115,6 +186,7 @@ def run(cfg: DictConfig) -> float | None:
         if missing:
             raise ValueError(f"{cfg.name} needs a value for {', '.join(missing)}: set it on the command line, "
                              f"e.g. `python -m synthmed experiment={cfg.name} {missing[0]}=...`")
+        _check_test_only_keys(cfg)
         if cfg.get("threads") is not None:
             if int(cfg.threads) < 1:
                 raise ValueError(f"threads={cfg.threads}: give a positive number of torch CPU threads, or null")
@@ -155,7 +227,10 @@ def run(cfg: DictConfig) -> float | None:
             return None
 
         model = instantiate(cfg.model)
-        if cfg.get("pretrained"):
+        train = bool(cfg.get("train", True))
+        if not train:
+            record["checkpoint"] = str(load_weights(model, "ckpt", cfg.ckpt))
+        elif cfg.get("pretrained"):
             load_pretrained(model, cfg.pretrained)
         callbacks = _instantiate_group(cfg.get("callbacks"))
         trainer: L.Trainer = instantiate(
@@ -165,6 +240,19 @@ def run(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(to_plain(cfg))
         tracking.define_summaries(loggers, cfg.get("monitor"), str(cfg.get("monitor_mode", "min")))
 
+        if not train:  # test only: every frame of the test split, predictions in predictions.csv
+            if hasattr(model, "predictions_file"):
+                model.predictions_file = "predictions.csv"
+            results = trainer.test(model, datamodule=datamodule, verbose=False)
+            test_metrics = {k: _scalar(v) for r in results for k, v in r.items()}
+            record.update(status="ok", test=test_metrics, data=getattr(datamodule, "describe", dict)(),
+                          wall_time_s=round(time.time() - start, 2))
+            atomic_write_json(output_dir / "metrics.json", record)
+            log.info("metrics written to %s", output_dir / "metrics.json")
+            failed = False
+            return _optimized(cfg, test_metrics, {})
+
+        before = _test_before(cfg, model, datamodule, loggers, output_dir) if cfg.get("test_before") else {}
         resume = cfg.get("ckpt_path")
         if resume:
             resume = str(local_checkpoint("ckpt_path", resume))
@@ -178,6 +266,12 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("test", True) and not trainer.interrupted:
             results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
             test_metrics = {k: _scalar(v) for r in results for k, v in r.items()}
+            if cfg.get("analysis"):  # e.g. colon_cls's colour-only baseline on the same test split
+                numbers = instantiate(cfg.analysis)(datamodule, output_dir)
+                for logger in loggers:
+                    logger.log_metrics(numbers)
+                test_metrics.update(numbers)
+        test_metrics = {**before, **test_metrics}
 
         best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         tracking.log_checkpoint(loggers, best_path, f"{cfg.name}-best", {"monitor": cfg.get("monitor"),
@@ -194,15 +288,7 @@ def run(cfg: DictConfig) -> float | None:
         atomic_write_json(output_dir / "metrics.json", record)
         log.info("metrics written to %s", output_dir / "metrics.json")
         failed = False
-        metric = cfg.get("optimized_metric")
-        if metric:  # a test metric, or the monitored validation metric (tuning that leaves the test set unseen)
-            chosen = {**test_metrics, **record["best_val"]}
-            if metric not in chosen:
-                raise KeyError(f"optimized_metric={metric!r} is neither a test metric {sorted(test_metrics)} nor "
-                               f"the monitored validation metric {cfg.monitor!r}")
-            value = chosen[metric]
-            return value if math.isfinite(value) else None
-        return None
+        return _optimized(cfg, test_metrics, record["best_val"])
     except BaseException:
         # The sweep report lists this job as failed with the reason; metrics.json is never written half.
         atomic_write_text(output_dir / "error.txt", traceback.format_exc())

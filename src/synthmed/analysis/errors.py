@@ -1,11 +1,13 @@
 """Which rendered frames does a lesion classifier get wrong? Joins a run's `test_predictions.csv` with the
 rendered dataset's `manifest.csv` and breaks the test accuracy down by what the frame shows.
 
-    python -m synthmed.analysis.errors <run dir> <dataset dir>
+    python -m synthmed.analysis.errors <run dir> <dataset dir> [--compare NAME=PREDICTIONS.csv ...]
 
 Lesion frames (label 1): recall by visible lesion pixels and by lesion type. Normal frames (label 0):
 specificity by what is in the scene: no lesion placed, a lesion placed but hidden (0 visible pixels), or a
-lesion partly visible below `render.min_visible_pixels` (the label rule's grey zone).
+lesion partly visible below `render.min_visible_pixels` (the label rule's grey zone). `--compare` puts other
+classifiers' predictions of the same test frames beside the run's, group by group (for example the colour-only
+classifier of `synthmed.analysis.shortcut`, whose `shortcut_predictions.csv` has the same columns).
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ def _share(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def error_breakdown(predictions: str | Path, manifest: str | Path) -> dict[str, Any]:
     """Accuracy of the test predictions, overall and by group (see the module docstring).
     Raises if a predicted id is not in the manifest (predictions from another dataset)."""
-    preds, frames = _read(Path(predictions)), {r["id"]: r for r in _read(Path(manifest))}
+    preds, listed = _read(Path(predictions)), _read(Path(manifest))
+    for path, table, needed in ((predictions, preds, ("id", "label", "predicted")),
+                                (manifest, listed, ("id", "visible_pixels"))):
+        lacking = [c for c in needed if table and c not in table[0]]
+        if lacking:
+            raise ValueError(f"{path} lacks the column(s) {lacking}")
+    frames = {r["id"]: r for r in listed}
     missing = [p["id"] for p in preds if p["id"] not in frames]
     if missing:
         raise ValueError(f"{predictions}: {len(missing)} ids not in {manifest} (first: {missing[0]}): "
@@ -75,31 +83,76 @@ def error_breakdown(predictions: str | Path, manifest: str | Path) -> dict[str, 
     }
 
 
+def _groups(b: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of the tables, in order: (group name, share)."""
+    rows = [("all test frames (accuracy)", b["accuracy"]), ("lesion frames (recall)", b["lesion_recall"])]
+    rows += [(f"lesion, {name} visible px", s) for name, s in b["lesion_recall_by_visible_pixels"].items()]
+    rows += [(f"lesion, {name}", s) for name, s in b["lesion_recall_by_type"].items()]
+    rows.append(("normal frames (specificity)", b["normal_specificity"]))
+    rows += [(f"normal, {name}", s) for name, s in b["normal_specificity_by_scene"].items()]
+    return rows
+
+
 def to_markdown(b: dict[str, Any]) -> str:
     lines = ["| group | frames | correct | rate |", "|---|---|---|---|"]
-
-    def row(name: str, s: dict[str, Any]) -> None:
+    for name, s in _groups(b):
         if s["n"]:
             lines.append(f"| {name} | {s['n']} | {s['correct']} | {s['rate']:.3f} |")
-
-    row("all test frames (accuracy)", b["accuracy"])
-    row("lesion frames (recall)", b["lesion_recall"])
-    for name, s in b["lesion_recall_by_visible_pixels"].items():
-        row(f"lesion, {name} visible px", s)
-    for name, s in b["lesion_recall_by_type"].items():
-        row(f"lesion, {name}", s)
-    row("normal frames (specificity)", b["normal_specificity"])
-    for name, s in b["normal_specificity_by_scene"].items():
-        row(f"normal, {name}", s)
     return "\n".join(lines)
+
+
+def compare_breakdowns(predictions: dict[str, str | Path], manifest: str | Path) -> dict[str, dict[str, Any]]:
+    """`error_breakdown` of several classifiers' predictions (name -> predictions CSV) of one dataset.
+    Raises unless they all predict the same frames: side by side, every group must hold the same frames."""
+    if not predictions:
+        raise ValueError("compare_breakdowns needs at least one predictions file")
+    ids: dict[str, set[str]] = {}
+    for name, path in predictions.items():
+        ids[name] = {row["id"] for row in _read(Path(path))}
+    first = next(iter(predictions))
+    for name, path in predictions.items():
+        if ids[name] != ids[first]:
+            only = sorted(ids[name] ^ ids[first])
+            raise ValueError(f"{path} ({name}) and {predictions[first]} ({first}) predict different frames "
+                             f"({len(only)} ids in one only, first: {only[0]}): not the same test split")
+    return {name: error_breakdown(path, manifest) for name, path in predictions.items()}
+
+
+def to_markdown_side_by_side(breakdowns: dict[str, dict[str, Any]]) -> str:
+    """One row a group, one rate column a classifier (breakdowns of the same frames: `compare_breakdowns`)."""
+    names = list(breakdowns)
+    lines = ["| group | frames | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    columns = [_groups(b) for b in breakdowns.values()]
+    for cells in zip(*columns, strict=True):
+        group, first = cells[0]
+        if first["n"]:
+            lines.append(f"| {group} | {first['n']} | " + " | ".join(f"{s['rate']:.3f}" for _, s in cells) + " |")
+    return "\n".join(lines)
+
+
+def _named_file(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--compare {text!r}: expected NAME=PATH (a predictions CSV)")
+    return name, Path(path)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a colon_cls run dir (holds test_predictions.csv)")
     ap.add_argument("dataset_dir", type=Path, help="the rendered dataset it was tested on (holds manifest.csv)")
+    ap.add_argument("--compare", type=_named_file, action="append", default=[], metavar="NAME=CSV",
+                    help="another classifier's predictions of the same test frames, shown beside the run's "
+                         "(e.g. colour_only=<dir>/shortcut_predictions.csv)")
     args = ap.parse_args(argv)
-    print(to_markdown(error_breakdown(args.run_dir / "test_predictions.csv", args.dataset_dir / "manifest.csv")))
+    manifest, run_predictions = args.dataset_dir / "manifest.csv", args.run_dir / "test_predictions.csv"
+    if not args.compare:
+        print(to_markdown(error_breakdown(run_predictions, manifest)))
+        return
+    named = {"run": run_predictions, **dict(args.compare)}
+    if len(named) != len(args.compare) + 1:
+        raise SystemExit("--compare: every NAME must be distinct and not 'run'")
+    print(to_markdown_side_by_side(compare_breakdowns(named, manifest)))
 
 
 if __name__ == "__main__":

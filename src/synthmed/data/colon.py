@@ -20,13 +20,14 @@ CLASS_NAMES = ("normal", "lesion")
 
 
 class FrameDataset(Dataset):
-    """Frames held in memory as uint8 arrays; items are dicts `{"image": float (3,H,W), "label": ...}`.
+    """Frames held in memory as uint8 arrays; items are dicts `{"image": float (3,H,W), "label": ..., "id": str,
+    "path": str}` (`path`: the image file the frame was read from).
 
     `label` is the class (int64 scalar) for classification, the 0/1 mask (int64 HxW) for segmentation.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str], flips: bool = False) -> None:
-        self.images, self.targets, self.ids, self.flips = images, targets, ids, flips
+    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str], paths: list[str], flips: bool) -> None:
+        self.images, self.targets, self.ids, self.paths, self.flips = images, targets, ids, paths, flips
 
     def __len__(self) -> int:
         return len(self.images)
@@ -41,7 +42,13 @@ class FrameDataset(Dataset):
             if label.ndim == 2:
                 label = torch.rot90(label, k, (0, 1))
                 label = label.flip(1) if flip % 2 else label
-        return {"image": image, "label": label, "id": self.ids[i]}
+        return {"image": image, "label": label, "id": self.ids[i], "path": self.paths[i]}
+
+
+def _has_lesion(targets: np.ndarray) -> np.ndarray:
+    """Per frame, 1 if it shows a lesion: its class (classification) or whether its mask has pixels."""
+    flat = targets.reshape(len(targets), -1) if len(targets) else np.zeros((0, 1), dtype=targets.dtype)
+    return (flat.max(1, initial=0) > 0).astype(int)
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -53,11 +60,11 @@ def _detect_layout(root: Path) -> str:
         return "rendered"
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "kvasir"
-    if all((root / c).is_dir() for c in CLASS_NAMES):
+    if any((root / c).is_dir() for c in CLASS_NAMES):  # one class alone is a test set (e.g. lesion frames only)
         return "imagefolder"
     raise FileNotFoundError(
         f"{root} is not a frames dataset: expected manifest.csv (a rendered dataset), "
-        f"images/ + masks/ (Kvasir-SEG layout) or {'/, '.join(CLASS_NAMES)}/ (ImageFolder layout)"
+        f"images/ + masks/ (Kvasir-SEG layout) or {'/, '.join(CLASS_NAMES)}/ (ImageFolder layout, one or both)"
     )
 
 
@@ -70,7 +77,11 @@ def _plain_id(value: str | None, where: str) -> str:
 
 
 def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[str, Any]]]:
-    """List the frames of a dataset dir: `(layout, [{"id", "image", "mask" or None, "label"}])`."""
+    """List the frames of a dataset dir: `(layout, [{"id", "image", "mask" or None, "label", "sequence"}])`.
+
+    `label` is None in the Kvasir-SEG layout (the data module reads it from the mask: lesion iff it has pixels).
+    `sequence` is the manifest's `sequence` column of a rendered dataset (frames of one video sequence), None
+    where there is no such column or the cell is empty."""
     root = Path(root)
     layout = _detect_layout(root) if layout == "auto" else layout
     rows: list[dict[str, Any]] = []
@@ -83,6 +94,7 @@ def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[s
             missing = {"id", "label"} - set(reader.fieldnames or [])
             if missing:
                 raise ValueError(f"{manifest} lacks the column(s) {sorted(missing)}")
+            has_sequences = "sequence" in (reader.fieldnames or [])
             for row in reader:
                 where = f"{manifest}, line {reader.line_num}"
                 frame = _plain_id(row["id"], where)
@@ -92,20 +104,23 @@ def read_frame_index(root: Path, layout: str = "auto") -> tuple[str, list[dict[s
                     raise ValueError(f"{where}: frame {frame} has label {shown}; expected 0 (normal) or 1 (lesion)")
                 label = int(text)
                 row["id"] = frame
+                sequence = (row["sequence"] or "").strip() if has_sequences else ""
                 rows.append(
                     {"id": row["id"], "image": root / "images" / f"{row['id']}.png",
-                     "mask": root / "masks" / f"{row['id']}.png", "label": label}
+                     "mask": root / "masks" / f"{row['id']}.png", "label": label, "sequence": sequence or None}
                 )
     elif layout == "kvasir":
         masks = {p.stem: p for p in _list_images(root / "masks")}
         for image in _list_images(root / "images"):
             if image.stem not in masks:
                 raise FileNotFoundError(f"{image} has no mask in {root / 'masks'}")
-            rows.append({"id": image.stem, "image": image, "mask": masks[image.stem], "label": None})
+            rows.append({"id": image.stem, "image": image, "mask": masks[image.stem], "label": None, "sequence": None})
     elif layout == "imagefolder":
         for label, cls in enumerate(CLASS_NAMES):
+            if not (root / cls).is_dir():
+                continue
             for image in _list_images(root / cls):
-                rows.append({"id": f"{cls}/{image.stem}", "image": image, "mask": None, "label": label})
+                rows.append({"id": f"{cls}/{image.stem}", "image": image, "mask": None, "label": label, "sequence": None})
     else:
         raise ValueError(f"data.layout={layout!r}; expected auto, rendered, kvasir or imagefolder")
     if not rows:
@@ -126,13 +141,37 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     return [np.sort(np.asarray(p, dtype=int)) for p in parts]
 
 
+def grouped_split(labels: np.ndarray, groups: list[str], val_fraction: float, test_fraction: float, seed: int):
+    """Indices of train/val/test with every group (e.g. a video sequence, whose frames are alike) in one split.
+    Groups are split as `stratified_split` splits frames, stratified by whether the group holds a lesion frame,
+    so the fractions count groups, not frames."""
+    names, group_of = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    has_lesion = np.zeros(len(names), dtype=int)
+    np.maximum.at(has_lesion, group_of, np.asarray(labels, dtype=int))
+    parts = stratified_split(has_lesion, val_fraction, test_fraction, seed)
+    return [np.flatnonzero(np.isin(group_of, part)) for part in parts]
+
+
+def split_frames(rows: list[dict[str, Any]], strata: np.ndarray, val_fraction: float, test_fraction: float,
+                 seed: int) -> list[np.ndarray]:
+    """Train/val/test indices of the frames `rows` (from `read_frame_index`) as `ColonFramesDataModule` splits
+    them: by sequence (`grouped_split`) when any frame has one, a frame without a sequence being a group of its
+    own; else frame by frame (`stratified_split`). `strata`: each frame's class (1 = lesion)."""
+    if any(r.get("sequence") is not None for r in rows):
+        groups = [r["sequence"] if r.get("sequence") is not None else f"\0{r['id']}" for r in rows]
+        return grouped_split(strata, groups, val_fraction, test_fraction, seed)
+    return stratified_split(strata, val_fraction, test_fraction, seed)
+
+
 class ColonFramesDataModule(L.LightningDataModule):
     """Colonoscopy frames for classification (normal vs lesion) or lesion segmentation.
 
     `root` is a frames dir (rendered dataset, ImageFolder or Kvasir-SEG layout). The module only loads: a
     rendered dataset is made beforehand by its stage (`experiment=colon_render`, or the runner resolving the
     `synthmed.artifacts.colon_frames` node of `data=colon_rendered`). Frames are split stratified by label with
-    `split_seed` and resized to `image_size`.
+    `split_seed` (by sequence when the manifest has a `sequence` column: `grouped_split`) and resized to
+    `image_size` x `image_size` (bilinear, aspect ratio not kept). A Kvasir-SEG frame's class is whether its
+    mask has pixels. `test_fraction=1` makes every frame a test frame (`experiment=colon_eval`).
     """
 
     def __init__(
@@ -174,10 +213,19 @@ class ColonFramesDataModule(L.LightningDataModule):
             )
 
     def describe(self) -> dict[str, Any]:
+        """The dataset: root, layout, frames and frames per class; once set up, the frames per class of each
+        split too (the loaded ones: Kvasir-SEG classes come from the masks)."""
         layout, rows = read_frame_index(self.root, self.layout)
         labels = [r["label"] for r in rows if r["label"] is not None]
-        return {"root": str(self.root), "layout": layout, "frames": len(rows),
-                "lesion_frames": int(sum(labels)), "normal_frames": int(len(labels) - sum(labels))}
+        out: dict[str, Any] = {"root": str(self.root), "layout": layout, "frames": len(rows),
+                               "lesion_frames": int(sum(labels)), "normal_frames": int(len(labels) - sum(labels))}
+        if self.splits:
+            present = {name: _has_lesion(split.targets) for name, split in self.splits.items()}
+            out["lesion_frames"] = int(sum(p.sum() for p in present.values()))
+            out["normal_frames"] = len(rows) - out["lesion_frames"]
+            out["splits"] = {name: {"frames": len(p), "lesion": int(p.sum()), "normal": int(len(p) - p.sum())}
+                             for name, p in present.items()}
+        return out
 
     def _load(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         size = (self.image_size, self.image_size)
@@ -192,10 +240,13 @@ class ColonFramesDataModule(L.LightningDataModule):
                         raise ValueError("segmentation needs masks; this layout has none")
                     with Image.open(row["mask"]) as m:
                         targets[i] = np.asarray(m.convert("L").resize(size, Image.NEAREST)) > 127
-                else:
-                    if row["label"] is None:
-                        raise ValueError("classification needs labels; use the rendered or ImageFolder layout")
+                elif row["label"] is not None:
                     targets[i] = row["label"]
+                elif row["mask"] is not None:  # Kvasir-SEG: a lesion frame is one whose mask has pixels
+                    with Image.open(row["mask"]) as m:
+                        targets[i] = int((np.asarray(m.convert("L")) > 127).any())
+                else:
+                    raise ValueError("classification needs labels or masks; this layout has neither")
             except (OSError, ValueError) as err:
                 raise ValueError(f"cannot read frame {row['id']} ({row['image']}): {err}") from err
         return images, targets
@@ -206,14 +257,13 @@ class ColonFramesDataModule(L.LightningDataModule):
         self.prepare_data()
         layout, rows = read_frame_index(self.root, self.layout)
         images, targets = self._load(rows)
-        strata = np.array([r["label"] if r["label"] is not None else 0 for r in rows])
-        if self.task == "segmentation" and layout == "kvasir":
-            strata = (targets.reshape(len(rows), -1).max(1) > 0).astype(int)
-        train, val, test = stratified_split(strata, *self.fractions, seed=self.split_seed)
-        ids = [r["id"] for r in rows]
+        present = _has_lesion(targets)
+        strata = np.array([present[i] if r["label"] is None else r["label"] for i, r in enumerate(rows)])
+        train, val, test = split_frames(rows, strata, *self.fractions, seed=self.split_seed)
+        ids, paths = [r["id"] for r in rows], [str(r["image"]) for r in rows]
         for name, idx in (("train", train), ("val", val), ("test", test)):
             self.splits[name] = FrameDataset(images[idx], targets[idx], [ids[i] for i in idx],
-                                             flips=self.flips and name == "train")
+                                             [paths[i] for i in idx], flips=self.flips and name == "train")
         log.info("frames from %s (%s): train %d, val %d, test %d", self.root, layout, len(train), len(val), len(test))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

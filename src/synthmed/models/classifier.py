@@ -22,11 +22,15 @@ class LesionClassifier(SplitMetricsModule):
     """Wraps a plain classification net (e.g. `LesionCNN`).
 
     loss: `cross_entropy` (default) or `mse_softmax`, the study's mean squared error between the softmax and
-    the one-hot label. Logs loss, accuracy, AUROC and F1 per split, a confusion-matrix picture and the first
-    misclassified test frames; writes every test frame's prediction to `test_predictions.csv`.
+    the one-hot label. Logs loss, accuracy, AUROC and F1 per split, and for the test split also recall
+    (sensitivity) and specificity, each only where the test frames hold the classes it needs; a confusion-matrix
+    picture and the first misclassified test frames; writes every test frame's prediction to
+    `predictions_file` in the output dir.
     """
 
     MAX_ERRORS_SHOWN = 16
+    # A file name, not a knob: the runner names it predictions.csv in a test-only run (experiment=colon_eval).
+    predictions_file = "test_predictions.csv"
 
     def __init__(
         self,
@@ -93,9 +97,11 @@ class LesionClassifier(SplitMetricsModule):
         else:
             score, pred = scores.max(1)
         ids = batch.get("id", [str(len(self._test_rows) + k) for k in range(len(target))])
+        paths = batch.get("path", [""] * len(target))
         wrong = set((pred != target).nonzero().flatten().tolist())
-        for k, (i, t, p_, s_) in enumerate(zip(ids, target.tolist(), pred.tolist(), score.tolist(), strict=True)):
-            self._test_rows.append((str(i), int(t), int(p_), float(s_)))
+        rows = zip(ids, target.tolist(), pred.tolist(), score.tolist(), paths, strict=True)
+        for k, (i, t, p_, s_, path) in enumerate(rows):
+            self._test_rows.append((str(i), int(t), int(p_), float(s_), str(path)))
             if len(self._test_images) < self.hparams.table_images:  # the frame as the table shows it
                 image = batch["image"][k].detach().cpu().permute(1, 2, 0).numpy() * 0.5 + 0.5
                 self._test_images.append((image.clip(0, 1) * 255).round().astype(np.uint8))
@@ -112,22 +118,40 @@ class LesionClassifier(SplitMetricsModule):
         self._step(batch, "test")
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows: list[tuple[str, int, int, float]] = []
+        self._test_rows: list[tuple[str, int, int, float, str]] = []
         self._test_images: list[np.ndarray] = []
         self._test_errors: list[tuple[torch.Tensor, int, float]] = []
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._log_confusion(self.confusion.compute().cpu().numpy())
+        matrix = self.confusion.compute().cpu().numpy()
         self.confusion.reset()
+        self._log_test_metrics(matrix)
+        self._log_confusion(matrix)
         self._write_predictions()
         self._log_prediction_table()
         self._log_errors()
 
+    def _log_test_metrics(self, matrix: np.ndarray) -> None:
+        """The test metrics of the collection, and for two classes recall (sensitivity) and specificity from the
+        confusion matrix `matrix` (rows: true class). A metric the test frames cannot define is left out, not
+        logged as a made-up number: AUROC needs both classes, recall lesion frames, specificity normal ones
+        (e.g. a folder of lesion frames only reports accuracy, F1 and recall)."""
+        present = matrix.sum(1) > 0
+        values = {f"test/{name}": metric.compute() for name, metric in self.metrics["test"].items(keep_base=True)
+                  if name != "auroc" or present.all()}
+        self.metrics["test"].reset()
+        if self.num_classes == 2:
+            (tn, fp), (fn, tp) = matrix
+            if present[1]:
+                values["test/recall"] = float(tp / (tp + fn))
+            if present[0]:
+                values["test/specificity"] = float(tn / (tn + fp))
+        self.log_dict(values)
+
     def _write_predictions(self) -> None:
-        """`<output dir>/test_predictions.csv`: id, label, predicted, score (P(lesion) for two classes), to
-        join with a rendered dataset's manifest.csv (which frames fail: small, far, pale lesions?). Under
-        DDP it holds rank 0's share of the test set."""
+        """`<output dir>/<predictions_file>`: id, label, predicted, score (P(lesion) for two classes), path (the
+        frame's file), to join with a rendered dataset's manifest.csv (which frames fail: small, far, pale
+        lesions?). Under DDP it holds rank 0's share of the test set."""
         root = getattr(self.trainer, "default_root_dir", None)
         if root is None or not self.trainer.is_global_zero:
             return
@@ -138,9 +162,9 @@ class LesionClassifier(SplitMetricsModule):
 
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")  # ids may hold commas or quotes
-        writer.writerow(["id", "label", "predicted", "score"])
-        writer.writerows([i, t, p, f"{s:.6f}"] for i, t, p, s in self._test_rows)
-        atomic_write_text(Path(root) / "test_predictions.csv", buffer.getvalue())
+        writer.writerow(["id", "label", "predicted", "score", "path"])
+        writer.writerows([i, t, p, f"{s:.6f}", path] for i, t, p, s, path in self._test_rows)
+        atomic_write_text(Path(root) / self.predictions_file, buffer.getvalue())
 
     def _log_prediction_table(self) -> None:
         """W&B table `test/predictions`: every test frame (id, label, prediction, score, correct, its picture for
@@ -161,7 +185,7 @@ class LesionClassifier(SplitMetricsModule):
                 manifest = {row["id"]: row for row in csv.DictReader(f)}
         extra = [c for c in next(iter(manifest.values()), {}) if c not in ("id", "label")]
         rows = [[i, t, p, round(s, 6), int(t == p), *(manifest.get(i, {}).get(c) for c in extra)]
-                for i, t, p, s in self._test_rows]
+                for i, t, p, s, _ in self._test_rows]
         images = self._test_images + [None] * (len(rows) - len(self._test_images))
         tracking.log_table(loggers, "test/predictions", ["id", "label", "predicted", "score", "correct", *extra],
                            rows, images={"frame": images})

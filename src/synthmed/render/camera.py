@@ -1,4 +1,11 @@
-"""The endoscope: an equisolid fisheye camera and the light on its tip, posed in the lumen per frame."""
+"""The endoscope: an equisolid fisheye camera and the light on its tip, posed in the lumen per frame; and the
+fisheye model in numpy (pixel rays, projection, intrinsics, camera-to-world) that the sequence passes use.
+
+Camera frames. Blender's camera looks down its -Z axis with +Y up. The numpy functions here use the OpenCV
+convention instead: x right, y down (image rows), z forward along the optical axis. Pixel coordinates are
+(u, v) = (column, row) with the centre of pixel (0, 0) at (0, 0), so the principal point of an S x S frame
+is ((S - 1) / 2, (S - 1) / 2).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +44,12 @@ class Endoscope:
         """Place the camera (off the centreline as far as the wall allows, then yawed, pitched, rolled), set
         its field of view, and put the light on the tip. Returns (position, forward, up, offset from the
         centreline in mm); `ray_cast(origin, direction)` finds the wall."""
-        from mathutils import Matrix
+        position, right, up, forward, offset = self._aim(params, ray_cast)
+        self.place(params, position, right, up, forward)
+        return position, forward, up, offset
 
+    def _aim(self, params: Mapping[str, Any], ray_cast: Callable):
+        """The pose `pose` gives the camera: (position, right, up, forward, offset in mm)."""
         cfg = self.cfg
         centre, tangent, side = centreline_frame(params, float(params["camera.axial_mm"]))
         up_axis = np.cross(side, tangent)
@@ -55,6 +66,15 @@ class Endoscope:
         up = unit(np.cross(right, forward))
         roll = math.radians(float(params["camera.roll_deg"]))
         right, up = rotate(right, forward, roll), rotate(up, forward, roll)
+        return position, right, up, forward, offset
+
+    def place(self, params: Mapping[str, Any], position: np.ndarray, right: np.ndarray, up: np.ndarray,
+              forward: np.ndarray) -> None:
+        """Put the camera at `position` with the orthonormal axes `right`, `up` (the image's) and `forward` (the
+        optical axis), set its field of view from the frame's parameters, and put the light on the tip."""
+        from mathutils import Matrix
+
+        cfg = self.cfg
         rotation = Matrix([[right[i], up[i], -forward[i]] for i in range(3)])  # camera looks down -Z, +Y up
         self.camera.matrix_world = Matrix.Translation(position.tolist()) @ rotation.to_4x4()
         # equisolid fisheye: r = 2 f sin(theta / 2); fov spans the frame width
@@ -70,7 +90,6 @@ class Endoscope:
         rho += 4.0 / float(cfg["resolution"])
         lens.fisheye_fov = min(math.radians(359.0), 4.0 * math.asin(min(1.0, rho * math.sin(fov / 4.0))))
         self._pose_light(params, position, up)
-        return position, forward, up, offset
 
     def _pose_light(self, params: Mapping[str, Any], position: np.ndarray, up: np.ndarray) -> None:
         """The light sits slightly above the lens; warmth tints it toward yellow."""
@@ -79,3 +98,50 @@ class Endoscope:
         warmth = float(params["light.warmth"])
         self.light.data.color = tuple(1.0 - float(t) * warmth for t in tint)
         self.light.data.energy = float(params["light.power_w"]) * float(optics["light_power_scale"])
+
+
+# ------------------------------------------------------------------------------ the fisheye model in numpy
+def fisheye_focal_px(fov_deg: float, size: int) -> float:
+    """Focal length in pixels of the equisolid fisheye (r = 2 f sin(theta / 2)) whose field of view `fov_deg`
+    spans the `size` pixels of the frame's width (what `Endoscope.place` gives Blender's camera)."""
+    return float(size) / (4.0 * math.sin(math.radians(float(fov_deg)) / 4.0))
+
+
+def fisheye_intrinsics(fov_deg: float, size: int) -> dict[str, Any]:
+    """The intrinsics of an S x S frame: model, focal length f (pixels), principal point (cx, cy) in pixel
+    coordinates (centre of pixel (0, 0) at (0, 0)), field of view across the width, frame size."""
+    centre = (float(size) - 1.0) / 2.0
+    return {"model": "equisolid", "f_px": fisheye_focal_px(fov_deg, size), "cx": centre, "cy": centre,
+            "fov_deg": float(fov_deg), "width": int(size), "height": int(size)}
+
+
+def fisheye_rays(size: int, focal_px: float) -> np.ndarray:
+    """S x S x 3 unit ray directions through the pixel centres, in the camera frame (OpenCV axes). Pixels past
+    180 degrees off axis (r > 2 f) get NaN."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    v, u = np.meshgrid(offsets, offsets, indexing="ij")
+    radius = np.hypot(u, v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        theta = 2.0 * np.arcsin(radius / (2.0 * focal_px))
+        scale = np.where(radius > 0, np.sin(theta) / np.maximum(radius, 1e-300), 0.0)
+    return np.stack([u * scale, v * scale, np.cos(theta)], axis=-1)
+
+
+def fisheye_project(points: np.ndarray, focal_px: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (u, v) of camera-frame points (..., 3), OpenCV axes; any angle off axis projects
+    (theta = 180 degrees lands on the circle r = 2 f)."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    lateral = np.hypot(x, y)
+    theta = np.arctan2(lateral, z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(lateral > 0, 2.0 * focal_px * np.sin(theta / 2.0) / np.maximum(lateral, 1e-300), 0.0)
+    centre = (size - 1) / 2.0
+    return centre + x * scale, centre + y * scale
+
+
+def camera_to_world(position: np.ndarray, right: np.ndarray, up: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """The 4 x 4 camera-to-world matrix (mm) of a camera with image axes `right`, `up` and optical axis
+    `forward`, in the OpenCV convention: its columns are x = right, y = down (-up), z = forward, position."""
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], matrix[:3, 3] = right, -np.asarray(up), forward, position
+    return matrix

@@ -22,13 +22,15 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 1
-RENDERER_DATE = "2026-12-01"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
+RENDERER_VERSION = 2
+RENDERER_DATE = "2026-12-02"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
 UNHASHED_DEFAULTS = {"device": "cpu"}
 DIST_KINDS = ("uniform", "loguniform", "normal", "randint", "choice", "bernoulli", "by")
-LESION_TYPES = ("sessile", "pedunculated", "flat")
+# Paris classes: 0-Ip pedunculated, 0-Is sessile, 0-IIa flat elevated, 0-IIb flat, 0-IIc depressed
+LESION_TYPES = ("pedunculated", "sessile", "flat_elevated", "flat", "depressed")
+LESION_SURFACES = ("smooth", "pits", "villous", "vascular")
 # The experiment whose composed config holds the renderer's defaults (scale=paper unless overridden).
 EXPERIMENT = "experiment=colon_render"
 

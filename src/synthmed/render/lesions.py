@@ -1,5 +1,7 @@
-"""The lesions: three mesh models (sessile and flat domes, a pedunculated stalk and head) sharing one
-lobulation node tree and one material, and their placement on the lumen wall per frame.
+"""The lesions: one mesh model per Paris class (a pedunculated stalk and head; sessile, flat-elevated, flat and
+depressed domes) sharing one shape node tree (lobes, plateau, central depression) and one material (colour
+relative to the mucosa, surface pattern: pits, villous ridges or vessels, a mucus cap), and their placement on
+the lumen wall per frame (in view, or just behind a fold that hides part of it).
 
 A lesion's object index is `LESION_INDEX`: the index pass gives its exact, unblended mask.
 """
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.render.config import LESION_TYPES
+from synthmed.render.config import LESION_SURFACES, LESION_TYPES
 from synthmed.render.lumen import centreline, centreline_frame
 from synthmed.render.nodes import (
     NodeGraph,
@@ -22,6 +24,7 @@ from synthmed.render.nodes import (
     new_material,
     rotate,
     shifted_colour,
+    shifted_toward,
     unit,
 )
 
@@ -43,36 +46,83 @@ class Lesions:
         self.objects = {kind: self._model(scene, kind, tree) for kind in LESION_TYPES}
 
     def _build_shape(self, graph: NodeGraph) -> None:
-        """Lobulation: the upper half of the model pushed along its normals by a seeded noise."""
+        """The model's upper half (z > 0, unit frame): its top flattened (z -> z ** plateau_power), its centre
+        sunk (depressed lesions: by `depression` x (1 - r^2 / rim^2)^2 inside the rim), then pushed along its
+        normals by a seeded noise (lobes: `lobe_scale` noise cells per unit, +-`lobulation`)."""
         shader, knob = self.cfg["shader"], self.shape_inputs
         group_in, group_out = graph.node("NodeGroupInput"), graph.node("NodeGroupOutput")
         position = graph.node("GeometryNodeInputPosition").outputs[0]
-        noise = graph.noise(graph.seeded(position, knob["lesion.seed"]), float(shader["lesion_shape_noise_scale"]),
+        xyz = graph.node("ShaderNodeSeparateXYZ", {0: position})
+        x, y, z = xyz.outputs[0], xyz.outputs[1], xyz.outputs[2]
+        above_wall = graph.math("GREATER_THAN", z, 0.0)
+        r2 = graph.math("ADD", graph.math("MULTIPLY", x, x), graph.math("MULTIPLY", y, y))
+        flat_top = graph.math("POWER", graph.math("MAXIMUM", z, 0.0), knob["lesion.plateau_power"])
+        inside_rim = graph.math("MAXIMUM", graph.math("SUBTRACT", 1.0, graph.math(
+            "DIVIDE", r2, float(shader["lesion_depression_rim"]) ** 2)), 0.0)
+        sink = graph.math("MULTIPLY", knob["lesion.depression"], graph.math("MULTIPLY", inside_rim, inside_rim))
+        top = graph.math("SUBTRACT", flat_top, sink)
+        new_z = graph.math("ADD", graph.math("MULTIPLY", top, above_wall),
+                           graph.math("MULTIPLY", z, graph.math("SUBTRACT", 1.0, above_wall)))
+        reshaped = graph.node("GeometryNodeSetPosition", {
+            "Geometry": group_in.outputs[0], "Position": graph.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: new_z})})
+        noise = graph.noise(graph.seeded(position, knob["lesion.seed"]), knob["lesion.lobe_scale"],
                             float(shader["lesion_shape_noise_detail"]))
         # noise 0..1 -> +-lobulation
         amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise, 0.5), graph.math("MULTIPLY", knob["lesion.lobulation"], 2.0))
-        above_wall = graph.math("GREATER_THAN", graph.node("ShaderNodeSeparateXYZ", {0: position}).outputs[2], 0.0)
         shift = graph.vector_math("SCALE", graph.node("GeometryNodeInputNormal").outputs[0],
                                   scale=graph.math("MULTIPLY", amount, above_wall))
-        moved = graph.node("GeometryNodeSetPosition", {"Geometry": group_in.outputs[0], "Offset": shift})
+        moved = graph.node("GeometryNodeSetPosition", {"Geometry": reshaped.outputs[0], "Offset": shift})
         smooth = graph.node("GeometryNodeSetShadeSmooth", {"Mesh": moved.outputs[0], "Shade Smooth": True})
         graph.connect(smooth.outputs[0], group_out.inputs[0])
 
     def _build_material(self, graph: NodeGraph) -> None:
+        """Mottled lesion colour; a surface pattern (pits: dots of a Voronoi field; villous: its cell edges as
+        ridges; vascular: fine red lines), each weighted per frame; a pale mucus cap over the top."""
         shader, knob = self.cfg["shader"], self.material_inputs
         coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]  # object space: texture scales with the lesion
-        noise = graph.noise(graph.seeded(coordinates, knob["lesion.seed"]), knob["lesion.texture_scale_obj"],
+        seeded = graph.seeded(coordinates, knob["lesion.seed"])
+        noise = graph.noise(seeded, knob["lesion.texture_scale_obj"],
                             float(shader["lesion_noise_detail"]), Roughness=float(shader["lesion_noise_roughness"]))
         low, high = (float(v) for v in shader["lesion_mottle_edges"])
         mottle = graph.math("MULTIPLY", graph.map_range(noise, low, high),
                             graph.math("MULTIPLY", knob["lesion.texture_strength"], float(shader["lesion_mottle_gain"])))
         colour = graph.mix_colour(mottle, knob.rgb("lesion.colour"), knob.rgb("lesion.colour_dark"))
+        # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model
+        cells = graph.node("ShaderNodeTexVoronoi", {"Vector": seeded, "Scale": knob["lesion.pattern_scale_obj"],
+                                                    "Randomness": float(shader["lesion_pattern_randomness"])},
+                           voronoi_dimensions="3D", feature="F1")
+        edges = graph.node("ShaderNodeTexVoronoi", {"Vector": seeded, "Scale": knob["lesion.pattern_scale_obj"],
+                                                    "Randomness": float(shader["lesion_pattern_randomness"])},
+                           voronoi_dimensions="3D", feature="DISTANCE_TO_EDGE")
+        pit_radius, ridge_width, vessel_width = (float(shader[k]) for k in
+                                                  ("lesion_pit_radius", "lesion_ridge_width", "lesion_vessel_width"))
+        pits = graph.math("MULTIPLY", graph.map_range(cells.outputs["Distance"], pit_radius, 0.0, 0.0, 1.0, "SMOOTHSTEP"),
+                          knob["lesion.pits"])
+        ridges = graph.math("MULTIPLY", graph.map_range(edges.outputs["Distance"], 0.0, ridge_width, 0.0, 1.0,
+                                                        "SMOOTHSTEP"), knob["lesion.villous"])
+        vessel_lines = graph.math("MULTIPLY", graph.map_range(edges.outputs["Distance"], vessel_width, 0.0, 0.0, 1.0,
+                                                              "SMOOTHSTEP"), knob["lesion.vascular"])
+        colour = graph.mix_colour(graph.math("MULTIPLY", pits, float(shader["lesion_pit_darkening"])), colour,
+                                  knob.rgb("lesion.colour_dark"))
+        colour = graph.mix_colour(graph.math("MULTIPLY", graph.math("SUBTRACT", knob["lesion.villous"], ridges),
+                                             float(shader["lesion_furrow_darkening"])), colour, knob.rgb("lesion.colour_dark"))
+        colour = graph.mix_colour(vessel_lines, colour, knob.rgb("lesion.vessel_colour"))
+        # mucus cap: a pale, glossy film over the top of the model (object z), patchy
+        z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
+        cap_low, cap_high = (float(v) for v in shader["lesion_mucus_edges"])
+        cap = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.map_range(z, cap_low, cap_high, 0.0, 1.0, "SMOOTHSTEP"),
+                                                graph.map_range(noise, 0.3, 0.6, 0.3, 1.0)), knob["lesion.mucus"])
+        colour = graph.mix_colour(graph.math("MULTIPLY", cap, float(shader["lesion_mucus_opacity"])), colour,
+                                  knob.rgb("lesion.mucus_colour"))
+        height = graph.math("ADD", graph.math("ADD", graph.math("MULTIPLY", noise, knob["lesion.texture_strength"]),
+                                              graph.math("MULTIPLY", pits, -1.0)), ridges)
         bump = graph.node("ShaderNodeBump", {
-            "Strength": graph.math("MULTIPLY", knob["lesion.texture_strength"], float(shader["lesion_bump_gain"])),
-            "Distance": float(shader["lesion_bump_distance"]), "Height": noise})
+            "Strength": float(shader["lesion_bump_gain"]),
+            "Distance": float(shader["lesion_bump_distance"]), "Height": height})
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
             "Base Color": colour, "Roughness": float(shader["lesion_roughness"]), "Normal": bump.outputs[0],
-            "Coat Weight": float(shader["lesion_coat_weight"]), "Coat Roughness": float(shader["lesion_coat_roughness"]),
+            "Coat Weight": graph.math("ADD", float(shader["lesion_coat_weight"]), cap),
+            "Coat Roughness": float(shader["lesion_coat_roughness"]),
             "Coat IOR": float(shader["lesion_coat_ior"]), "Coat Normal": bump.outputs[0],
         })
         graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
@@ -108,13 +158,9 @@ class Lesions:
     # -------------------------------------------------------------------------- per frame
     def pose(self, params: Mapping[str, Any]) -> None:
         """Hide every lesion and set the shape and material inputs of this frame's lesion."""
-        hue, saturation, value = params["lesion.hue"], params["lesion.saturation"], params["lesion.value"]
-        colours = {"lesion.colour": hsv_colour(hue, saturation, value),
-                   "lesion.colour_dark": shifted_colour(hue, saturation, value, self.cfg["shader"]["lesion_dark"])}
-        # the texture's scale is per mm, the material's coordinates are the model's unit frame
-        values = {**params, "lesion.texture_scale_obj": float(params["lesion.texture_scale"]) * float(params["lesion.size_mm"])}
+        values, colours = lesion_inputs(params, self.cfg["shader"])
         self.material_inputs.set(values, colours)
-        self.shape_inputs.set(params, {})
+        self.shape_inputs.set(values, {})
         for lesion in self.objects.values():
             lesion.hide_render = True
 
@@ -136,6 +182,8 @@ class Lesions:
             hit = ray_cast(centre, side * math.cos(angle) + np.cross(side, tangent) * math.sin(angle))
         else:
             raise ValueError(f"render.params.lesion.placement: unknown placement {params['lesion.placement']!r}")
+        if hit is not None and params["lesion.placement"] == "view" and int(params["lesion.behind_fold"]):
+            hit = self._behind_fold(params, ray_cast, hit[0])
         if hit is None:
             return {"lesion.placed": 0, "lesion.distance_mm": -1.0}
         location, normal, _ = hit
@@ -156,3 +204,51 @@ class Lesions:
                                @ Matrix.Diagonal((*scale, 1.0)))
         lesion.hide_render = False
         return {"lesion.placed": 1, "lesion.distance_mm": float(np.linalg.norm(location - camera_position))}
+
+    def _behind_fold(self, params: Mapping[str, Any], ray_cast: Callable, location: np.ndarray):
+        """The wall just beyond the next fold ridge from `location` (farther along the lumen, at the same angle
+        around it), where the ridge hides part of a lesion from a scope looking down the lumen."""
+        spacing, phase = float(params["tube.fold_spacing_mm"]), float(params["tube.fold_phase"])
+        axial = float(location[2])  # the lumen's axial coordinate is world z (bends move only x and y)
+        ridge = (math.floor(axial / spacing - phase) + 1.0 + phase) * spacing
+        behind = ridge + float(params["lesion.fold_gap"]) * spacing
+        centre, tangent, _ = centreline_frame(params, axial)
+        outward = location - centre
+        outward = unit(outward - tangent * float(np.dot(outward, tangent)))
+        return ray_cast(centreline(params, behind), outward)
+
+
+def lesion_colour(params: Mapping[str, Any], shader: Mapping) -> tuple[float, float, float]:
+    """The lesion's HSV: the mucosa's colour shifted by `lesion.redness` (paler .. same .. redder), its hue
+    jittered by `lesion.hue_jitter`."""
+    hue, saturation, value = shifted_toward(float(params["mucosa.hue"]), float(params["mucosa.saturation"]),
+                                            float(params["mucosa.value"]), float(params["lesion.redness"]), shader)
+    return hue + float(params["lesion.hue_jitter"]), saturation, value
+
+
+def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str, float], dict[str, Any]]:
+    """The shape and material inputs of a frame's lesion (values, colours) from its parameters."""
+    hue, saturation, value = lesion_colour(params, shader)
+    colours = {"lesion.colour": hsv_colour(hue, saturation, value),
+               "lesion.colour_dark": shifted_colour(hue, saturation, value, shader["lesion_dark"]),
+               "lesion.vessel_colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"],
+                                                  params["vessels.value"]),
+               "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"]))}
+    surface, strength = params["lesion.surface"], float(params["lesion.surface_strength"])
+    if surface not in LESION_SURFACES:
+        raise ValueError(f"render.params.lesion.surface: unknown surface {surface!r} ({', '.join(LESION_SURFACES)})")
+    size = float(params["lesion.size_mm"])
+    dome = params["lesion.type"] != "pedunculated"
+    values = {
+        **params,
+        # textures are per mm; the material's coordinates are the model's unit frame (a dome is 2 units wide)
+        "lesion.texture_scale_obj": float(params["lesion.texture_scale"]) * size,
+        "lesion.pattern_scale_obj": float(params["lesion.pattern_scale"]) * size,
+        "lesion.pits": strength * (surface == "pits"),
+        "lesion.villous": strength * (surface == "villous"),
+        "lesion.vascular": strength * (surface == "vascular"),
+        "lesion.mucus": float(params["lesion.mucus"]),
+        "lesion.plateau_power": 1.0 - float(shader["lesion_plateau_gain"]) * float(params["lesion.plateau"]) if dome else 1.0,
+        "lesion.depression": float(params["lesion.depression"]) if dome else 0.0,
+    }
+    return values, colours

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.render.config import pattern_lane
+from synthmed.render.lumen import TAU
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
@@ -20,6 +21,7 @@ from synthmed.render.nodes import (
     new_geometry_tree,
     new_material,
     shifted_colour,
+    shifted_toward,
 )
 
 
@@ -160,6 +162,20 @@ class Mucosa:
         vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
                              knob["vessels.contrast"])
         coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
+        # a reddened patch (erythema, a hard negative: lesion-coloured, but no lesion): redder within a
+        # noisy radius of a point on the wall (axial, angle around the lumen)
+        raw_angle = graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0])
+        turn = graph.math("SUBTRACT", raw_angle, knob["erythema.angle"])
+        turn = graph.math("SUBTRACT", turn, graph.math("MULTIPLY", graph.math("ROUND", graph.math("DIVIDE", turn, TAU)), TAU))
+        arc = graph.math("MULTIPLY", turn, knob["tube.radius_mm"])
+        along = graph.math("SUBTRACT", z, knob["erythema.axial"])
+        distance = graph.math("SQRT", graph.math("ADD", graph.math("MULTIPLY", arc, arc), graph.math("MULTIPLY", along, along)))
+        ragged = graph.math("MULTIPLY", knob["erythema.radius"], graph.math(
+            "ADD", 1.0, graph.math("MULTIPLY", graph.math("SUBTRACT", channels["mottle"], 0.5), float(shader["erythema_ragged"]))))
+        patch = graph.math("MULTIPLY", graph.map_range(graph.math("DIVIDE", distance, ragged), 1.0,
+                                                       float(shader["erythema_core"]), 0.0, 1.0, "SMOOTHSTEP"),
+                           knob["erythema.strength"])
+        coloured = graph.mix_colour(patch, coloured, knob.rgb("erythema.colour"))
         # fake translucency: warmer, lighter where the surface turns away (light scattered under the surface)
         facing = graph.node("ShaderNodeLayerWeight", {"Blend": float(shader["mucosa_rim_blend"])}).outputs["Facing"]
         rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
@@ -213,8 +229,15 @@ class Mucosa:
             "mucosa.colour_rim": shifted_colour(hue, saturation, value, shader["mucosa_rim"]),
             "vessels.colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"], params["vessels.value"]),
         }
+        patch = bool(int(params["clutter.red_patch"]))
+        colours["erythema.colour"] = hsv_colour(*shifted_toward(hue, saturation, value, float(params["clutter.red_patch_redness"]),
+                                                                shader))
+        erythema = {"erythema.axial": float(params["camera.axial_mm"]) + float(params["clutter.red_patch_ahead_mm"]),
+                    "erythema.angle": math.radians(float(params["clutter.red_patch_angle_deg"])),
+                    "erythema.radius": float(params["clutter.red_patch_size_mm"]) / 2.0,
+                    "erythema.strength": float(shader["erythema_opacity"]) if patch else 0.0}
         pattern = self.pattern_inputs(params)
-        self.inputs.set({**params, **pattern}, colours)
+        self.inputs.set({**params, **pattern, **erythema}, colours)
         return pattern
 
     # -------------------------------------------------------------------------- the baked pattern

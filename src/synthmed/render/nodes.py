@@ -144,6 +144,17 @@ def shifted_colour(hue: float, saturation: float, value: float, shift: Mapping[s
                       min(1.0, value * float(shift["value_scale"])))
 
 
+def shifted_toward(hue: float, saturation: float, value: float, redness: float, shader: Mapping) -> tuple[float, float, float]:
+    """An HSV colour moved toward paler (`redness` < 0: `shader.lesion_pale`) or redder (> 0: `shader.lesion_red`)
+    by |redness| of the shift."""
+    shift = shader["lesion_red"] if redness > 0 else shader["lesion_pale"]
+    t = abs(redness)
+    hue = hue + t * float(shift["hue_shift"])
+    saturation = saturation * (1.0 + t * (float(shift["saturation_scale"]) - 1.0)) + t * float(shift["saturation_shift"])
+    value = value * (1.0 + t * (float(shift["value_scale"]) - 1.0))
+    return hue, min(max(saturation, 0.0), 1.0), min(max(value, 0.0), 1.0)
+
+
 def unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 

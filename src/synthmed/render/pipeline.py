@@ -1,6 +1,9 @@
 """The dataset writer: plans frames, spreads them over spawned worker processes (each builds the Blender
 scene once), writes every frame atomically with a sidecar JSON, and assembles manifest.csv, preview.png,
 (coco.json) and dataset.yaml once all frames of the dataset exist. No bpy here: workers import it.
+
+`mode: sequence` hands out whole sequences instead of frames (a worker renders a sequence's frames in order:
+a frame's flow needs the next frame's depth) and writes the geometry passes and sequences/ besides.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from synthmed.render.config import (
     resolved_name,
     sample_params,
 )
+from synthmed.render.sequence import sequence_length
 from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, file_lock, spawn_context
 
 SIDE_DIR = "frames"  # one sidecar JSON per finished frame
@@ -40,6 +44,10 @@ PATTERNS = ".patterns"  # the baked mucosa patterns (textures.mode=baked); remov
 FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 DERIVED_COLUMNS = ("camera.offset_mm", "mucosa.pattern_index", "vessels.scale_per_mm", "lesion.placed",
                    "lesion.distance_mm")
+SEQUENCE_COLUMNS = ("sequence", "frame_in_sequence")  # mode=sequence: after FIXED_COLUMNS
+SEQUENCE_DERIVED = ("camera.frame_axial_mm",)  # mode=sequence: after DERIVED_COLUMNS
+SEQUENCE_DIRS = ("depth", "normals", "flow", "flow_valid")  # mode=sequence: the geometry passes, one file a frame
+SEQUENCES_DIR = "sequences"  # mode=sequence: <sequence id>.json (poses, intrinsics) and .gif (preview)
 
 __all__ = ["dataset_name", "render_dataset", "frame_id"]
 
@@ -69,10 +77,18 @@ def _sidecar(out: Path, index: int) -> Path:
     return out / SIDE_DIR / f"{frame_id(index)}.json"
 
 
-def _frame_done(out: Path, index: int) -> bool:
+def _frame_done(out: Path, index: int, length: int | None = None) -> bool:
+    """Frame `index` is finished: its sidecar (written last) and its files exist. `length`: mode=sequence's
+    frames per sequence (its frames have geometry passes, and flow unless last in their sequence)."""
     i = frame_id(index)
-    return (_sidecar(out, index).exists() and (out / "images" / f"{i}.png").exists()
+    done = (_sidecar(out, index).exists() and (out / "images" / f"{i}.png").exists()
             and (out / "masks" / f"{i}.png").exists())
+    if done and length:
+        names = [f"depth/{i}.npy", f"normals/{i}.npy"]
+        if index % length != length - 1:
+            names += [f"flow/{i}.flo", f"flow_valid/{i}.png"]
+        done = all((out / name).exists() for name in names)
+    return done
 
 
 # --------------------------------------------------------------------------------- left-overs of a kill
@@ -176,6 +192,17 @@ def _worker_frame(index: int) -> int:
     return index
 
 
+def _worker_sequence(sequence: int) -> int:
+    """Render the frames of `sequence` not finished yet; returns how many frames that was."""
+    if "error" in _STATE:
+        raise _STATE["error"]
+    scene, cfg = _STATE["scene"], _STATE["cfg"]
+    if cfg["textures"]["mode"] == "baked" and not scene.pattern_lanes:
+        paths = {k: _pattern_path(_STATE["out"], k) for k in range(int(cfg["textures"]["patterns"]))}
+        scene.set_pattern({k: np.load(path) for k, path in paths.items() if path.exists()})
+    return render_sequence(scene, cfg, _STATE["out"], sequence, _STATE["blender"])
+
+
 def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> dict[str, Any]:
     """Render, post-process and write one frame (images, masks, [depth], then its sidecar last)."""
     from synthmed.render.post import finish_frame, write_png
@@ -200,6 +227,82 @@ def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> di
     return side
 
 
+def render_sequence(scene, cfg: Mapping, out: Path, sequence: int, blender: str) -> int:
+    """Render sequence `sequence`'s unfinished frames, from the first of them to its end, in order: images,
+    masks, depth, normals, then (once the next frame is rendered) the frame's flow, then its sidecar. Returns the
+    number of frames rendered. The scene is posed once; only the camera moves."""
+    from synthmed.render.camera import fisheye_intrinsics, fisheye_rays
+    from synthmed.render.post import border_mask, finish_frame, write_png
+    from synthmed.render.sequence import (
+        camera_normals,
+        camera_path,
+        lesion_anchor,
+        npy_bytes,
+        write_bytes,
+    )
+
+    length = sequence_length(cfg)
+    first = sequence * length
+    todo = [k for k in range(length) if not _frame_done(out, first + k, length)]
+    if not todo:
+        return 0
+    p = sample_params(cfg, first)  # the sequence's scene: its first frame's parameters
+    placed = scene.pose_sequence(p)
+    path = camera_path(p, cfg, length, scene.ray_cast, frame_seed(cfg["seed"], first))
+    anchor, start = path[lesion_anchor(length)], path[0]
+    placed.update(scene.place_objects(p, (anchor.position, anchor.forward, anchor.up),
+                                      (start.position, start.forward, start.up)))
+    lesion_at = scene.lesion_location() if placed["lesion.placed"] else None
+    size = int(cfg["resolution"])
+    intrinsics = fisheye_intrinsics(float(p["camera.fov_deg"]), size)
+    rays = fisheye_rays(size, intrinsics["f_px"])
+    inside = border_mask(size, p["endoscope.border"], float(p["endoscope.border_radius"]),
+                         float(cfg["endoscope"]["octagon_cut"]))
+    previous = None  # (index, sidecar, depth, camera-to-world) of the frame whose flow waits for this one
+    for k in range(todo[0], length):
+        index, pose = first + k, path[k]
+        fid, seed = frame_id(index), frame_seed(cfg["seed"], index)
+        scene.move_camera(p, pose.position, pose.right, pose.up, pose.forward)
+        rendered = scene.render_current(seed)
+        f = finish_frame(rendered, p, cfg)
+        surface = inside & (rendered["depth"] < 1e9)
+        depth = np.where(surface, rendered["depth"], 0.0).astype(np.float32)
+        c2w = pose.camera_to_world()
+        write_png(out / "images" / f"{fid}.png", f["image"])
+        write_png(out / "masks" / f"{fid}.png", f["mask"])
+        write_bytes(out / "depth" / f"{fid}.npy", npy_bytes(depth))
+        write_bytes(out / "normals" / f"{fid}.npy", npy_bytes(camera_normals(rendered["normal"], c2w, surface)))
+        x0, y0, x1, y1 = f["bbox"]
+        row: dict[str, Any] = {"id": fid, "index": index, "seed": seed, "label": f["label"],
+                               "visible_pixels": f["visible_pixels"], "bbox_x0": x0, "bbox_y0": y0,
+                               "bbox_x1": x1, "bbox_y1": y1, "sequence": sequence, "frame_in_sequence": k}
+        row.update(p)
+        row.update(placed)
+        row.update({"camera.offset_mm": pose.offset_mm, "camera.frame_axial_mm": pose.axial_mm,
+                    "lesion.distance_mm": -1.0 if lesion_at is None
+                    else float(np.linalg.norm(lesion_at - pose.position))})
+        side = {"row": row, "blender": blender, "camera_to_world": c2w.tolist(), "intrinsics": intrinsics,
+                "lesion_mm": None if lesion_at is None else lesion_at.tolist()}
+        if previous is not None:
+            _finish_flow(out, previous, depth, c2w, rays, intrinsics["f_px"])
+        previous = (index, side, depth, c2w)
+    atomic_write_json(_sidecar(out, previous[0]), previous[1])  # the last frame: no flow
+    return length - todo[0]
+
+
+def _finish_flow(out: Path, previous: tuple, depth_next: np.ndarray, c2w_next: np.ndarray, rays: np.ndarray,
+                 focal_px: float) -> None:
+    """Write the flow of the frame before (now that the next frame's depth is known), then its sidecar."""
+    from synthmed.render.post import write_png
+    from synthmed.render.sequence import flo_bytes, optical_flow, write_bytes
+
+    index, side, depth, c2w = previous
+    flow, seen = optical_flow(depth, c2w, depth_next, c2w_next, rays, focal_px)
+    write_bytes(out / "flow" / f"{frame_id(index)}.flo", flo_bytes(flow))
+    write_png(out / "flow_valid" / f"{frame_id(index)}.png", seen.astype(np.uint8) * 255)
+    atomic_write_json(_sidecar(out, index), side)
+
+
 # --------------------------------------------------------------------------------- main side
 def render_dataset(cfg: Any, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Render the dataset of a `render` config into out_dir (resuming a partial one); return out_dir.
@@ -210,7 +313,11 @@ def render_dataset(cfg: Any, out_dir: str | os.PathLike, progress: bool = True) 
     """
     c = resolve_config(cfg)
     out = Path(out_dir)
-    frame_dirs = ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ())
+    length = sequence_length(c) if c["mode"] == "sequence" else None  # frames a sequence; None: still frames
+    if length:
+        frame_dirs = ("images", "masks", SIDE_DIR) + SEQUENCE_DIRS
+    else:
+        frame_dirs = ("images", "masks", SIDE_DIR) + (("depth",) if c["depth"] else ())
     for sub in frame_dirs:
         (out / sub).mkdir(parents=True, exist_ok=True)
     remove_dead_scratch(out)  # of renders killed before they could clean up
@@ -218,24 +325,34 @@ def render_dataset(cfg: Any, out_dir: str | os.PathLike, progress: bool = True) 
     # jobs that need the same frames (e.g. the seeds of a parallel sweep) take turns: the later one waits,
     # then finds them made; other shards of the dataset hold other locks and render side by side
     with file_lock(out / f".render-shard{shard}of{shards}.lock"):
-        def mine(name: str) -> bool:  # a file of one of this shard's frames
+        def mine(name: str) -> bool:  # a file of one of this shard's frames (a sequence's frames share a shard)
             stem = name.split(".", 1)[0]
-            return stem.isdigit() and int(stem) % shards == shard
+            return stem.isdigit() and (int(stem) // (length or 1)) % shards == shard
 
         for sub in frame_dirs:
             remove_stale_temp_files(out / sub, recursive=False, owned=mine)
-        todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
+        if length:
+            todo = [s for s in range(n // length) if s % shards == shard
+                    and not all(_frame_done(out, i, length) for i in range(s * length, (s + 1) * length))]
+            frames_todo = sum(not _frame_done(out, i, length) for s in todo for i in range(s * length, (s + 1) * length))
+        else:
+            todo = [i for i in range(n) if i % shards == shard and not _frame_done(out, i)]
+            frames_todo = len(todo)
         if todo:
-            log.info("rendering %d of the %d frames of shard %d/%d into %s", len(todo), n, shard, shards, out)
-            _render_frames(c, out, todo, progress)
+            log.info("rendering %d of the %d frames of shard %d/%d into %s", frames_todo, n, shard, shards, out)
+            _render_frames(c, out, todo, progress, length)
     with file_lock(out / ".finalize.lock"):
         remove_stale_temp_files(out, recursive=False)  # manifest, preview, coco, dataset.yaml of a killed finalize
-        if all(_frame_done(out, i) for i in range(n)):
+        if length:
+            (out / SEQUENCES_DIR).mkdir(exist_ok=True)
+            remove_stale_temp_files(out / SEQUENCES_DIR, recursive=False)
+        if all(_frame_done(out, i, length) for i in range(n)):
             finalize(c, out)
     return out
 
 
-def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
+def _render_frames(c: dict, out: Path, todo: list[int], progress: bool, length: int | None = None) -> None:
+    """Render the frames `todo` (or, with `length`, the sequences `todo`) over the workers."""
     from tqdm.auto import tqdm
 
     workers = max(1, min(int(c["workers"]), len(todo)))
@@ -244,11 +361,16 @@ def _render_frames(c: dict, out: Path, todo: list[int], progress: bool) -> None:
     with spawn_context() as ctx, ctx.Pool(workers, initializer=_worker_init,
                                           initargs=(c, str(out), threads, str(scratch), workers, os.getpid())) as pool:
         if c["textures"]["mode"] == "baked":
-            _bake_patterns(c, out, _lanes_shown(c, todo), pool, progress)
-        with tqdm(total=len(todo), unit="frame", desc=f"render {out.name}", disable=not progress,
+            firsts = [s * length for s in todo] if length else todo  # a sequence shows its first frame's pattern
+            _bake_patterns(c, out, _lanes_shown(c, firsts), pool, progress)
+        with tqdm(total=len(todo) * (length or 1), unit="frame", desc=f"render {out.name}", disable=not progress,
                   smoothing=0.1) as bar:
-            for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
-                bar.update(1)
+            if length:
+                for _ in pool.imap_unordered(_worker_sequence, todo, chunksize=1):
+                    bar.update(length)  # frames already made before a resume count as done
+            else:
+                for _ in pool.imap_unordered(_worker_frame, todo, chunksize=1):
+                    bar.update(1)
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         (out / SCRATCH).rmdir()  # only if no other shard is using it
@@ -299,7 +421,11 @@ def finalize(c: dict, out: Path) -> None:
     """Assemble manifest.csv (+ preview, coco) from the sidecars, then dataset.yaml last."""
     n = int(c["num_frames"])
     rows, sides = _read_rows(out, n)
-    columns = list(FIXED_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
+    if c["mode"] == "sequence":
+        columns = (list(FIXED_COLUMNS) + list(SEQUENCE_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
+                   + list(SEQUENCE_DERIVED))
+    else:
+        columns = list(FIXED_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -321,6 +447,10 @@ def finalize(c: dict, out: Path) -> None:
         "num_lesion_frames": int(sum(int(r["label"]) for r in rows)),
         "config": dataset_config(c),
     }
+    if c["mode"] == "sequence":
+        length = sequence_length(c)
+        meta["num_sequences"] = n // length
+        write_sequences(c, out, sides, length)
     if c["coco"]:
         write_coco(out, rows, meta)
     atomic_write_text(out / "dataset.yaml", OmegaConf.to_yaml(OmegaConf.create(meta)))
@@ -348,6 +478,34 @@ def write_preview(out: Path, rows: list[dict], cols: int = 4) -> None:
         y, x = (k // cols) * (h + 2) + 1, (k % cols) * (w + 2) + 1
         sheet[y:y + h, x:x + w] = t
     write_png(out / "preview.png", sheet)
+
+
+def write_sequences(c: Mapping, out: Path, sides: list[dict], length: int) -> None:
+    """Per sequence, `sequences/<id>.json` (its frames, intrinsics, camera-to-world matrices, lesion position)
+    and `sequences/<id>.gif` (its frames at `sequence.preview_fps`, lesion mask outlines in green); the id is
+    the sequence's number (the manifest's `sequence`), six digits."""
+    from PIL import Image
+
+    from synthmed.render.post import outline
+    from synthmed.render.sequence import gif_bytes, write_bytes
+
+    for first in range(0, len(sides), length):
+        group = sides[first:first + length]
+        rows = [s["row"] for s in group]
+        sid = f"{first // length:06d}"
+        record = {
+            "sequence": int(rows[0]["sequence"]), "frames": [r["id"] for r in rows], "length": length,
+            "convention": "camera_to_world: 4x4, mm, camera axes x right, y down, z forward (OpenCV)",
+            "intrinsics": group[0]["intrinsics"], "camera_to_world": [s["camera_to_world"] for s in group],
+            "lesion_mm": group[0]["lesion_mm"], "labels": [int(r["label"]) for r in rows],
+        }
+        atomic_write_json(out / SEQUENCES_DIR / f"{sid}.json", record)
+        frames = []
+        for r in rows:
+            img = np.array(Image.open(out / "images" / f"{r['id']}.png").convert("RGB"))
+            img[outline(np.array(Image.open(out / "masks" / f"{r['id']}.png")))] = (0, 255, 0)
+            frames.append(img)
+        write_bytes(out / SEQUENCES_DIR / f"{sid}.gif", gif_bytes(frames, float(c["sequence"]["preview_fps"])))
 
 
 COCO_CATEGORY = {"id": 1, "name": "lesion", "supercategory": "colon"}

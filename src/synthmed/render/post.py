@@ -1,4 +1,4 @@
-"""Numpy post-processing of a rendered frame: exposure, vignetting, the endoscope's field-of-view border,
+"""Numpy post-processing of a rendered frame: optics (glare, defocus, motion blur), exposure, vignetting, the endoscope's field-of-view border,
 sRGB encoding, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
@@ -24,6 +24,40 @@ def border_mask(size: int, shape: str, radius: float, octagon_cut: float) -> np.
     raise ValueError(f"render.params.endoscope.border: unknown border {shape!r} (circle, octagon)")
 
 
+def line_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A normalised streak of `length` pixels at `angle_deg` (motion blur), sampled on an odd square grid."""
+    half = max(1, int(np.ceil(length / 2.0)))
+    c = np.arange(-half, half + 1, dtype=np.float64)
+    y, x = np.meshgrid(c, c, indexing="ij")
+    a = np.deg2rad(angle_deg)
+    along = x * np.cos(a) + y * np.sin(a)
+    across = -x * np.sin(a) + y * np.cos(a)
+    k = np.clip(1.0 - np.abs(across), 0.0, 1.0) * (np.abs(along) <= length / 2.0)
+    return (k / k.sum()).astype(np.float32)
+
+
+def optics(lin: np.ndarray, p: Mapping[str, Any], endo: Mapping) -> np.ndarray:
+    """The scope's optics on linear RGB: glare (highlights bloom: `optics.glare`), defocus (a gaussian of
+    `optics.defocus_sigma` of the width) and motion blur (a streak of `optics.motion_blur_length` of the width).
+    Only the image: the lesion mask stays the geometry's."""
+    from scipy import ndimage
+
+    size = lin.shape[1]
+    out = lin.astype(np.float32, copy=True)
+    glare = float(p["optics.glare"])
+    if glare > 0.0:
+        excess = np.clip(out.max(axis=-1) - float(endo["glare_threshold"]), 0.0, None)
+        bloom = ndimage.gaussian_filter(excess, float(endo["glare_sigma"]) * size, mode="constant")
+        out += (glare * float(endo["glare_gain"]) * bloom)[..., None].astype(np.float32)
+    if int(p["optics.defocus"]):
+        sigma = float(p["optics.defocus_sigma"]) * size
+        out = ndimage.gaussian_filter(out, (sigma, sigma, 0.0), mode="nearest")
+    if int(p["optics.motion_blur"]):
+        kernel = line_kernel(float(p["optics.motion_blur_length"]) * size, float(p["optics.motion_blur_angle_deg"]))
+        out = np.stack([ndimage.convolve(out[..., k], kernel, mode="nearest") for k in range(out.shape[-1])], axis=-1)
+    return out
+
+
 def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping) -> dict[str, Any]:
     """Linear passes -> uint8 RGB, 0/255 mask, uint16 depth (mm) and the visible-lesion statistics."""
     rgb = np.asarray(rendered["rgb"], np.float32)
@@ -33,7 +67,8 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     r2 = c[None, :] ** 2 + c[:, None] ** 2
     vignette = 1.0 - float(p["endoscope.vignette"]) * np.clip(r2 / 2.0, 0, 1) ** (float(endo["vignette_power"]) / 2.0)
-    lin = np.clip(rgb, 0.0, None) * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
+    lin = optics(np.clip(rgb, 0.0, None), p, endo)
+    lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
     img = np.floor(np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img[~inside] = 0

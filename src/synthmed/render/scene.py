@@ -3,7 +3,10 @@
 light) — and owns the render settings and the compositor. bpy is imported here, in the worker processes.
 
 `ColonScene(cfg).render(params, seed)` returns linear RGB, the object-index pass (lesion = 1) and depth as
-numpy arrays, plus the values derived while posing the frame (camera and lesion placement).
+numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
+(`mode: sequence`) poses the scene once (`pose_scene`, then `place_objects` from the camera poses it chooses),
+moves only the camera per frame (`move_camera`) and renders the current state (`render_current`), with a
+normal pass besides.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.render.camera import Endoscope
+from synthmed.render.clutter import Clutter
 from synthmed.render.exr import read_exr
 from synthmed.render.lesions import Lesions
 from synthmed.render.lumen import LumenGeometry
@@ -31,6 +35,7 @@ class ColonScene:
         import bpy
 
         self.bpy, self.cfg = bpy, cfg
+        self.sequence_mode = cfg["mode"] == "sequence"
         bpy.ops.wm.read_factory_settings(use_empty=True)
         self.scene = bpy.context.scene
         if tmp_root:
@@ -40,6 +45,7 @@ class ColonScene:
         self.mucosa = Mucosa(bpy, cfg)
         self.lumen = LumenGeometry(bpy, self.scene, cfg, self.mucosa.material)
         self.lesions = Lesions(bpy, self.scene, cfg)
+        self.clutter = Clutter(bpy, self.scene, cfg)
         self.endoscope = Endoscope(bpy, self.scene, cfg)
         self.exr_path = self._build_compositor()
 
@@ -107,9 +113,11 @@ class ColonScene:
         view_layer = self.scene.view_layers[0]
         view_layer.use_pass_object_index = True
         view_layer.use_pass_z = True
+        view_layer.use_pass_normal = self.sequence_mode  # the sequences' normals (a still frame has none)
 
     def _build_compositor(self) -> str:
-        """Write Combined, object index and depth to one uncompressed EXR a frame; returns its path."""
+        """Write Combined, object index and depth (and, for sequences, the normal) to one uncompressed EXR a
+        frame; returns its path."""
         tree = self.bpy.data.node_groups.new("passes", "CompositorNodeTree")
         self.scene.compositing_node_group = tree
         layers = tree.nodes.new("CompositorNodeRLayers")
@@ -121,7 +129,10 @@ class ColonScene:
         output.format.exr_codec = "NONE"
         output.format.color_depth = "32"
         output.format.use_exr_interleave = True  # one part, so our small reader handles it
-        for name, kind, source in (("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth")):
+        passes = [("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth")]
+        if self.sequence_mode:
+            passes.append(("normal", "VECTOR", "Normal"))
+        for name, kind, source in passes:
             output.file_output_items.new(kind, name)
             tree.links.new(layers.outputs[source], output.inputs[name])
         return os.path.join(self.tmpdir, "passes.exr")
@@ -145,34 +156,78 @@ class ColonScene:
         """The first lumen wall hit from `origin` along `direction` in this frame's evaluated geometry."""
         return self.lumen.ray_cast(origin, direction, self._depsgraph)
 
-    def pose(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Set every node input, transform and visibility for one frame; return derived placement values."""
+    def pose_scene(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Set the lumen's, the mucosa's and the lesion models' inputs (every lesion hidden) and evaluate the
+        lumen, so that `ray_cast` sees it; return the derived pattern values."""
         self.lumen.pose(params)
         pattern = self.mucosa.pose(params)
         self.lesions.pose(params)
         self._depsgraph = self.bpy.context.evaluated_depsgraph_get()
         self._depsgraph.update()
         self.lumen.sync(self._depsgraph)
-        position, forward, up, offset = self.endoscope.pose(params, self.ray_cast)
-        derived: dict[str, Any] = {"camera.offset_mm": offset, "mucosa.pattern_index": int(pattern["pattern.lane"]),
-                                   "vessels.scale_per_mm": pattern["pattern.vessel_scale"] * pattern["pattern.axial_scale"],
-                                   "lesion.placed": 0, "lesion.distance_mm": -1.0}
+        return {"mucosa.pattern_index": int(pattern["pattern.lane"]),
+                "vessels.scale_per_mm": pattern["pattern.vessel_scale"] * pattern["pattern.axial_scale"]}
+
+    def place_objects(self, params: Mapping[str, Any], lesion_pose: tuple, clutter_pose: tuple) -> dict[str, Any]:
+        """Put the lesion (if present) and the clutter on the wall of the posed scene, each seen from a camera
+        pose (position, forward, up); return their derived values."""
+        derived: dict[str, Any] = {"lesion.placed": 0, "lesion.distance_mm": -1.0}
         if int(params["lesion.present"]):
-            derived.update(self.lesions.place(params, self.ray_cast, position, forward, up))
+            derived.update(self.lesions.place(params, self.ray_cast, *lesion_pose))
+        derived.update(self.clutter.place(params, self.ray_cast, *clutter_pose))
         return derived
+
+    def pose(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Set every node input, transform and visibility for one frame; return derived placement values."""
+        pattern = self.pose_scene(params)
+        position, forward, up, offset = self.endoscope.pose(params, self.ray_cast)
+        derived: dict[str, Any] = {"camera.offset_mm": offset, **pattern}
+        derived.update(self.place_objects(params, (position, forward, up), (position, forward, up)))
+        return derived
+
+    def pose_sequence(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Pose a sequence's scene (`pose_scene`) after checking its mucosa pattern is loaded; the caller places
+        the lesion and the clutter (`place_objects`) from the camera poses it chooses, then moves the camera."""
+        self.mucosa.check_pattern(params)
+        return self.pose_scene(params)
+
+    def move_camera(self, params: Mapping[str, Any], position: np.ndarray, right: np.ndarray, up: np.ndarray,
+                    forward: np.ndarray) -> None:
+        """Move only the endoscope (camera and tip light) in the posed scene."""
+        self.endoscope.place(params, position, right, up, forward)
+
+    def lesion_location(self) -> np.ndarray | None:
+        """Where the placed lesion's model stands (its origin, at its base in the wall), or None."""
+        for lesion in self.lesions.objects.values():
+            if not lesion.hide_render:
+                return np.array(lesion.matrix_world.translation, dtype=np.float64)
+        return None
 
     def render(self, params: Mapping[str, Any], cycles_seed: int) -> dict[str, Any]:
         """Render one frame. Returns {"rgb": HxWx3 linear float32, "index": HxW float32, "depth": HxW float32,
         "derived": {...}}. Row 0 is the top of the image."""
         self.mucosa.check_pattern(params)
         derived = self.pose(params)
+        return {**self.render_current(cycles_seed), "derived": derived}
+
+    def render_current(self, cycles_seed: int) -> dict[str, np.ndarray]:
+        """Render the scene as posed: {"rgb": HxWx3 linear float32, "index", "depth": HxW float32 (the first
+        sample's; depth is the distance along the ray in mm, 1e10 where it hits nothing) and, for sequences,
+        "normal": HxWx3 world-space normal averaged over the samples}. Row 0 is the top of the image."""
         self.scene.cycles.seed = int(cycles_seed)
+        if self.sequence_mode:
+            # only the camera moved: with persistent data Cycles then keeps the integrator, and the old seed with
+            # it (a frame's noise would depend on which frame the worker rendered first); tag the scene
+            self.scene.update_tag()
         if os.path.exists(self.exr_path):
             os.remove(self.exr_path)
         self.bpy.ops.render.render()
         channels = read_exr(self.exr_path)
         rgb = np.stack([channels["rgb.R"], channels["rgb.G"], channels["rgb.B"]], axis=-1)
-        return {"rgb": rgb, "index": channels["index.V"], "depth": channels["depth.V"], "derived": derived}
+        out = {"rgb": rgb, "index": channels["index.V"], "depth": channels["depth.V"]}
+        if self.sequence_mode:
+            out["normal"] = np.stack([channels["normal.X"], channels["normal.Y"], channels["normal.Z"]], axis=-1)
+        return out
 
     def close(self) -> None:
         shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -21,6 +21,11 @@ class TextureMode(Enum):
     procedural = 2  # the same nodes evaluated per sample
 
 
+class RenderMode(Enum):
+    still = 1  # independent frames, each its own scene and camera
+    sequence = 2  # the endoscope moves along the centreline through one scene per sequence (geometry passes)
+
+
 class Device(Enum):
     cpu = 1  # Cycles on the CPU cores (the reference: byte-reproducible across x86-64 hosts)
     gpu = 2  # Cycles on CUDA/OptiX GPUs; fails when none is found
@@ -63,6 +68,9 @@ class EndoscopeConfig:
     light_power_scale: float = MISSING
     octagon_cut: float = MISSING
     vignette_power: float = MISSING
+    glare_threshold: float = MISSING
+    glare_sigma: float = MISSING
+    glare_gain: float = MISSING
 
 
 @dataclass
@@ -77,6 +85,14 @@ class SceneConfig:
     mucosa_bump_scale: float = MISSING
     mucosa_bump_distance: float = MISSING
     lesion_sink_mm: float = MISSING
+
+
+@dataclass
+class SequenceConfig:
+    """mode=sequence only: num_frames counts frames (sequences x length)."""
+
+    length: int = MISSING
+    preview_fps: int = MISSING
 
 
 @dataclass
@@ -134,8 +150,9 @@ class ShaderConfig:
     subsurface_radius: list[float] = MISSING
     subsurface_scale: float = MISSING
     # lesions
-    lesion_shape_noise_scale: float = MISSING
     lesion_shape_noise_detail: float = MISSING
+    lesion_plateau_gain: float = MISSING
+    lesion_depression_rim: float = MISSING
     lesion_noise_detail: float = MISSING
     lesion_noise_roughness: float = MISSING
     lesion_mottle_edges: list[float] = MISSING
@@ -143,6 +160,17 @@ class ShaderConfig:
     lesion_bump_gain: float = MISSING
     lesion_bump_distance: float = MISSING
     lesion_dark: ColourShift = field(default_factory=ColourShift)
+    lesion_pale: ColourShift = field(default_factory=ColourShift)
+    lesion_red: ColourShift = field(default_factory=ColourShift)
+    lesion_pattern_randomness: float = MISSING
+    lesion_pit_radius: float = MISSING
+    lesion_pit_darkening: float = MISSING
+    lesion_ridge_width: float = MISSING
+    lesion_furrow_darkening: float = MISSING
+    lesion_vessel_width: float = MISSING
+    lesion_mucus_edges: list[float] = MISSING
+    lesion_mucus_opacity: float = MISSING
+    lesion_mucus_colour: list[float] = MISSING
     lesion_roughness: float = MISSING
     lesion_coat_weight: float = MISSING
     lesion_coat_roughness: float = MISSING
@@ -153,12 +181,32 @@ class ShaderConfig:
     stalk_centre: float = MISSING
     head_radius: float = MISSING
     head_centre: float = MISSING
+    # reddened patches
+    erythema_ragged: float = MISSING
+    erythema_core: float = MISSING
+    erythema_opacity: float = MISSING
+    # hard negatives
+    clutter_max_bubbles: int = MISSING
+    clutter_max_debris: int = MISSING
+    clutter_transparent_bounces: int = MISSING
+    bubble_ior: float = MISSING
+    bubble_roughness: float = MISSING
+    bubble_rim_gain: float = MISSING
+    bubble_sink: float = MISSING
+    debris_texture_scale: float = MISSING
+    debris_shape_scale: float = MISSING
+    debris_roughness: float = MISSING
+    debris_dark: ColourShift = field(default_factory=ColourShift)
+    fluid_roughness: float = MISSING
+    fluid_saturation: float = MISSING
+    fluid_lens_clearance_mm: float = MISSING
     # light
     light_warmth_tint: list[float] = MISSING
 
 
 @dataclass
 class RenderConfig:
+    mode: RenderMode = MISSING
     num_frames: int = MISSING
     resolution: int = MISSING
     seed: int = MISSING
@@ -175,6 +223,7 @@ class RenderConfig:
     coco: bool = MISSING
     preview_frames: int = MISSING
     overrides: dict[str, Any] = field(default_factory=dict)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     textures: TexturesConfig = field(default_factory=TexturesConfig)
     endoscope: EndoscopeConfig = field(default_factory=EndoscopeConfig)

@@ -1,0 +1,201 @@
+"""Lesion variety, hard negatives and optics (issue: frames that teach what real lesions look like).
+
+Blender renders run in their own interpreter (bpy is never imported in the test process); the optics and
+colour rules are numpy and are tested here directly."""
+
+from __future__ import annotations
+
+import colorsys
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from synthmed.render import compose_render
+from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
+from synthmed.render.lesions import lesion_colour
+from synthmed.render.post import finish_frame, line_kernel, optics
+
+HAS_BPY = importlib.util.find_spec("bpy") is not None
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return resolve_config(compose_render(["render.resolution=64"]))
+
+
+@pytest.fixture(scope="module")
+def varied():
+    return resolve_config(compose_render(["render.resolution=64", "render=varied"]))
+
+
+def test_lesion_colour_is_the_mucosas_moved_paler_or_redder(cfg):
+    p = {**sample_params(cfg, 0), "lesion.hue_jitter": 0.0}
+    mucosa = (p["mucosa.hue"], p["mucosa.saturation"], p["mucosa.value"])
+    same = lesion_colour({**p, "lesion.redness": 0.0}, cfg["shader"])
+    assert same == pytest.approx(mucosa)
+    pale = lesion_colour({**p, "lesion.redness": -1.0}, cfg["shader"])
+    red = lesion_colour({**p, "lesion.redness": 1.0}, cfg["shader"])
+    assert pale[1] < mucosa[1] < red[1]  # saturation
+    assert pale[2] > mucosa[2] > red[2]  # value
+
+    def redness(hsv):  # red over green of the RGB colour
+        r, g, _ = colorsys.hsv_to_rgb(hsv[0] % 1.0, *hsv[1:])
+        return r / g
+
+    assert redness(pale) < redness(mucosa) < redness(red)
+
+
+def test_varied_lesions_span_paler_to_redder_and_every_paris_class(varied, cfg):
+    draws = [sample_params(varied, i) for i in range(400)]
+    lesions = [d for d in draws if d["lesion.present"]]
+    assert {d["lesion.type"] for d in lesions} == set(LESION_TYPES)
+    assert {d["lesion.surface"] for d in lesions} == {"smooth", "pits", "villous", "vascular"}
+    redness = np.array([d["lesion.redness"] for d in lesions])
+    assert (redness < -0.3).mean() > 0.2 and (np.abs(redness) < 0.3).mean() > 0.2 and (redness > 0.3).mean() > 0.2
+    # hard negatives are drawn independently of the label: as often in lesion frames as in normal ones
+    for key in ("clutter.bubbles", "clutter.debris", "clutter.fluid", "clutter.red_patch", "optics.motion_blur"):
+        with_lesion = np.mean([d[key] for d in draws if d["lesion.present"]])
+        without = np.mean([d[key] for d in draws if not d["lesion.present"]])
+        assert abs(with_lesion - without) < 0.12, key
+    assert all(d["lesion.depression"] > 0 for d in lesions if d["lesion.type"] == "depressed")
+    assert all(d["lesion.depression"] == 0 for d in lesions if d["lesion.type"] != "depressed")
+    # the default keeps the study's look: raised lesions redder than the mucosa, no clutter, no blur
+    plain = [sample_params(cfg, i) for i in range(200)]
+    assert {d["lesion.type"] for d in plain} == {"sessile", "pedunculated", "flat_elevated"}
+    assert min(d["lesion.redness"] for d in plain) >= 0.5
+    assert not any(d[k] for d in plain for k in ("clutter.bubbles", "clutter.debris", "optics.motion_blur"))
+
+
+def _frame(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.uniform(0.0, 0.6, (size, size, 3)).astype(np.float32)
+    rgb[20:24, 30:34] = 4.0  # a specular highlight
+    index = np.zeros((size, size), np.float32)
+    index[40:50, 10:20] = 1.0
+    return {"rgb": rgb, "index": index, "depth": np.full((size, size), 30.0, np.float32), "derived": {}}
+
+
+def test_optics_blur_the_image_only(cfg):
+    p = {**sample_params(cfg, 0), "endoscope.border": "circle", "endoscope.border_radius": 1.0,
+         "endoscope.vignette": 0.0, "endoscope.exposure_ev": 0.0}
+    sharp = {**p, "optics.glare": 0.0, "optics.defocus": 0, "optics.motion_blur": 0}
+    frame = _frame()
+
+    def energy(img):  # high-frequency energy: blur lowers it
+        return float(np.abs(np.diff(img.astype(np.float32), axis=1)).mean())
+
+    base = finish_frame(frame, sharp, cfg)
+    for change in ({"optics.defocus": 1, "optics.defocus_sigma": 0.01},
+                   {"optics.motion_blur": 1, "optics.motion_blur_length": 0.05, "optics.motion_blur_angle_deg": 30.0}):
+        blurred = finish_frame(frame, {**sharp, **change}, cfg)
+        assert energy(blurred["image"]) < 0.7 * energy(base["image"]), change
+        assert np.array_equal(blurred["mask"], base["mask"])  # the mask stays the geometry's
+        assert blurred["label"] == base["label"] and blurred["visible_pixels"] == base["visible_pixels"]
+        again = finish_frame(frame, {**sharp, **change}, cfg)
+        assert np.array_equal(again["image"], blurred["image"])  # deterministic
+    # glare adds light around the highlight and nowhere far from it
+    glared = optics(frame["rgb"], {**sharp, "optics.glare": 1.0}, cfg["endoscope"])
+    added = glared - frame["rgb"]
+    assert added.min() >= 0.0
+    assert added[22, 24:30].mean() > 0.05 and added[0:5, 0:5].max() < 1e-3
+
+
+def test_motion_kernel_is_a_normalised_streak():
+    k = line_kernel(7.0, 0.0)
+    assert k.sum() == pytest.approx(1.0)
+    assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    c = k.shape[0] // 2
+    assert k[c].sum() == pytest.approx(1.0)  # horizontal: only the middle row
+    v = line_kernel(7.0, 90.0)
+    assert v[:, c].sum() == pytest.approx(1.0)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, math, sys
+    import numpy as np
+    from synthmed.render.config import compose_render, resolve_config, sample_params, LESION_TYPES
+    from synthmed.render.post import finish_frame
+    from synthmed.render.scene import ColonScene
+
+    cfg = resolve_config(compose_render(["render.resolution=64", "render.samples=2", "render.textures.mode=procedural"]))
+    scene = ColonScene(cfg, threads=2)
+    # a straight lumen, the lens on its axis looking down it, nothing but what each case adds
+    base = {**sample_params(cfg, 3),
+            "tube.bend_amplitude_mm": 0.0, "tube.bend_amplitude2_mm": 0.0, "tube.radius_variation": 0.0,
+            "tube.wall_noise_mm": 0.0, "tube.radius_mm": 18.0, "tube.fold_spacing_mm": 30.0, "tube.fold_phase": 0.0,
+            "tube.fold_depth": 0.3, "tube.fold_sharpness": 7.0, "tube.fold_partial": 0.0,
+            "camera.axial_mm": 100.0, "camera.offset": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0,
+            "camera.roll_deg": 0.0, "camera.fov_deg": 140.0, "light.power_w": 40.0,
+            "endoscope.exposure_ev": 0.0, "endoscope.border": "circle", "endoscope.border_radius": 1.0,
+            "optics.glare": 0.0, "optics.defocus": 0, "optics.motion_blur": 0,
+            "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0,
+            "lesion.present": 0, "lesion.placement": "view", "lesion.view_offaxis": 0.5, "lesion.view_azimuth_deg": 270.0,
+            "lesion.tilt_deg": 0.0, "lesion.behind_fold": 0, "lesion.mucus": 0, "lesion.hue_jitter": 0.0}
+    out = {}
+
+    def shot(name, **change):
+        p = {**base, **{k.replace("__", "."): v for k, v in change.items()}}
+        r = scene.render(p, 1)
+        f = finish_frame(r, p, cfg)
+        out[name] = {"label": f["label"], "visible": f["visible_pixels"], "derived": r["derived"]}
+        return f
+
+    empty = shot("empty")
+    for kind, height, depression in (("pedunculated", 9.0, 0.0), ("sessile", 4.0, 0.0), ("flat_elevated", 1.6, 0.0),
+                                     ("flat", 0.8, 0.0), ("depressed", 1.6, 0.45)):
+        f = shot(kind, lesion__present=1, lesion__type=kind, lesion__size_mm=10.0, lesion__height_mm=height,
+                 lesion__depression=depression, lesion__redness=0.0)
+        m = f["mask"] > 0
+        out[kind]["changed_inside"] = float(np.abs(f["image"].astype(int) - empty["image"].astype(int))[m].mean()) if m.any() else 0.0
+    colours = {}
+    for name, redness in (("pale", -1.0), ("same", 0.0), ("red", 1.0)):
+        f = shot(name, lesion__present=1, lesion__type="sessile", lesion__size_mm=10.0, lesion__height_mm=4.0,
+                 lesion__redness=redness, lesion__texture_strength=0.0, lesion__surface="smooth")
+        px = f["image"][f["mask"] > 0].astype(float)
+        colours[name] = float(px[:, 0].mean() / max(px[:, 1].mean(), 1.0))
+    out["redness_ratio"] = colours
+    for name, change in (("bubbles", {"clutter__bubbles": 1, "clutter__bubble_offaxis": 0.4}),
+                         ("debris", {"clutter__debris": 1, "clutter__debris_offaxis": 0.85, "clutter__debris_size_mm": 6.0,
+                                     "clutter__debris_count": 6, "clutter__debris_spread_mm": 5.0}),
+                         ("fluid", {"clutter__fluid": 1, "clutter__fluid_level": 0.4, "clutter__fluid_opacity": 0.8}),
+                         ("red_patch", {"clutter__red_patch": 1, "clutter__red_patch_ahead_mm": 25.0,
+                                        "clutter__red_patch_angle_deg": 270.0, "clutter__red_patch_size_mm": 20.0,
+                                        "clutter__red_patch_redness": 1.0})):
+        f = shot(name, **change)
+        out[name]["changed_pixels"] = int((np.abs(f["image"].astype(int) - empty["image"].astype(int)).sum(-1) > 30).sum())
+        out[name]["mask_pixels"] = int((f["mask"] > 0).sum())
+    # behind a fold: the lesion moves to just beyond the next ridge (ridges at k x 30 mm)
+    p = {**base, "lesion.present": 1, "lesion.type": "sessile", "lesion.size_mm": 8.0, "lesion.height_mm": 3.0,
+         "lesion.behind_fold": 1, "lesion.fold_gap": 0.2}
+    scene.pose(p)
+    out["behind_fold_z"] = float(scene.lesions.objects["sessile"].matrix_world.translation.z)
+    scene.close()
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_rendered_variety_and_hard_negatives():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["empty"]["label"] == 0 and out["empty"]["visible"] == 0
+    for kind in LESION_TYPES:  # every Paris class renders, in the mask, and changes the pixels it covers
+        assert out[kind]["label"] == 1, (kind, out[kind])
+        assert out[kind]["changed_inside"] > 2.0, (kind, out[kind])
+    # same colour as the mucosa's sits between paler and redder
+    r = out["redness_ratio"]
+    assert r["pale"] < r["same"] < r["red"], r
+    for name in ("bubbles", "debris", "fluid", "red_patch"):  # hard negatives change the image, never the mask
+        assert out[name]["changed_pixels"] > 10, (name, out[name])  # of 64 x 64, seen obliquely on the wall
+        assert out[name]["mask_pixels"] == 0 and out[name]["label"] == 0, (name, out[name])
+    assert out["bubbles"]["derived"]["clutter.bubbles_placed"] > 0
+    assert out["debris"]["derived"]["clutter.debris_placed"] > 0
+    # the view ray lands at some z; the next ridge beyond it is at a multiple of 30 mm, the lesion 0.2 x 30 past it
+    z = out["behind_fold_z"]
+    assert (z % 30.0) == pytest.approx(6.0, abs=1.5), z
