@@ -66,7 +66,7 @@ class ColonScene:
 
     def _setup_render(self, threads: int | None) -> None:
         """Cycles on the CPU (or `device: gpu`), no denoiser, direct light by default (`engine` knobs), three
-        passes."""
+        passes (four for sequences: + normal)."""
         cfg, engine = self.cfg, self.cfg["engine"]
         render = self.scene.render
         cycles = self.scene.cycles
