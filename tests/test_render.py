@@ -67,6 +67,8 @@ def test_contract(clean):
     still = {k for k in param_names(resolve_config(tiny())) if not k.startswith("sequence.")}  # mode=sequence only
     assert not (still - set(rows[0])), "manifest lacks sampled parameters"
     assert {"id", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y1"} <= set(rows[0])
+    assert {"clutter.bubbles_placed", "clutter.debris_placed", "clutter.fluid_placed"} <= set(rows[0])
+    assert not any(k.startswith("sequence") for k in rows[0]), "still frames carry no sequence columns"
     assert len({r["seed"] for r in rows}) == len(rows)
     for r in rows:
         img = np.array(Image.open(clean / "images" / f"{r['id']}.png"))
@@ -248,6 +250,14 @@ def test_dataset_name_ignores_how_the_work_is_spread(monkeypatch):
     assert dataset_name(tiny()) != before, "a new renderer version must not reuse the old datasets"
     monkeypatch.undo()
     assert dataset_name(tiny()) != dataset_name(tiny("render.seed=1"))
+
+
+def test_still_dataset_name_ignores_the_sequence_knobs():
+    """The sequence knobs change no still pixel, so still datasets keep their name when they change; a
+    sequence dataset is another dataset."""
+    still = dataset_name(tiny())
+    assert still == dataset_name(tiny("render.sequence.length=8", "render.params.sequence.step_mm=2.0"))
+    assert still != dataset_name(tiny("render.mode=sequence", "render.num_frames=16"))
 
 
 @pytest.mark.parametrize("override, key", [

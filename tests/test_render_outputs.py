@@ -86,7 +86,7 @@ def test_coco_eval_of_the_truth_against_itself(coco_set, kind):
 def test_coco_json_is_reproducible(coco_set):
     """Written again from the same frames (a second render of the config finalises the same way), the file
     has the same bytes: nothing in it depends on when or where it was written."""
-    from synthmed.render.pipeline import finalize
+    from synthmed.render.outputs import finalize
 
     before = (coco_set / "coco.json").read_bytes()
     (coco_set / "coco.json").unlink()

@@ -22,6 +22,7 @@ from synthmed.render.nodes import (
     new_geometry_tree,
     new_material,
     rotate,
+    shifted_colour,
     unit,
 )
 
@@ -33,8 +34,6 @@ class Clutter:
     def __init__(self, bpy, scene, cfg: Mapping) -> None:
         self.bpy, self.cfg = bpy, cfg
         shader = cfg["shader"]
-        # bubbles and fluid are see-through: rays may pass this many transparent surfaces (no other bounce)
-        scene.cycles.transparent_max_bounces = int(shader["clutter_transparent_bounces"])
         self.bubble_material = self._bubble_material()
         self.debris_material, debris_graph = new_material(bpy, "debris")
         self.debris_inputs = NodeInputs(debris_graph)
@@ -69,9 +68,12 @@ class Clutter:
     def _build_debris_material(self, graph: NodeGraph) -> None:
         shader, knob = self.cfg["shader"], self.debris_inputs
         coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]
-        noise = graph.noise(graph.seeded(coordinates, knob["clutter.seed"]), float(shader["debris_texture_scale"]), 3.0)
-        colour = graph.mix_colour(graph.map_range(noise, 0.3, 0.7), knob.rgb("debris.colour"), knob.rgb("debris.colour_dark"))
-        bump = graph.node("ShaderNodeBump", {"Strength": 0.6, "Distance": 0.1, "Height": noise})
+        noise = graph.noise(graph.seeded(coordinates, knob["clutter.seed"]), float(shader["debris_texture_scale"]),
+                            float(shader["debris_texture_detail"]))
+        low, high = (float(v) for v in shader["debris_mottle_edges"])
+        colour = graph.mix_colour(graph.map_range(noise, low, high), knob.rgb("debris.colour"), knob.rgb("debris.colour_dark"))
+        bump = graph.node("ShaderNodeBump", {"Strength": float(shader["debris_bump_strength"]),
+                                             "Distance": float(shader["debris_bump_distance"]), "Height": noise})
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {"Base Color": colour, "Roughness": float(shader["debris_roughness"]),
                                                        "Normal": bump.outputs[0]})
         graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
@@ -89,10 +91,12 @@ class Clutter:
 
     def _build_debris_shape(self, graph: NodeGraph) -> None:
         """Irregular lumps: a sphere pushed along its normals by a seeded noise."""
-        knob = self.shape_inputs
+        knob, shader = self.shape_inputs, self.cfg["shader"]
         position = graph.node("GeometryNodeInputPosition").outputs[0]
-        noise = graph.noise(graph.seeded(position, knob["clutter.seed"]), float(self.cfg["shader"]["debris_shape_scale"]), 2.0)
-        amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise, 0.5), 1.2)
+        noise = graph.noise(graph.seeded(position, knob["clutter.seed"]), float(shader["debris_shape_scale"]),
+                            float(shader["debris_shape_detail"]))
+        # noise 0..1 -> +-lumpiness / 2 of the unit sphere
+        amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise, 0.5), float(shader["debris_lumpiness"]))
         shift = graph.vector_math("SCALE", graph.node("GeometryNodeInputNormal").outputs[0], scale=amount)
         moved = graph.node("GeometryNodeSetPosition", {"Geometry": graph.node("NodeGroupInput").outputs[0], "Offset": shift})
         graph.connect(moved.outputs[0], graph.node("NodeGroupOutput").inputs[0])
@@ -131,26 +135,28 @@ class Clutter:
         placed (manifest columns)."""
         for obj in (*self.bubbles, *self.debris, self.fluid):
             obj.hide_render = True
+        shader = self.cfg["shader"]
         rng = np.random.default_rng(int(float(params["clutter.seed"]) * 1000))
         view = (camera_position, forward, up, float(params["camera.fov_deg"]))
         placed = {"clutter.bubbles_placed": 0, "clutter.debris_placed": 0, "clutter.fluid_placed": 0}
         if int(params["clutter.bubbles"]):
             largest = float(params["clutter.bubble_radius_mm"])
-            radii = largest * rng.uniform(0.25, 1.0, int(params["clutter.bubble_count"]))
-            placed["clutter.bubbles_placed"] = self._cluster(
-                self.bubbles, radii, params, "bubble", ray_cast, view, rng, sink=float(self.cfg["shader"]["bubble_sink"]))
+            radii = largest * rng.uniform(float(shader["bubble_smallest"]), 1.0, int(params["clutter.bubble_count"]))
+            placed["clutter.bubbles_placed"] = self._cluster(self.bubbles, radii, params, "bubble", ray_cast, view, rng,
+                                                             sink=float(shader["bubble_sink"]), flatten=1.0)
         if int(params["clutter.debris"]):
             self._set_debris_inputs(params)
             size = float(params["clutter.debris_size_mm"])
-            radii = size / 2.0 * rng.uniform(0.35, 1.0, int(params["clutter.debris_count"]))
+            radii = size / 2.0 * rng.uniform(float(shader["debris_smallest"]), 1.0, int(params["clutter.debris_count"]))
             placed["clutter.debris_placed"] = self._cluster(self.debris, radii, params, "debris", ray_cast, view, rng,
-                                                            sink=0.35, flatten=0.6)
+                                                            sink=float(shader["debris_sink"]),
+                                                            flatten=float(shader["debris_flatten"]))
         if int(params["clutter.fluid"]):
             placed["clutter.fluid_placed"] = self._place_fluid(params, camera_position)
         return placed
 
     def _cluster(self, objects: list, radii: np.ndarray, params: Mapping[str, Any], kind: str, ray_cast: Callable,
-                 view: tuple, rng: np.random.Generator, sink: float, flatten: float = 1.0) -> int:
+                 view: tuple, rng: np.random.Generator, sink: float, flatten: float) -> int:
         """Objects of `radii` around the wall point a ray from the lens hits (`clutter.<kind>_offaxis`,
         `_azimuth_deg`), spread over `clutter.<kind>_spread_mm`, each on the wall it lands on, `sink` of its
         radius inside it; returns how many were placed."""
@@ -164,8 +170,8 @@ class Clutter:
         if hit is None:
             return 0
         centre_point = hit[0]
-        axis_point = centreline(params, float(centre_point[2]))
         spread = float(params[f"clutter.{kind}_spread_mm"])
+        aspect = float(self.cfg["shader"]["clutter_min_aspect"])  # objects are this round at least
         count = 0
         for obj, radius in zip(objects, radii, strict=False):
             # a point near the cluster's centre, projected back onto the wall from the lumen's axis
@@ -175,20 +181,18 @@ class Clutter:
             if wall is None:
                 continue
             location, normal, _ = wall
-            if np.dot(normal, axis_point - location) < 0 and np.dot(normal, outward) > 0:
+            if np.dot(normal, outward) > 0:  # point it into the lumen
                 normal = -normal
             normal = unit(normal)
             orientation = Vector(normal.tolist()).to_track_quat("Z", "Y").to_matrix().to_4x4()
             base = location + normal * radius * (1.0 - 2.0 * sink) * flatten
             obj.matrix_world = (Matrix.Translation(base.tolist()) @ orientation
-                                @ Matrix.Diagonal((radius, radius * float(rng.uniform(0.7, 1.0)), radius * flatten, 1.0)))
+                                @ Matrix.Diagonal((radius, radius * float(rng.uniform(aspect, 1.0)), radius * flatten, 1.0)))
             obj.hide_render = False
             count += 1
         return count
 
     def _set_debris_inputs(self, params: Mapping[str, Any]) -> None:
-        from synthmed.render.nodes import shifted_colour
-
         hue, saturation, value = (float(params[f"clutter.debris_{k}"]) for k in ("hue", "saturation", "value"))
         colours = {"debris.colour": hsv_colour(hue, saturation, value),
                    "debris.colour_dark": shifted_colour(hue, saturation, value, self.cfg["shader"]["debris_dark"])}
@@ -200,7 +204,7 @@ class Clutter:
         wall clips it to a pool whose depth is `clutter.fluid_level` of the radius."""
         from mathutils import Matrix
 
-        start = float(camera_position[2]) - 10.0
+        start = float(camera_position[2]) - float(self.cfg["shader"]["fluid_behind_mm"])
         length = float(params["clutter.fluid_length_mm"])
         middle = start + length / 2.0
         radius = float(params["tube.radius_mm"])
@@ -212,6 +216,6 @@ class Clutter:
         hue, value = float(params["clutter.fluid_hue"]), float(params["clutter.fluid_value"])
         self.fluid_inputs.set(params, {"fluid.colour": hsv_colour(hue, float(self.cfg["shader"]["fluid_saturation"]), value)})
         self.fluid.matrix_world = (Matrix.Translation((float(centre[0]), height, middle))
-                                   @ Matrix.Diagonal((radius * 3.0, 1.0, length / 2.0, 1.0)))
+                                   @ Matrix.Diagonal((radius * 3.0, 1.0, length / 2.0, 1.0)))  # wider than the lumen
         self.fluid.hide_render = False
         return 1

@@ -157,9 +157,14 @@ def _check_values(c: dict) -> None:
 
 
 def dataset_config(cfg: Mapping) -> dict:
-    """The part of a resolved config that changes pixels or labels (what `dataset_name` hashes)."""
-    return {k: v for k, v in cfg.items()
-            if k not in RUN_KEYS and not (k in UNHASHED_DEFAULTS and v == UNHASHED_DEFAULTS[k])}
+    """The part of a resolved config that changes pixels or labels (what `dataset_name` hashes). Still frames
+    leave out the sequence knobs (`mode`, `sequence`, `params.sequence`): they change no still pixel."""
+    out = {k: v for k, v in cfg.items()
+           if k not in RUN_KEYS and not (k in UNHASHED_DEFAULTS and v == UNHASHED_DEFAULTS[k])}
+    if cfg.get("mode", "still") == "still":
+        out = {k: v for k, v in out.items() if k not in ("mode", "sequence")}
+        out["params"] = {k: v for k, v in out["params"].items() if k != "sequence"}
+    return out
 
 
 def dataset_name(cfg: Mapping | None = None) -> str:

@@ -110,8 +110,10 @@ class Lesions:
         # mucus cap: a pale, glossy film over the top of the model (object z), patchy
         z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
         cap_low, cap_high = (float(v) for v in shader["lesion_mucus_edges"])
+        patch_low, patch_high = (float(v) for v in shader["lesion_mucus_patch_edges"])
+        patchy = graph.map_range(noise, patch_low, patch_high, float(shader["lesion_mucus_patch_floor"]), 1.0)
         cap = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.map_range(z, cap_low, cap_high, 0.0, 1.0, "SMOOTHSTEP"),
-                                                graph.map_range(noise, 0.3, 0.6, 0.3, 1.0)), knob["lesion.mucus"])
+                                                patchy), knob["lesion.mucus"])
         colour = graph.mix_colour(graph.math("MULTIPLY", cap, float(shader["lesion_mucus_opacity"])), colour,
                                   knob.rgb("lesion.mucus_colour"))
         height = graph.math("ADD", graph.math("ADD", graph.math("MULTIPLY", noise, knob["lesion.texture_strength"]),
@@ -247,7 +249,6 @@ def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str,
         "lesion.pits": strength * (surface == "pits"),
         "lesion.villous": strength * (surface == "villous"),
         "lesion.vascular": strength * (surface == "vascular"),
-        "lesion.mucus": float(params["lesion.mucus"]),
         "lesion.plateau_power": 1.0 - float(shader["lesion_plateau_gain"]) * float(params["lesion.plateau"]) if dome else 1.0,
         "lesion.depression": float(params["lesion.depression"]) if dome else 0.0,
     }

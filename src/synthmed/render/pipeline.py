@@ -1,6 +1,7 @@
 """The dataset writer: plans frames, spreads them over spawned worker processes (each builds the Blender
-scene once), writes every frame atomically with a sidecar JSON, and assembles manifest.csv, preview.png,
-(coco.json) and dataset.yaml once all frames of the dataset exist. No bpy here: workers import it.
+scene once), writes every frame atomically with a sidecar JSON, and has `outputs.finalize` assemble
+manifest.csv, preview.png, (coco.json) and dataset.yaml once all frames of the dataset exist. No bpy here:
+workers import it.
 
 `mode: sequence` hands out whole sequences instead of frames (a worker renders a sequence's frames in order:
 a frame's flow needs the next frame's depth) and writes the geometry passes and sequences/ besides.
@@ -8,9 +9,6 @@ a frame's flow needs the next frame's depth) and writes the geometry passes and 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -23,39 +21,26 @@ from typing import Any
 import numpy as np
 
 from synthmed.cleanup import die_with_parent, remove_stale_temp_files
-from synthmed.render.config import (
-    RENDERER_DATE,
-    RENDERER_VERSION,
-    dataset_config,
-    dataset_name,
-    frame_seed,
-    param_names,
-    pattern_lane,
-    resolve_config,
-    resolved_name,
-    sample_params,
+from synthmed.render.config import dataset_name, frame_seed, pattern_lane, resolve_config, sample_params
+from synthmed.render.outputs import (
+    DERIVED_COLUMNS,
+    SEQUENCES_DIR,
+    SIDE_DIR,
+    finalize,
+    frame_id,
+    frame_row,
+    sidecar,
 )
 from synthmed.render.sequence import sequence_length
-from synthmed.utils import atomic_path, atomic_write_json, atomic_write_text, file_lock, spawn_context
+from synthmed.utils import atomic_path, atomic_write_json, file_lock, spawn_context
 
-SIDE_DIR = "frames"  # one sidecar JSON per finished frame
 SCRATCH = ".scratch"  # the workers' per-frame EXR files, one folder per render process (<pid>@<host>)
 PATTERNS = ".patterns"  # the baked mucosa patterns (textures.mode=baked); removed once the dataset is complete
-FIXED_COLUMNS = ("id", "index", "seed", "label", "visible_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
-DERIVED_COLUMNS = ("camera.offset_mm", "mucosa.pattern_index", "vessels.scale_per_mm", "lesion.placed",
-                   "lesion.distance_mm")
-SEQUENCE_COLUMNS = ("sequence", "frame_in_sequence")  # mode=sequence: after FIXED_COLUMNS
-SEQUENCE_DERIVED = ("camera.frame_axial_mm",)  # mode=sequence: after DERIVED_COLUMNS
 SEQUENCE_DIRS = ("depth", "normals", "flow", "flow_valid")  # mode=sequence: the geometry passes, one file a frame
-SEQUENCES_DIR = "sequences"  # mode=sequence: <sequence id>.json (poses, intrinsics) and .gif (preview)
 
 __all__ = ["dataset_name", "render_dataset", "frame_id"]
 
 log = logging.getLogger(__name__)
-
-
-def frame_id(index: int) -> str:
-    return f"{index:06d}"
 
 
 def usable_cpus() -> int:
@@ -73,15 +58,11 @@ def _threads(cfg: Mapping, workers: int | None = None) -> int:
     return max(1, usable_cpus() // int(workers or cfg["workers"]))
 
 
-def _sidecar(out: Path, index: int) -> Path:
-    return out / SIDE_DIR / f"{frame_id(index)}.json"
-
-
 def _frame_done(out: Path, index: int, length: int | None = None) -> bool:
     """Frame `index` is finished: its sidecar (written last) and its files exist. `length`: mode=sequence's
     frames per sequence (its frames have geometry passes, and flow unless last in their sequence)."""
     i = frame_id(index)
-    done = (_sidecar(out, index).exists() and (out / "images" / f"{i}.png").exists()
+    done = (sidecar(out, index).exists() and (out / "images" / f"{i}.png").exists()
             and (out / "masks" / f"{i}.png").exists())
     if done and length:
         names = [f"depth/{i}.npy", f"normals/{i}.npy"]
@@ -180,27 +161,26 @@ def _worker_bake(lane: int) -> int:
     return lane
 
 
-def _worker_frame(index: int) -> int:
+def _scene():
+    """This worker's scene, the baked patterns loaded on first use (every pattern the run's frames show was
+    baked before the first frame was handed out)."""
     if "error" in _STATE:
         raise _STATE["error"]
     scene, cfg = _STATE["scene"], _STATE["cfg"]
     if cfg["textures"]["mode"] == "baked" and not scene.pattern_lanes:
-        # every pattern the run's frames show was baked before the first frame was handed out
         paths = {k: _pattern_path(_STATE["out"], k) for k in range(int(cfg["textures"]["patterns"]))}
         scene.set_pattern({k: np.load(path) for k, path in paths.items() if path.exists()})
-    render_frame(scene, cfg, _STATE["out"], index, _STATE["blender"])
+    return scene
+
+
+def _worker_frame(index: int) -> int:
+    render_frame(_scene(), _STATE["cfg"], _STATE["out"], index, _STATE["blender"])
     return index
 
 
 def _worker_sequence(sequence: int) -> int:
     """Render the frames of `sequence` not finished yet; returns how many frames that was."""
-    if "error" in _STATE:
-        raise _STATE["error"]
-    scene, cfg = _STATE["scene"], _STATE["cfg"]
-    if cfg["textures"]["mode"] == "baked" and not scene.pattern_lanes:
-        paths = {k: _pattern_path(_STATE["out"], k) for k in range(int(cfg["textures"]["patterns"]))}
-        scene.set_pattern({k: np.load(path) for k, path in paths.items() if path.exists()})
-    return render_sequence(scene, cfg, _STATE["out"], sequence, _STATE["blender"])
+    return render_sequence(_scene(), _STATE["cfg"], _STATE["out"], sequence, _STATE["blender"])
 
 
 def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> dict[str, Any]:
@@ -216,14 +196,10 @@ def render_frame(scene, cfg: Mapping, out: Path, index: int, blender: str) -> di
     write_png(out / "masks" / f"{fid}.png", f["mask"])
     if cfg["depth"]:
         write_png(out / "depth" / f"{fid}.png", f["depth"])
-    x0, y0, x1, y1 = f["bbox"]
-    row: dict[str, Any] = {"id": fid, "index": index, "seed": seed, "label": f["label"],
-                           "visible_pixels": f["visible_pixels"], "bbox_x0": x0, "bbox_y0": y0,
-                           "bbox_x1": x1, "bbox_y1": y1}
-    row.update(p)
+    row = {**frame_row(fid, index, seed, f), **p}
     row.update({k: rendered["derived"].get(k) for k in DERIVED_COLUMNS})
     side = {"row": row, "blender": blender}
-    atomic_write_json(_sidecar(out, index), side)
+    atomic_write_json(sidecar(out, index), side)
     return side
 
 
@@ -236,7 +212,6 @@ def render_sequence(scene, cfg: Mapping, out: Path, sequence: int, blender: str)
     from synthmed.render.sequence import (
         camera_normals,
         camera_path,
-        lesion_anchor,
         npy_bytes,
         write_bytes,
     )
@@ -249,7 +224,7 @@ def render_sequence(scene, cfg: Mapping, out: Path, sequence: int, blender: str)
     p = sample_params(cfg, first)  # the sequence's scene: its first frame's parameters
     placed = scene.pose_sequence(p)
     path = camera_path(p, cfg, length, scene.ray_cast, frame_seed(cfg["seed"], first))
-    anchor, start = path[lesion_anchor(length)], path[0]
+    anchor, start = path[int(cfg["sequence"]["lesion_frame"])], path[0]  # the camera that places the lesion
     placed.update(scene.place_objects(p, (anchor.position, anchor.forward, anchor.up),
                                       (start.position, start.forward, start.up)))
     lesion_at = scene.lesion_location() if placed["lesion.placed"] else None
@@ -272,11 +247,7 @@ def render_sequence(scene, cfg: Mapping, out: Path, sequence: int, blender: str)
         write_png(out / "masks" / f"{fid}.png", f["mask"])
         write_bytes(out / "depth" / f"{fid}.npy", npy_bytes(depth))
         write_bytes(out / "normals" / f"{fid}.npy", npy_bytes(camera_normals(rendered["normal"], c2w, surface)))
-        x0, y0, x1, y1 = f["bbox"]
-        row: dict[str, Any] = {"id": fid, "index": index, "seed": seed, "label": f["label"],
-                               "visible_pixels": f["visible_pixels"], "bbox_x0": x0, "bbox_y0": y0,
-                               "bbox_x1": x1, "bbox_y1": y1, "sequence": sequence, "frame_in_sequence": k}
-        row.update(p)
+        row = {**frame_row(fid, index, seed, f), "sequence": sequence, "frame_in_sequence": k, **p}
         row.update(placed)
         row.update({"camera.offset_mm": pose.offset_mm, "camera.frame_axial_mm": pose.axial_mm,
                     "lesion.distance_mm": -1.0 if lesion_at is None
@@ -284,23 +255,24 @@ def render_sequence(scene, cfg: Mapping, out: Path, sequence: int, blender: str)
         side = {"row": row, "blender": blender, "camera_to_world": c2w.tolist(), "intrinsics": intrinsics,
                 "lesion_mm": None if lesion_at is None else lesion_at.tolist()}
         if previous is not None:
-            _finish_flow(out, previous, depth, c2w, rays, intrinsics["f_px"])
+            _finish_flow(out, previous, depth, c2w, rays, intrinsics["f_px"], cfg["sequence"])
         previous = (index, side, depth, c2w)
-    atomic_write_json(_sidecar(out, previous[0]), previous[1])  # the last frame: no flow
+    atomic_write_json(sidecar(out, previous[0]), previous[1])  # the last frame: no flow
     return length - todo[0]
 
 
 def _finish_flow(out: Path, previous: tuple, depth_next: np.ndarray, c2w_next: np.ndarray, rays: np.ndarray,
-                 focal_px: float) -> None:
+                 focal_px: float, sequence: Mapping) -> None:
     """Write the flow of the frame before (now that the next frame's depth is known), then its sidecar."""
     from synthmed.render.post import write_png
     from synthmed.render.sequence import flo_bytes, optical_flow, write_bytes
 
     index, side, depth, c2w = previous
-    flow, seen = optical_flow(depth, c2w, depth_next, c2w_next, rays, focal_px)
+    flow, seen = optical_flow(depth, c2w, depth_next, c2w_next, rays, focal_px,
+                              float(sequence["flow_visible_tolerance_mm"]), float(sequence["flow_visible_tolerance_rel"]))
     write_bytes(out / "flow" / f"{frame_id(index)}.flo", flo_bytes(flow))
     write_png(out / "flow_valid" / f"{frame_id(index)}.png", seen.astype(np.uint8) * 255)
-    atomic_write_json(_sidecar(out, index), side)
+    atomic_write_json(sidecar(out, index), side)
 
 
 # --------------------------------------------------------------------------------- main side
@@ -347,7 +319,7 @@ def render_dataset(cfg: Any, out_dir: str | os.PathLike, progress: bool = True) 
             (out / SEQUENCES_DIR).mkdir(exist_ok=True)
             remove_stale_temp_files(out / SEQUENCES_DIR, recursive=False)
         if all(_frame_done(out, i, length) for i in range(n)):
-            finalize(c, out)
+            finalize(c, out, patterns=out / PATTERNS)
     return out
 
 
@@ -406,141 +378,3 @@ def _bake_patterns(c: dict, out: Path, lanes: list[int], pool, progress: bool) -
                 bar.update(1)
 
 
-def _read_rows(out: Path, n: int) -> tuple[list[dict], list[dict]]:
-    sides = [json.loads(_sidecar(out, i).read_text()) for i in range(n)]
-    return [s["row"] for s in sides], sides
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    return "" if v is None else str(v)
-
-
-def finalize(c: dict, out: Path) -> None:
-    """Assemble manifest.csv (+ preview, coco) from the sidecars, then dataset.yaml last."""
-    n = int(c["num_frames"])
-    rows, sides = _read_rows(out, n)
-    if c["mode"] == "sequence":
-        columns = (list(FIXED_COLUMNS) + list(SEQUENCE_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
-                   + list(SEQUENCE_DERIVED))
-    else:
-        columns = list(FIXED_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([_fmt(r.get(k)) for k in columns])
-    write_preview(out, rows[: int(c["preview_frames"])])
-    with atomic_path(out / "manifest.csv") as tmp:
-        tmp.write_text(buf.getvalue())
-    from omegaconf import OmegaConf
-
-    import synthmed
-
-    meta = {
-        "name": resolved_name(c),
-        "renderer_version": RENDERER_VERSION,
-        "synthmed_version": getattr(synthmed, "__version__", "unknown"),
-        "blender_version": sides[0]["blender"] if sides else None,
-        "num_frames": n,
-        "num_lesion_frames": int(sum(int(r["label"]) for r in rows)),
-        "config": dataset_config(c),
-    }
-    if c["mode"] == "sequence":
-        length = sequence_length(c)
-        meta["num_sequences"] = n // length
-        write_sequences(c, out, sides, length)
-    if c["coco"]:
-        write_coco(out, rows, meta)
-    atomic_write_text(out / "dataset.yaml", OmegaConf.to_yaml(OmegaConf.create(meta)))
-    shutil.rmtree(out / PATTERNS, ignore_errors=True)  # every frame exists: the patterns are not needed again
-
-
-def write_preview(out: Path, rows: list[dict], cols: int = 4) -> None:
-    """A contact sheet of the first frames, lesion mask outlines drawn in green."""
-    from PIL import Image
-
-    from synthmed.render.post import outline, write_png
-
-    if not rows:
-        return
-    tiles = []
-    for r in rows:
-        img = np.array(Image.open(out / "images" / f"{r['id']}.png").convert("RGB"))
-        m = np.array(Image.open(out / "masks" / f"{r['id']}.png"))
-        img[outline(m)] = (0, 255, 0)
-        tiles.append(img)
-    h, w = tiles[0].shape[:2]
-    rows_n = (len(tiles) + cols - 1) // cols
-    sheet = np.zeros((rows_n * (h + 2), min(cols, len(tiles)) * (w + 2), 3), np.uint8)
-    for k, t in enumerate(tiles):
-        y, x = (k // cols) * (h + 2) + 1, (k % cols) * (w + 2) + 1
-        sheet[y:y + h, x:x + w] = t
-    write_png(out / "preview.png", sheet)
-
-
-def write_sequences(c: Mapping, out: Path, sides: list[dict], length: int) -> None:
-    """Per sequence, `sequences/<id>.json` (its frames, intrinsics, camera-to-world matrices, lesion position)
-    and `sequences/<id>.gif` (its frames at `sequence.preview_fps`, lesion mask outlines in green); the id is
-    the sequence's number (the manifest's `sequence`), six digits."""
-    from PIL import Image
-
-    from synthmed.render.post import outline
-    from synthmed.render.sequence import gif_bytes, write_bytes
-
-    for first in range(0, len(sides), length):
-        group = sides[first:first + length]
-        rows = [s["row"] for s in group]
-        sid = f"{first // length:06d}"
-        record = {
-            "sequence": int(rows[0]["sequence"]), "frames": [r["id"] for r in rows], "length": length,
-            "convention": "camera_to_world: 4x4, mm, camera axes x right, y down, z forward (OpenCV)",
-            "intrinsics": group[0]["intrinsics"], "camera_to_world": [s["camera_to_world"] for s in group],
-            "lesion_mm": group[0]["lesion_mm"], "labels": [int(r["label"]) for r in rows],
-        }
-        atomic_write_json(out / SEQUENCES_DIR / f"{sid}.json", record)
-        frames = []
-        for r in rows:
-            img = np.array(Image.open(out / "images" / f"{r['id']}.png").convert("RGB"))
-            img[outline(np.array(Image.open(out / "masks" / f"{r['id']}.png")))] = (0, 255, 0)
-            frames.append(img)
-        write_bytes(out / SEQUENCES_DIR / f"{sid}.gif", gif_bytes(frames, float(c["sequence"]["preview_fps"])))
-
-
-COCO_CATEGORY = {"id": 1, "name": "lesion", "supercategory": "colon"}
-
-
-def write_coco(out: Path, rows: list[dict], meta: Mapping[str, Any]) -> dict:
-    """Write `<out>/coco.json` (COCO instances: pycocotools' COCO, COCOeval and detection libraries read it)
-    and return it. One image per frame (ids from 1, in frame order), one annotation (iscrowd 0, category 1
-    "lesion") per frame of label 1: its mask from masks/<id>.png as compressed RLE (pycocotools), area the
-    mask's pixel count, bbox [x, y, w, h] the mask's pixel extent. Frames whose few visible lesion pixels are
-    under `min_visible_pixels` (label 0) get no annotation, as they get no label. `info` holds only what the
-    config fixes (name, versions, the renderer's date): two renders of one config write the same bytes."""
-    from PIL import Image
-    from pycocotools import mask as mask_utils
-
-    images, annotations = [], []
-    for image_id, r in enumerate(rows, start=1):
-        name = f"{r['id']}.png"
-        mask = np.asarray(Image.open(out / "masks" / name)) > 0
-        height, width = mask.shape
-        images.append({"id": image_id, "file_name": f"images/{name}", "width": width, "height": height})
-        if not int(r["label"]):
-            continue
-        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-        ys, xs = np.nonzero(mask)
-        x0, y0 = int(xs.min()), int(ys.min())
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": image_id, "category_id": COCO_CATEGORY["id"], "iscrowd": 0,
-            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": int(mask_utils.area(rle)), "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]})
-    coco = {
-        "info": {"description": f"synthmed procedural colonoscopy frames {meta['name']} (Blender "
-                                f"{meta['blender_version']}, synthmed {meta['synthmed_version']})",
-                 "version": f"renderer {meta['renderer_version']}", "year": int(RENDERER_DATE[:4]),
-                 "date_created": RENDERER_DATE, "contributor": "synthmed", "url": ""},
-        "licenses": [], "images": images, "annotations": annotations, "categories": [COCO_CATEGORY]}
-    atomic_write_text(out / "coco.json", json.dumps(coco, sort_keys=True))
-    return coco

@@ -86,7 +86,7 @@ class ColonScene:
         cycles.glossy_bounces = int(engine["glossy_bounces"])
         cycles.transmission_bounces = 0
         cycles.volume_bounces = 0
-        cycles.transparent_max_bounces = 0
+        cycles.transparent_max_bounces = int(cfg["shader"]["clutter_transparent_bounces"])  # bubbles, fluid
         cycles.caustics_reflective = False
         cycles.caustics_refractive = False
         cycles.sample_clamp_direct = float(engine["clamp_direct"])

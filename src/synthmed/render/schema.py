@@ -93,6 +93,9 @@ class SequenceConfig:
 
     length: int = MISSING
     preview_fps: int = MISSING
+    lesion_frame: int = MISSING
+    flow_visible_tolerance_mm: float = MISSING
+    flow_visible_tolerance_rel: float = MISSING
 
 
 @dataclass
@@ -170,6 +173,8 @@ class ShaderConfig:
     lesion_vessel_width: float = MISSING
     lesion_mucus_edges: list[float] = MISSING
     lesion_mucus_opacity: float = MISSING
+    lesion_mucus_patch_edges: list[float] = MISSING
+    lesion_mucus_patch_floor: float = MISSING
     lesion_mucus_colour: list[float] = MISSING
     lesion_roughness: float = MISSING
     lesion_coat_weight: float = MISSING
@@ -189,17 +194,29 @@ class ShaderConfig:
     clutter_max_bubbles: int = MISSING
     clutter_max_debris: int = MISSING
     clutter_transparent_bounces: int = MISSING
+    clutter_min_aspect: float = MISSING
+    bubble_smallest: float = MISSING
     bubble_ior: float = MISSING
     bubble_roughness: float = MISSING
     bubble_rim_gain: float = MISSING
     bubble_sink: float = MISSING
     debris_texture_scale: float = MISSING
+    debris_texture_detail: float = MISSING
+    debris_mottle_edges: list[float] = MISSING
+    debris_bump_strength: float = MISSING
+    debris_bump_distance: float = MISSING
     debris_shape_scale: float = MISSING
+    debris_shape_detail: float = MISSING
+    debris_lumpiness: float = MISSING
+    debris_smallest: float = MISSING
+    debris_sink: float = MISSING
+    debris_flatten: float = MISSING
     debris_roughness: float = MISSING
     debris_dark: ColourShift = field(default_factory=ColourShift)
     fluid_roughness: float = MISSING
     fluid_saturation: float = MISSING
     fluid_lens_clearance_mm: float = MISSING
+    fluid_behind_mm: float = MISSING
     # light
     light_warmth_tint: list[float] = MISSING
 

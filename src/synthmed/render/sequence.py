@@ -29,9 +29,6 @@ from synthmed.utils import atomic_path
 
 FLOW_UNKNOWN = 1e10  # Middlebury's "unknown flow" value: readers drop |flow| > 1e9
 FLO_MAGIC = 202021.25  # the .flo header float ("PIEH")
-# A point of frame t counts as seen in frame t + 1 when it is at most this far (mm, plus a fraction of its
-# distance) behind the nearest of the surfaces frame t + 1 shows at the four pixels around its projection.
-VISIBLE_TOLERANCE_MM, VISIBLE_TOLERANCE_REL = 0.5, 0.02
 
 
 def sequence_length(cfg: Mapping) -> int:
@@ -42,6 +39,9 @@ def sequence_length(cfg: Mapping) -> int:
     if frames % length:
         raise RenderConfigError(f"render config key 'render.num_frames' must be a multiple of "
                                 f"'render.sequence.length' ({length}) in mode=sequence, got {frames}")
+    if not -length <= int(cfg["sequence"]["lesion_frame"]) < length:
+        raise RenderConfigError(f"render config key 'render.sequence.lesion_frame' must index a frame of the "
+                                f"sequence ({-length}..{length - 1}), got {cfg['sequence']['lesion_frame']}")
     return length
 
 
@@ -103,12 +103,6 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
     return poses
 
 
-def lesion_anchor(length: int) -> int:
-    """The frame whose camera places a sequence's lesion (`lesion.placement: view`): the last. Earlier frames
-    look at the same wall from farther back, so the lesion is seen growing as the scope approaches it."""
-    return length - 1
-
-
 # ------------------------------------------------------------------------------------- geometry passes
 def _times(vectors: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """`vectors @ matrix` for (..., 3) vectors and a 3 x 3 matrix, summed in a fixed order: numpy's matmul may
@@ -138,10 +132,11 @@ def camera_normals(normal_world: np.ndarray, c2w: np.ndarray, valid: np.ndarray)
 
 
 def optical_flow(depth: np.ndarray, c2w: np.ndarray, depth_next: np.ndarray, c2w_next: np.ndarray, rays: np.ndarray,
-                 focal_px: float) -> tuple[np.ndarray, np.ndarray]:
+                 focal_px: float, tolerance_mm: float, tolerance_rel: float) -> tuple[np.ndarray, np.ndarray]:
     """(flow, seen): flow H x W x 2 float32 (du, dv) pixels from this frame to the next, for every pixel with a
     surface (depth > 0), FLOW_UNKNOWN elsewhere; seen H x W bool: the point lands inside the next frame on a
-    pixel with a surface and is not hidden there (within VISIBLE_TOLERANCE_* of what the next frame sees)."""
+    pixel with a surface and is not hidden there (at most `tolerance_mm` + `tolerance_rel` of its distance
+    behind the farthest surface the next frame shows at the four pixels around its projection: `sequence.flow_visible_*`)."""
     size = depth.shape[0]
     surface = depth > 0
     points = world_points(depth, rays, c2w)
@@ -157,7 +152,7 @@ def optical_flow(depth: np.ndarray, c2w: np.ndarray, depth_next: np.ndarray, c2w
     around = np.stack([depth_next[v0, u0], depth_next[v0, u0 + 1], depth_next[v0 + 1, u0], depth_next[v0 + 1, u0 + 1]])
     distance = _length(in_next)
     seen = (in_frame & (around.min(axis=0) > 0)
-            & (distance <= around.max(axis=0) * (1 + VISIBLE_TOLERANCE_REL) + VISIBLE_TOLERANCE_MM))
+            & (distance <= around.max(axis=0) * (1 + tolerance_rel) + tolerance_mm))
     return flow.astype(np.float32), seen
 
 
