@@ -14,6 +14,7 @@ from conftest import run_synthmed
 from PIL import Image
 
 from synthmed.analysis.errors import error_breakdown
+from synthmed.analysis.errors import main as errors_main
 from synthmed.data.colon import read_frame_index
 from synthmed.run import run
 from synthmed.utils import compose_config
@@ -114,8 +115,10 @@ def test_eval_on_lesion_frames_only_reports_recall_not_auroc(classifier_ckpt, fr
     assert "test/auroc" not in test and "test/specificity" not in test  # undefined without normal frames
 
 
-def test_eval_predictions_of_a_rendered_dataset_break_down_by_manifest(classifier_ckpt, frames_dir, tmp_path):
+def test_eval_predictions_of_a_rendered_dataset_break_down_by_manifest(classifier_ckpt, frames_dir, tmp_path, capsys):
     metrics = eval_in_process(tmp_path, f"ckpt={classifier_ckpt}", f"data.root={frames_dir}")
+    errors_main([str(tmp_path / "eval"), str(frames_dir)])  # the CLI finds a test-only run's predictions.csv
+    assert "| all test frames (accuracy) | 40 |" in capsys.readouterr().out
     breakdown = error_breakdown(tmp_path / "eval" / "predictions.csv", frames_dir / "manifest.csv")
     assert breakdown["accuracy"]["n"] == 40
     assert breakdown["accuracy"]["rate"] == pytest.approx(metrics["test"]["test/acc"])

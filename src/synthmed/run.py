@@ -127,7 +127,7 @@ def _scalar(value: Any) -> float:
 
 def _check_test_only_keys(cfg: DictConfig) -> None:
     """`ckpt` is the checkpoint a test-only job (`train: false`) tests, and nothing else: refuse either half alone."""
-    if cfg.get("train", True):
+    if cfg.train:
         if cfg.get("ckpt"):
             raise ValueError(f"ckpt={cfg.ckpt} names the checkpoint of a test-only job (train=false, e.g. "
                              f"experiment=colon_eval); {cfg.name} trains: start from weights with pretrained=, "
@@ -227,7 +227,7 @@ def run(cfg: DictConfig) -> float | None:
             return None
 
         model = instantiate(cfg.model)
-        train = bool(cfg.get("train", True))
+        train = bool(cfg.train)
         if not train:
             record["checkpoint"] = str(load_weights(model, "ckpt", cfg.ckpt))
         elif cfg.get("pretrained"):
@@ -241,8 +241,6 @@ def run(cfg: DictConfig) -> float | None:
         tracking.define_summaries(loggers, cfg.get("monitor"), str(cfg.get("monitor_mode", "min")))
 
         if not train:  # test only: every frame of the test split, predictions in predictions.csv
-            if hasattr(model, "predictions_file"):
-                model.predictions_file = "predictions.csv"
             results = trainer.test(model, datamodule=datamodule, verbose=False)
             test_metrics = {k: _scalar(v) for r in results for k, v in r.items()}
             record.update(status="ok", test=test_metrics, data=getattr(datamodule, "describe", dict)(),

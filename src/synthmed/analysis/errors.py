@@ -139,13 +139,17 @@ def _named_file(text: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path, help="a colon_cls run dir (holds test_predictions.csv)")
+    ap.add_argument("run_dir", type=Path, help="a colon_cls run dir (test_predictions.csv) or a colon_eval run dir "
+                                               "(predictions.csv)")
     ap.add_argument("dataset_dir", type=Path, help="the rendered dataset it was tested on (holds manifest.csv)")
     ap.add_argument("--compare", type=_named_file, action="append", default=[], metavar="NAME=CSV",
                     help="another classifier's predictions of the same test frames, shown beside the run's "
                          "(e.g. colour_only=<dir>/shortcut_predictions.csv)")
     args = ap.parse_args(argv)
-    manifest, run_predictions = args.dataset_dir / "manifest.csv", args.run_dir / "test_predictions.csv"
+    manifest = args.dataset_dir / "manifest.csv"
+    run_predictions = args.run_dir / "test_predictions.csv"
+    if not run_predictions.exists() and (args.run_dir / "predictions.csv").exists():  # a test-only run's
+        run_predictions = args.run_dir / "predictions.csv"
     if not args.compare:
         print(to_markdown(error_breakdown(run_predictions, manifest)))
         return

@@ -30,7 +30,6 @@ class LesionClassifier(SplitMetricsModule):
 
     MAX_ERRORS_SHOWN = 16
     # A file name, not a knob: the runner names it predictions.csv in a test-only run (experiment=colon_eval).
-    predictions_file = "test_predictions.csv"
 
     def __init__(
         self,
@@ -40,11 +39,13 @@ class LesionClassifier(SplitMetricsModule):
         loss: str,
         freeze_features: bool,
         table_images: int,
+        predictions_file: str,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss={loss!r}; expected one of {LOSSES}")
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.predictions_file = predictions_file
         self.net, self.optimizer_factory = net, optimizer
         self.num_classes = net.head[-1].out_features if hasattr(net, "head") else 2
         task = "binary" if self.num_classes == 2 else "multiclass"
