@@ -3,6 +3,7 @@
     python scripts/make_gallery.py [--frames 8] [--resolution 256] [--out docs/gallery]
 
 gallery.png     frames of the default config (lesion forced present), mask outlines in green
+varied.png      frames of render=varied (lesion forced present), mask outlines in green
 pairs.png       frame | mask pairs
 height.png      one scene, lesion height increasing left to right (per-frame overrides)
 vessels.png     one scene, vascular density increasing left to right
@@ -94,6 +95,12 @@ def main() -> None:
         rest = [f[0] for f in frames[half:]] + [np.full_like(frames[0][0], 255)] * (2 * half - args.frames)
         rows += [np.full((4, rows[0].shape[1], 3), 255, np.uint8), _row(rest)]
     _save(out / "gallery.png", np.concatenate(rows, 0))
+    varied = render_dataset(_config([*base, "render=varied", f"render.num_frames={args.frames}"], {"lesion.present": 1}),
+                            tmp / "varied", progress=True)
+    tiles = [_load(varied, i)[0] for i in range(args.frames)]
+    _save(out / "varied.png", np.concatenate([_row(tiles[:half]), np.full((4, rows[0].shape[1], 3), 255, np.uint8),
+                                              _row(tiles[half:] + [np.full_like(tiles[0], 255)] * (2 * half - args.frames))]
+                                             if args.frames > half else [_row(tiles)], 0))
     raw = [_load(root, i, outline_mask=False) for i in range(min(3, args.frames))]
     _save(out / "pairs.png", _row([t for img, m in raw for t in (img, m)]))
     # sweeps: a fixed, visible sessile lesion, one varied factor
@@ -104,7 +111,8 @@ def main() -> None:
     # variety: a clean scene (no clutter, no blur), the lesion in view, one factor varied per figure
     clean = {**fixed, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0,
              "optics.motion_blur": 0, "optics.defocus": 0, "optics.glare": 0.3, "lesion.behind_fold": 0,
-             "lesion.mucus": 0, "lesion.view_offaxis": 0.7, "lesion.redness": 0.2, "endoscope.exposure_ev": 0.0}
+             "lesion.mucus": 0, "lesion.view_offaxis": 1.0, "lesion.size_mm": 13.0, "lesion.redness": 0.2,
+             "endoscope.exposure_ev": 0.0}  # the lesion near the edge of the view: close to the lens, large
     kinds = [{"lesion.type": "pedunculated", "lesion.height_mm": 11.0, "lesion.size_mm": 9.0},
              {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.plateau": 0.2},
              {"lesion.type": "flat_elevated", "lesion.height_mm": 1.8, "lesion.plateau": 0.6, "lesion.size_mm": 14.0},
@@ -114,7 +122,7 @@ def main() -> None:
     _save(out / "colour.png", _row(_sweep(base, clean, [-1.0, -0.5, 0.0, 0.5, 1.0], "lesion.redness", tmp, "c")))
     surfaces = [{"lesion.surface": s, "lesion.surface_strength": 1.0} for s in ("smooth", "pits", "villous", "vascular")]
     surfaces.append({"lesion.surface": "smooth", "lesion.mucus": 1})
-    _save(out / "surface.png", _row(_sweep(base, {**clean, "lesion.size_mm": 14.0, "lesion.view_offaxis": 0.9}, surfaces,
+    _save(out / "surface.png", _row(_sweep(base, {**clean, "lesion.size_mm": 15.0}, surfaces,
                                            None, tmp, "s")))
     negatives = [{"clutter.bubbles": 1, "clutter.bubble_count": 18, "clutter.bubble_offaxis": 0.6},
                  {"clutter.debris": 1, "clutter.debris_count": 5, "clutter.debris_size_mm": 3.0, "clutter.debris_offaxis": 0.8},

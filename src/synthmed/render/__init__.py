@@ -6,8 +6,8 @@
     name = dataset_name(cfg)                 # "frames_<hash of what changes pixels/labels>"
 
 Importing this package is cheap: bpy is imported only by `synthmed.render.scene` (and the parts it
-assembles: nodes, lumen, mucosa, lesions, camera), inside worker processes. The writer is
-`synthmed.render.pipeline`; the config's schema `synthmed.render.schema` (see docs/render.md).
+assembles: nodes, lumen, mucosa, lesions, clutter, camera), inside worker processes. The writer is
+`synthmed.render.pipeline`, the dataset's files `synthmed.render.outputs`; the config's schema `synthmed.render.schema` (see docs/render.md).
 `render.mode=sequence` renders fly-throughs with depth, normals, flow and poses: the camera path, the flow and
 the .flo reader (`read_flo`) are in `synthmed.render.sequence`, the fisheye model in `synthmed.render.camera`
 (both numpy only; docs/render.md, "Sequences").

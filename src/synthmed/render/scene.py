@@ -28,8 +28,8 @@ from synthmed.render.mucosa import Mucosa
 
 
 class ColonScene:
-    """A colon lumen, its mucosa, three lesion models, an endoscope camera and light. Build once; `render`
-    many times with different parameters."""
+    """A colon lumen, its mucosa, a lesion model per Paris class, the hard negatives (clutter), an endoscope
+    camera and light. Build once; `render` many times with different parameters."""
 
     def __init__(self, cfg: Mapping, threads: int | None = None, tmp_root: str | None = None):
         import bpy
