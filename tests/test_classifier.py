@@ -26,6 +26,51 @@ def test_study_architecture_shapes():
         make(size=4)
 
 
+def test_batch_norm_knob_adds_a_norm_after_each_conv():
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in make().net.modules())  # the study's net
+    cfg = compose_config(["experiment=colon_cls", "data.image_size=96", "model.net.batch_norm=true"])
+    net = instantiate(cfg.model).net
+    kinds = [type(m).__name__ for m in net.features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 3
+    assert all(m.bias is None for m in net.features if isinstance(m, torch.nn.Conv2d))  # the norm has the shift
+    net.train()
+    out = net(torch.rand(4, 3, 96, 96))
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+def test_pool_knob_and_mask_head_train_where_the_lesion_is():
+    with pytest.raises(Exception, match="model.net.pool='sum'"):
+        instantiate(compose_config(["experiment=colon_cls", "model.net.pool=sum"]).model)
+    with pytest.raises(Exception, match="model.net.mask_head=true"):  # a mask weight needs a mask head (Hydra wraps it)
+        instantiate(compose_config(["experiment=colon_cls", "model.mask_weight=1"]).model)
+    keys = ["experiment=colon_cls", "data.image_size=48", "model.net.pool=max", "model.net.mask_head=true"]
+    torch.manual_seed(0)
+    model = instantiate(compose_config([*keys, "model.mask_weight=2"]).model)
+    logits, cells = model.net.forward_with_mask(torch.rand(2, 3, 48, 48))
+    assert logits.shape == (2, 2) and cells.shape == (2, 6, 6)  # three 2x poolings
+    assert model.net(torch.rand(2, 3, 80, 80)).shape == (2, 2)  # a pooled head takes any size
+    mask = torch.zeros(2, 48, 48)
+    mask[1, 8:14, 30:40] = 1  # lesion in cells (1..1, 3..4) of frame 1
+    image = torch.rand(2, 3, 48, 48) - 1.0
+    image[:, 1:] += mask[:, None]  # the lesion: greener where the mask is
+    batch = {"image": image, "label": torch.tensor([0, 1]), "mask": mask}
+    model.train()
+    with_mask = model._step(batch, "train")
+    plain = model._step({k: v for k, v in batch.items() if k != "mask"}, "train")  # no mask: class loss only
+    assert with_mask > plain
+    model.zero_grad()
+    model._step(batch, "train").backward()
+    assert model.net.mask_head.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):  # the mask head learns the cells
+        opt.zero_grad()
+        model._step(batch, "train").backward()
+        opt.step()
+    model.eval()
+    cells = model.net.forward_with_mask(batch["image"])[1].sigmoid()
+    assert cells[1, 1, 3:5].min() > 0.5 and cells[0].max() < 0.5
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse_softmax"])
 def test_losses_are_finite_and_differ(loss):
     torch.manual_seed(0)

@@ -71,6 +71,35 @@ def test_flips_move_image_and_mask_together_on_train_only(compose_config, frames
         assert torch.equal(plain.splits[split][0]["image"], flipped.splits[split][0]["image"])
 
 
+def test_classification_items_carry_the_mask_turned_with_the_frame(compose_config, frames_dir, tmp_path):
+    import torch
+
+    plain = frames_module(compose_config, root=str(frames_dir), task="classification", image_size=32, flips=False)
+    flipped = frames_module(compose_config, root=str(frames_dir), task="classification", image_size=32, flips=True)
+    seg = frames_module(compose_config, root=str(frames_dir), task="segmentation", image_size=32, flips=False)
+    for dm in (plain, flipped, seg):
+        dm.setup()
+    torch.manual_seed(1)
+    for i in range(len(plain.splits["train"])):
+        a, b, m = plain.splits["train"][i], flipped.splits["train"][i], seg.splits["train"][i]
+        assert a["mask"].dtype == torch.float32 and torch.equal(a["mask"], m["label"].float())  # the frame's mask
+        assert a["label"].item() == int(m["label"].any())  # a lesion frame's mask has pixels
+        k, f = next((k, f) for k in range(4) for f in range(2)
+                    if torch.equal(_dihedral(a["image"], k, f, (1, 2)), b["image"]))
+        assert torch.equal(_dihedral(a["mask"], k, f, (0, 1)), b["mask"])
+    batch = next(iter(plain.train_dataloader()))
+    assert batch["mask"].shape == (len(batch["label"]), 32, 32)
+    # an ImageFolder has no masks: its items have none
+    _, rows = read_frame_index(frames_dir)
+    for row in rows:
+        folder = tmp_path / ("lesion" if row["label"] else "normal")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(row["image"], folder / row["image"].name)
+    folder = frames_module(compose_config, root=str(tmp_path), task="classification", image_size=32)
+    folder.setup()
+    assert "mask" not in folder.splits["train"][0]
+
+
 def _dihedral(x, k, flip, dims):
     import torch
 

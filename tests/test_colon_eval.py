@@ -163,3 +163,23 @@ def test_finetune_tests_the_pretrained_model_on_its_test_split_first(eval_run, c
     for r in first:
         assert r["predicted"] == evaluated[r["id"]]["predicted"]
         assert float(r["score"]) == pytest.approx(float(evaluated[r["id"]]["score"]), abs=1e-5)
+
+
+def test_varied_classifier_learns_masks_and_evaluates_without_restating_its_net(frames_dir, real_folder, tmp_path):
+    """colon_cls_varied trains the mask head beside the label; colon_eval builds that net from the checkpoint's
+    run config (net_from_ckpt), so the command line names no architecture knob."""
+    out = tmp_path / "varied"
+    run_synthmed(["experiment=colon_cls_varied", *CI, f"data.root={frames_dir}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["experiment"] == "colon_cls_varied"
+    assert metrics["test"]["test/mask_loss"] > 0 and 0 <= metrics["test"]["test/acc"] <= 1
+    ckpt = out / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["net.mask_head.weight"].shape == (1, 128, 1, 1)
+    assert any(k.startswith("net.features.") and k.endswith("running_mean") for k in state)  # batch norm
+    evaluated = eval_in_process(tmp_path, f"ckpt={ckpt}", f"data.root={real_folder}")
+    assert evaluated["status"] == "ok" and evaluated["checkpoint"] == str(ckpt)
+    rows = read_predictions(tmp_path / "eval" / "predictions.csv")
+    assert len(rows) == len(read_frame_index(real_folder)[1])  # an ImageFolder has no masks: labels only
+    with pytest.raises(ValueError, match="ckpt="):  # the job's own (study) net does not fit those weights
+        eval_in_process(tmp_path / "own", f"ckpt={ckpt}", f"data.root={real_folder}", "net_from_ckpt=false")

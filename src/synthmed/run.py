@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from synthmed import __version__, artifacts, tracking
 from synthmed.utils import atomic_write_json, atomic_write_text, git_commit, to_plain
@@ -81,15 +81,63 @@ def local_checkpoint(key: str, value: Any) -> Path:
     return path
 
 
+def _trained_config(path: Path) -> tuple[DictConfig | None, Path]:
+    """The config of the run that wrote checkpoint `path` (<run dir>/.hydra/config.yaml beside
+    <run dir>/checkpoints/*.ckpt) and that file's path; None when it is not there or does not load."""
+    config = path.resolve().parent.parent / ".hydra" / "config.yaml"
+    try:
+        return OmegaConf.load(config), config
+    except Exception:  # a checkpoint moved away from its run, or a broken file: nothing to compare with
+        return None, config
+
+
+def _plain_value(config: DictConfig, key: str) -> Any:
+    """`key` of `config`, resolved within it and plain (a list, not a ListConfig); None if absent or unresolvable."""
+    value = OmegaConf.select(config, key, throw_on_resolution_failure=False)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
 def _trained_image_size(path: Path) -> str:
     """What the run that wrote checkpoint `path` (<run dir>/checkpoints/*.ckpt) had as data.image_size, as a hint
     for an error message; empty when that run's config is not beside it."""
-    config = path.resolve().parent.parent / ".hydra" / "config.yaml"
-    try:
-        size = OmegaConf.select(OmegaConf.load(config), "data.image_size")
-    except Exception:  # only a hint: a missing or unresolvable config gives none
-        return ""
+    trained, config = _trained_config(path)
+    size = _plain_value(trained, "data.image_size") if trained is not None else None
     return f"; its run ({config.parent.parent}) had data.image_size={size}" if size is not None else ""
+
+
+def _check_trained_like(cfg: DictConfig, path: Path) -> None:
+    """The keys `cfg.ckpt_matches` (e.g. data.modalities, data.target, data.image_size: what the weights cannot
+    tell, since a mismatch there loads without error and predicts nonsense) must be those of the run that trained
+    checkpoint `path`, read from its config beside it. One ValueError naming every differing key; a warning
+    when that config is not there to compare with."""
+    keys = list(cfg.get("ckpt_matches") or [])
+    if not keys:
+        return
+    trained, config = _trained_config(path)
+    if trained is None:
+        log.warning("ckpt=%s: no config of the run that trained it at %s, so %s are not checked: they must be "
+                    "those it was trained with", path, config, ", ".join(keys))
+        return
+    mine = {key: _plain_value(cfg, key) for key in keys}
+    theirs = {key: _plain_value(trained, key) for key in keys}
+    differ = [key for key in keys if mine[key] != theirs[key]]
+    run_dir, experiment = config.parent.parent, trained.get("name")
+    lacking = [key for key in differ if theirs[key] is None]
+    if lacking:
+        raise ValueError(f"ckpt={path} comes from a run of experiment={experiment} ({run_dir}) that has no "
+                         f"{', '.join(lacking)}: not a checkpoint {cfg.name} can test")
+    if differ:
+        scale = _plain_value(trained, "scale.name")
+        scale_hint = f" (it ran at scale={scale}: scale={scale} gives its sizes)" if scale != cfg.scale.name else ""
+        raise ValueError(f"ckpt={path} was trained (run {run_dir}, experiment={experiment}) "
+                         f"with {', '.join(f'{k}={theirs[k]}' for k in differ)}, but this job has "
+                         f"{', '.join(f'{k}={mine[k]}' for k in differ)}: set "
+                         f"{' '.join(f'{k}={_override(theirs[k])}' for k in differ)}{scale_hint}")
+
+
+def _override(value: Any) -> str:
+    """`value` as written on the command line: [flair,t2] for a list."""
+    return f"[{','.join(str(v) for v in value)}]" if isinstance(value, list) else str(value)
 
 
 def load_weights(model: Any, key: str, value: Any) -> Path:
@@ -135,7 +183,24 @@ def _check_test_only_keys(cfg: DictConfig) -> None:
         return
     if not cfg.get("ckpt"):
         raise ValueError(f"{cfg.name} tests a trained model (train=false): set ckpt=<run dir>/checkpoints/best.ckpt")
-    local_checkpoint("ckpt", cfg.ckpt)  # fail before any data is read
+    _check_trained_like(cfg, local_checkpoint("ckpt", cfg.ckpt))  # fail before any data is read
+
+
+def _net_from_checkpoint(cfg: DictConfig) -> None:
+    """A test-only job with `net_from_ckpt: true` builds `model.net` as the run that trained `ckpt` built it
+    (read, resolved, from that run's config beside the checkpoint), so any architecture its experiment chose
+    (e.g. colon_cls_varied's) loads without restating its knobs; without that config, the job's own model.net."""
+    if cfg.train or not cfg.get("net_from_ckpt"):
+        return
+    path = local_checkpoint("ckpt", cfg.ckpt)
+    trained, config = _trained_config(path)
+    net = _plain_value(trained, "model.net") if trained is not None else None
+    if not isinstance(net, dict):
+        log.warning("ckpt=%s: no model.net in %s; the job's own model.net is used", path, config)
+        return
+    with open_dict(cfg):
+        cfg.model.net = OmegaConf.create(net)
+    log.info("model.net as the run that trained ckpt built it (%s): %s", config, net.get("_target_"))
 
 
 def _test_before(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any], output_dir: Path) -> dict[str, float]:
@@ -187,6 +252,7 @@ def run(cfg: DictConfig) -> float | None:
             raise ValueError(f"{cfg.name} needs a value for {', '.join(missing)}: set it on the command line, "
                              f"e.g. `python -m synthmed experiment={cfg.name} {missing[0]}=...`")
         _check_test_only_keys(cfg)
+        _net_from_checkpoint(cfg)
         if cfg.get("threads") is not None:
             if int(cfg.threads) < 1:
                 raise ValueError(f"threads={cfg.threads}: give a positive number of torch CPU threads, or null")

@@ -23,11 +23,15 @@ class FrameDataset(Dataset):
     """Frames held in memory as uint8 arrays; items are dicts `{"image": float (3,H,W), "label": ..., "id": str,
     "path": str}` (`path`: the image file the frame was read from).
 
-    `label` is the class (int64 scalar) for classification, the 0/1 mask (int64 HxW) for segmentation.
+    `label` is the class (int64 scalar) for classification, the 0/1 mask (int64 HxW) for segmentation. A
+    classification dataset given `masks` (the layout has them: rendered, Kvasir-SEG) also yields `"mask"`, the
+    frame's 0/1 lesion mask (float HxW), turned with the image (the classifier's `mask_weight` uses it).
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str], paths: list[str], flips: bool) -> None:
+    def __init__(self, images: np.ndarray, targets: np.ndarray, ids: list[str], paths: list[str], flips: bool,
+                 masks: np.ndarray | None = None) -> None:
         self.images, self.targets, self.ids, self.paths, self.flips = images, targets, ids, paths, flips
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -35,14 +39,21 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255.0).sub_(0.5).div_(0.5)
         label = torch.as_tensor(self.targets[i]).long()
-        if self.flips:  # a random one of the 8 flips/quarter turns (an endoscope rolls freely), mask alike
+        mask = None if self.masks is None else torch.from_numpy(self.masks[i]).float()
+        if self.flips:  # a random one of the 8 flips/quarter turns (an endoscope rolls freely), masks alike
             k, flip = (int(v) for v in torch.randint(0, 4, (2,)))
             image = torch.rot90(image, k, (1, 2))
             image = image.flip(2) if flip % 2 else image
             if label.ndim == 2:
                 label = torch.rot90(label, k, (0, 1))
                 label = label.flip(1) if flip % 2 else label
-        return {"image": image, "label": label, "id": self.ids[i], "path": self.paths[i]}
+            if mask is not None:
+                mask = torch.rot90(mask, k, (0, 1))
+                mask = mask.flip(1) if flip % 2 else mask
+        item = {"image": image, "label": label, "id": self.ids[i], "path": self.paths[i]}
+        if mask is not None:
+            item["mask"] = mask
+        return item
 
 
 def _has_lesion(targets: np.ndarray) -> np.ndarray:
@@ -227,14 +238,21 @@ class ColonFramesDataModule(L.LightningDataModule):
                              for name, p in present.items()}
         return out
 
-    def _load(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Images, targets and, for classification where every frame has a mask file (rendered, Kvasir-SEG),
+        the masks too (else None)."""
         size = (self.image_size, self.image_size)
         images = np.empty((len(rows), *size, 3), dtype=np.uint8)
         targets = np.empty((len(rows), *size) if self.task == "segmentation" else (len(rows),), dtype=np.uint8)
+        with_masks = self.task == "classification" and all(row["mask"] is not None for row in rows)
+        masks = np.empty((len(rows), *size), dtype=np.uint8) if with_masks else None
         for i, row in enumerate(rows):
             try:
                 with Image.open(row["image"]) as im:
                     images[i] = np.asarray(im.convert("RGB").resize(size, Image.BILINEAR))
+                if masks is not None:
+                    with Image.open(row["mask"]) as m:
+                        masks[i] = np.asarray(m.convert("L").resize(size, Image.NEAREST)) > 127
                 if self.task == "segmentation":
                     if row["mask"] is None:
                         raise ValueError("segmentation needs masks; this layout has none")
@@ -249,21 +267,22 @@ class ColonFramesDataModule(L.LightningDataModule):
                     raise ValueError("classification needs labels or masks; this layout has neither")
             except (OSError, ValueError) as err:
                 raise ValueError(f"cannot read frame {row['id']} ({row['image']}): {err}") from err
-        return images, targets
+        return images, targets, masks
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         self.prepare_data()
         layout, rows = read_frame_index(self.root, self.layout)
-        images, targets = self._load(rows)
+        images, targets, masks = self._load(rows)
         present = _has_lesion(targets)
         strata = np.array([present[i] if r["label"] is None else r["label"] for i, r in enumerate(rows)])
         train, val, test = split_frames(rows, strata, *self.fractions, seed=self.split_seed)
         ids, paths = [r["id"] for r in rows], [str(r["image"]) for r in rows]
         for name, idx in (("train", train), ("val", val), ("test", test)):
             self.splits[name] = FrameDataset(images[idx], targets[idx], [ids[i] for i in idx],
-                                             [paths[i] for i in idx], flips=self.flips and name == "train")
+                                             [paths[i] for i in idx], flips=self.flips and name == "train",
+                                             masks=None if masks is None else masks[idx])
         log.info("frames from %s (%s): train %d, val %d, test %d", self.root, layout, len(train), len(val), len(test))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

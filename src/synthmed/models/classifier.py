@@ -26,6 +26,11 @@ class LesionClassifier(SplitMetricsModule):
     (sensitivity) and specificity, each only where the test frames hold the classes it needs; a confusion-matrix
     picture and the first misclassified test frames; writes every test frame's prediction to
     `predictions_file` in the output dir.
+
+    `mask_weight` > 0 (not in the study) adds that times a binary cross-entropy between the net's mask head
+    (`forward_with_mask`) and the frame's lesion mask, max-pooled to the head's cells, wherever batches carry a
+    `"mask"` (rendered and Kvasir-SEG frames): the net is told where the lesion is, not only whether, which is
+    what lets it learn on frames where no colour gives the lesion away (docs/render.md).
     """
 
     MAX_ERRORS_SHOWN = 16
@@ -40,10 +45,16 @@ class LesionClassifier(SplitMetricsModule):
         freeze_features: bool,
         table_images: int,
         predictions_file: str,
+        mask_weight: float,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss={loss!r}; expected one of {LOSSES}")
+        if float(mask_weight) < 0:
+            raise ValueError(f"model.mask_weight={mask_weight} must be >= 0")
+        if float(mask_weight) > 0 and getattr(net, "mask_head", None) is None:
+            raise ValueError(f"model.mask_weight={mask_weight} trains the net's mask head, but it has none: set "
+                             "model.net.mask_head=true")
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.predictions_file = predictions_file
         self.net, self.optimizer_factory = net, optimizer
@@ -77,9 +88,16 @@ class LesionClassifier(SplitMetricsModule):
         return F.cross_entropy(logits, target)
 
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
-        logits = self(batch["image"])
         target = batch["label"]
-        loss = self._loss(logits, target)
+        if self.hparams.mask_weight > 0 and "mask" in batch:
+            logits, mask_logits = self.net.forward_with_mask(batch["image"])
+            cells = F.adaptive_max_pool2d(batch["mask"][:, None].float(), mask_logits.shape[-2:])[:, 0]
+            mask_loss = F.binary_cross_entropy_with_logits(mask_logits, cells)
+            self.log(f"{split}/mask_loss", mask_loss, on_step=False, on_epoch=True, batch_size=len(target))
+            loss = self._loss(logits, target) + self.hparams.mask_weight * mask_loss
+        else:
+            logits = self(batch["image"])
+            loss = self._loss(logits, target)
         scores = logits.softmax(1)
         scores = scores[:, 1] if self.num_classes == 2 else scores
         key = "train_" if split == "train" else split

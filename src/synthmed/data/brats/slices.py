@@ -66,6 +66,23 @@ def check_modalities(modalities: Sequence[str]) -> list[str]:
     return modalities
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """The subject split's fractions make sense: each in [0, 1] and some subjects left for training, or
+    `test_fraction=1` with `val_fraction=0` (every subject a test subject: a test-only job, experiment=brats_eval).
+    ValueError naming the key otherwise."""
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"data.{key}={value}: a share of the subjects, in [0, 1]")
+    if float(test_fraction) == 1.0:
+        if float(val_fraction) != 0.0:
+            raise ValueError(f"data.test_fraction=1 makes every subject a test subject, so data.val_fraction="
+                             f"{val_fraction} has none to take: set data.val_fraction=0")
+    elif float(val_fraction) + float(test_fraction) >= 1.0:
+        raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no subject "
+                         f"for training (their sum must be < 1; data.test_fraction=1 with data.val_fraction=0 tests "
+                         f"every subject, as experiment=brats_eval does)")
+
+
 def target_from_seg(seg: torch.Tensor, target: str) -> torch.Tensor:
     """The training target (int64) from mapped labels 0..3."""
     if target == "multiclass":
@@ -260,7 +277,8 @@ class _ItemList(Dataset):
 class BratsSliceDataModule(L.LightningDataModule):
     """Axial BraTS slices, loaded from `cache` (a slice cache of `root`, made by the `brats_slice_cache` stage).
 
-    Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`); training takes
+    Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`; `test_fraction=1`
+    with `val_fraction=0` makes every subject a test subject, for test-only jobs); training takes
     `num_train_slices` slices (None: all tumour slices) of which `empty_fraction` have no tumour; val/test
     take all tumour slices of their subjects plus the same share without. `aug` (config with `_target_`
     or an object with `extra_samples(dataset, seed)`) appends its samples to the training set, or replaces
@@ -291,9 +309,7 @@ class BratsSliceDataModule(L.LightningDataModule):
         if not 0.0 <= float(empty_fraction) <= MAX_EMPTY_FRACTION:
             raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, {MAX_EMPTY_FRACTION}]: the slice "
                              "cache keeps at most as many slices without tumour as with")
-        if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-            raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
-                             "must be >= 0 and leave subjects for training")
+        check_fractions(val_fraction, test_fraction)
         for key, value in (("root", root), ("cache", cache)):
             if value is None or not isinstance(value, (str, Path)):
                 raise ValueError(f"data.{key}={value!r}: BratsSliceDataModule loads a folder and makes none; give "
@@ -354,8 +370,15 @@ class BratsSliceDataModule(L.LightningDataModule):
         self._prepared = True
 
     # ---- splits and slices ---------------------------------------------------------------------
+    @property
+    def test_only(self) -> bool:
+        """Every subject is a test subject (`test_fraction=1`): nothing to train or validate on."""
+        return self.test_fraction == 1.0
+
     def _split(self) -> dict[str, list[str]]:
         ids = sorted(s.id for s in self.subjects)
+        if self.test_only:
+            return {"train": [], "val": [], "test": ids}
         n = len(ids)
         n_val = max(1, round(self.val_fraction * n)) if self.val_fraction > 0 else 0
         n_test = max(1, round(self.test_fraction * n)) if self.test_fraction > 0 else 0
@@ -424,6 +447,10 @@ class BratsSliceDataModule(L.LightningDataModule):
         return out
 
     def setup(self, stage: str | None = None) -> None:
+        if self.test_only and stage not in ("test", "predict"):
+            raise ValueError("data.test_fraction=1 makes every subject a test subject: nothing to train or "
+                             "validate on (a test-only job is experiment=brats_eval ckpt=<best.ckpt>; to train, set "
+                             "data.test_fraction < 1)")
         if self.datasets:
             return
         self.prepare_data()
@@ -431,9 +458,10 @@ class BratsSliceDataModule(L.LightningDataModule):
         rng = np.random.default_rng([self.split_seed, 1])
         counts = {"train": self.num_train_slices, "val": None, "test": None}
         for name in ("train", "val", "test"):
-            self.datasets[name] = BratsSliceDataset(self._rows(self.splits[name], counts[name], rng, name), self.target)
+            rows = self._rows(self.splits[name], counts[name], rng, name) if self.splits[name] else []
+            self.datasets[name] = BratsSliceDataset(rows, self.target)
         self.real_train = self.datasets["train"]
-        augmenter = self._augmenter()
+        augmenter = None if self.test_only else self._augmenter()  # no training set to add to
         self._aug_name = str(getattr(augmenter, "name", "none"))
         extra: list[dict[str, Any]] = []
         if augmenter is not None:  # the augmenter learns from (or transforms) the real training slices
