@@ -183,3 +183,20 @@ def test_varied_classifier_learns_masks_and_evaluates_without_restating_its_net(
     assert len(rows) == len(read_frame_index(real_folder)[1])  # an ImageFolder has no masks: labels only
     with pytest.raises(ValueError, match="ckpt="):  # the job's own (study) net does not fit those weights
         eval_in_process(tmp_path / "own", f"ckpt={ckpt}", f"data.root={real_folder}", "net_from_ckpt=false")
+
+
+def test_checkpoint_of_a_run_older_than_the_net_knobs_still_evaluates(classifier_ckpt, real_folder, tmp_path):
+    """net_from_ckpt merges the checkpoint's run's model.net over the job's own: a run whose config predates the
+    convs / batch_norm / pool / mask_head knobs gets their (study) defaults, and its weights load."""
+    import yaml
+
+    run_dir = tmp_path / "old_run"
+    shutil.copytree(classifier_ckpt.parent.parent, run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    for key in ("convs", "batch_norm", "pool", "mask_head"):
+        del saved["model"]["net"][key]
+    config.write_text(yaml.safe_dump(saved))
+    evaluated = eval_in_process(tmp_path, f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={real_folder}")
+    assert evaluated["status"] == "ok"
+    assert len(read_predictions(tmp_path / "eval" / "predictions.csv")) == len(read_frame_index(real_folder)[1])

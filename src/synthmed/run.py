@@ -174,7 +174,8 @@ def _scalar(value: Any) -> float:
 
 
 def _check_test_only_keys(cfg: DictConfig) -> None:
-    """`ckpt` is the checkpoint a test-only job (`train: false`) tests, and nothing else: refuse either half alone."""
+    """`ckpt` is the checkpoint a test-only job (`train: false`) tests, and nothing else: refuse either half alone.
+    For a test-only job, check `ckpt_matches` and take `model.net` from the checkpoint's run (`net_from_ckpt`)."""
     if cfg.train:
         if cfg.get("ckpt"):
             raise ValueError(f"ckpt={cfg.ckpt} names the checkpoint of a test-only job (train=false, e.g. "
@@ -183,23 +184,25 @@ def _check_test_only_keys(cfg: DictConfig) -> None:
         return
     if not cfg.get("ckpt"):
         raise ValueError(f"{cfg.name} tests a trained model (train=false): set ckpt=<run dir>/checkpoints/best.ckpt")
-    _check_trained_like(cfg, local_checkpoint("ckpt", cfg.ckpt))  # fail before any data is read
-
-
-def _net_from_checkpoint(cfg: DictConfig) -> None:
-    """A test-only job with `net_from_ckpt: true` builds `model.net` as the run that trained `ckpt` built it
-    (read, resolved, from that run's config beside the checkpoint), so any architecture its experiment chose
-    (e.g. colon_cls_varied's) loads without restating its knobs; without that config, the job's own model.net."""
-    if cfg.train or not cfg.get("net_from_ckpt"):
-        return
     path = local_checkpoint("ckpt", cfg.ckpt)
+    _check_trained_like(cfg, path)  # fail before any data is read
+    _net_from_checkpoint(cfg, path)
+
+
+def _net_from_checkpoint(cfg: DictConfig, path: Path) -> None:
+    """A test-only job with `net_from_ckpt: true` builds `model.net` as the run that trained checkpoint `path`
+    built it (its resolved `model.net`, from that run's config beside the checkpoint, merged over the job's own so
+    a knob added since that run keeps its default), so any architecture its experiment chose (e.g.
+    colon_cls_varied's) loads without restating its knobs; without that config, the job's own model.net."""
+    if not cfg.get("net_from_ckpt"):
+        return
     trained, config = _trained_config(path)
     net = _plain_value(trained, "model.net") if trained is not None else None
     if not isinstance(net, dict):
         log.warning("ckpt=%s: no model.net in %s; the job's own model.net is used", path, config)
         return
     with open_dict(cfg):
-        cfg.model.net = OmegaConf.create(net)
+        cfg.model.net = OmegaConf.merge(cfg.model.net, net)
     log.info("model.net as the run that trained ckpt built it (%s): %s", config, net.get("_target_"))
 
 
@@ -252,7 +255,6 @@ def run(cfg: DictConfig) -> float | None:
             raise ValueError(f"{cfg.name} needs a value for {', '.join(missing)}: set it on the command line, "
                              f"e.g. `python -m synthmed experiment={cfg.name} {missing[0]}=...`")
         _check_test_only_keys(cfg)
-        _net_from_checkpoint(cfg)
         if cfg.get("threads") is not None:
             if int(cfg.threads) < 1:
                 raise ValueError(f"threads={cfg.threads}: give a positive number of torch CPU threads, or null")
