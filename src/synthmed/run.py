@@ -105,15 +105,15 @@ def _trained_image_size(path: Path) -> str:
     return f"; its run ({config.parent.parent}) had data.image_size={size}" if size is not None else ""
 
 
-def _check_trained_like(cfg: DictConfig, path: Path) -> None:
+def _check_trained_like(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path]) -> None:
     """The keys `cfg.ckpt_matches` (e.g. data.modalities, data.target, data.image_size: what the weights cannot
     tell, since a mismatch there loads without error and predicts nonsense) must be those of the run that trained
     checkpoint `path`, read from its config beside it. One ValueError naming every differing key; a warning
-    when that config is not there to compare with."""
+    when that config is not there to compare with. `trained_config`: `_trained_config(path)`."""
     keys = list(cfg.get("ckpt_matches") or [])
     if not keys:
         return
-    trained, config = _trained_config(path)
+    trained, config = trained_config
     if trained is None:
         log.warning("ckpt=%s: no config of the run that trained it at %s, so %s are not checked: they must be "
                     "those it was trained with", path, config, ", ".join(keys))
@@ -185,18 +185,20 @@ def _check_test_only_keys(cfg: DictConfig) -> None:
     if not cfg.get("ckpt"):
         raise ValueError(f"{cfg.name} tests a trained model (train=false): set ckpt=<run dir>/checkpoints/best.ckpt")
     path = local_checkpoint("ckpt", cfg.ckpt)
-    _check_trained_like(cfg, path)  # fail before any data is read
-    _net_from_checkpoint(cfg, path)
+    trained = _trained_config(path)  # the training run's config, read once for both
+    _check_trained_like(cfg, path, trained)  # fail before any data is read
+    _net_from_checkpoint(cfg, path, trained)
 
 
-def _net_from_checkpoint(cfg: DictConfig, path: Path) -> None:
+def _net_from_checkpoint(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path]) -> None:
     """A test-only job with `net_from_ckpt: true` builds `model.net` as the run that trained checkpoint `path`
     built it (its resolved `model.net`, from that run's config beside the checkpoint, merged over the job's own so
     a knob added since that run keeps its default), so any architecture its experiment chose (e.g.
-    colon_cls_varied's) loads without restating its knobs; without that config, the job's own model.net."""
+    colon_cls_varied's) loads without restating its knobs; without that config, the job's own model.net.
+    `trained_config`: `_trained_config(path)`."""
     if not cfg.get("net_from_ckpt"):
         return
-    trained, config = _trained_config(path)
+    trained, config = trained_config
     net = _plain_value(trained, "model.net") if trained is not None else None
     if not isinstance(net, dict):
         log.warning("ckpt=%s: no model.net in %s; the job's own model.net is used", path, config)
