@@ -1,5 +1,6 @@
-"""Training images/s of the tumour generator (DCGAN) and the brain generator (pix2pix), and synthesis
-pairs/s (sample label maps + translate them), at the sizes of a scale. Prints one JSON line a scale.
+"""Training images/s of the tumour generator (DCGAN) and the two brain generators (pix2pix of `aug=gan`,
+SPADE of `aug=gan_spade`), and synthesis pairs/s (sample label maps + translate them, with each brain
+generator), at the sizes of a scale. Prints one JSON line a scale.
 
 Batches are label maps with random elliptic tumours inside a disc-shaped brain, and random images:
 throughput does not depend on what the pixels show.
@@ -42,13 +43,15 @@ def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str,
 
 
 def generators(scale: str):
-    """The two generators exactly as `aug=gan` builds them at `scale` (composed config, aug.pairs.*)."""
+    """The generators exactly as `aug=gan` and `aug=gan_spade` build them at `scale` (composed config,
+    aug.pairs.*): the tumour generator, pix2pix, SPADE."""
     from hydra.utils import instantiate
 
     from synthmed.utils import compose_config
 
     cfg = compose_config(["experiment=brats_seg", "aug=gan", f"scale={scale}"])
-    return instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix)
+    spade = compose_config(["experiment=brats_seg", "aug=gan_spade", f"scale={scale}"])
+    return instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix), instantiate(spade.aug.pairs.pix2pix)
 
 
 def main() -> None:
@@ -62,9 +65,10 @@ def main() -> None:
         result = {"benchmark": "gan_throughput", "scale": scale, "threads": torch.get_num_threads(),
                   "batch_size": bs, "dcgan_size": gan["dcgan_size"], "slice_size": size}
         torch.manual_seed(0)
-        dcgan, pix2pix = generators(scale)  # the aug=gan generators of this scale, from the real config
+        dcgan, pix2pix, spade = generators(scale)  # the generators of this scale, from the real configs
+        result["pix2pix_upsample"] = pix2pix.hparams.upsample
         items = batches(args.steps + 1, size, bs)
-        for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix)):
+        for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix), ("spade", spade)):
             timer = StepTimer()
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = L.Trainer(max_steps=args.steps + 1, accelerator="cpu", logger=False, callbacks=[timer],
@@ -82,6 +86,11 @@ def main() -> None:
         with torch.no_grad():
             pix2pix.translate(labels * brains[:, 0].long(), brains)
         result["synthesis_pairs_per_s"] = round(n / (time.perf_counter() - start), 2)
+        start = time.perf_counter()  # the same with SPADE as the brain generator (its noise seeded)
+        labels = dcgan.sample(n, generator=torch.Generator().manual_seed(0))
+        labels = torch.nn.functional.interpolate(labels[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].long()
+        spade.translate(labels * brains[:, 0].long(), brains, generator=torch.Generator().manual_seed(0))
+        result["spade_synthesis_pairs_per_s"] = round(n / (time.perf_counter() - start), 2)
         print(json.dumps(result), flush=True)
 
 

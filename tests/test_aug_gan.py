@@ -70,11 +70,15 @@ def test_gan_pairs_are_added_and_cached(root, tmp_path):  # noqa: F811
         assert torch.equal(item["label"], (item["seg"] > 0).long())
         assert not (item["seg"] > 0)[item["brain"][0] == 0].any()  # tumour only inside the brain
         assert (item["image"][:, item["brain"][0] == 0] == 0).all()
-    # two artefacts, each with its metadata: the generators, and the pairs drawn from them
-    (generators,) = folders(tmp_path / "gan" / "generators")
-    assert {"dcgan.pt", "pix2pix.pt", "artifact.yaml"} <= {p.name for p in generators.iterdir()}
-    gen_meta = artifacts.read_metadata(generators)
-    assert gen_meta["stage"] == "brats_gan_generators" and gen_meta["config"]["epochs"] == {"dcgan": 1, "pix2pix": 1}
+    # three artefacts, each with its metadata: one per generator (keyed by its own config), and the pairs
+    trained = {}
+    for kind in ("dcgan", "pix2pix"):
+        (trained[kind],) = folders(tmp_path / "gan" / "generators" / kind)
+        assert {f"{kind}.pt", "artifact.yaml"} <= {p.name for p in trained[kind].iterdir()}
+        gen_meta = artifacts.read_metadata(trained[kind])
+        assert gen_meta["stage"] == f"brats_{kind}_generator" and gen_meta["config"]["kind"] == kind
+        assert gen_meta["config"]["epochs"] == 1 and gen_meta["config"]["config"]["_target_"].endswith(
+            {"dcgan": "TumourLabelGAN", "pix2pix": "BrainSliceTranslator"}[kind])
     meta = artifacts.read_metadata(pairs.parent)
     assert meta["stage"] == "brats_gan_pairs" and meta["counts"]["kept"] == 5
     assert meta["labels"]["regions"]["tc"] == [1, 4] and (pairs.parent / "pairs.png").is_file()
@@ -87,10 +91,22 @@ def test_gan_pairs_are_added_and_cached(root, tmp_path):  # noqa: F811
     assert make_pairs(root, tmp_path) == pairs  # same data + config: everything found, nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "gan").rglob("*") if p.is_file()} == files
     # aug.generators: the trained generators loaded instead of training new ones, the same pairs drawn
-    given = {"dcgan": str(generators / "dcgan.pt"), "pix2pix": str(generators / "pix2pix.pt")}
+    given = {kind: str(trained[kind] / f"{kind}.pt") for kind in ("dcgan", "pix2pix")}
     loaded = make_pairs(root, tmp_path, data_dir=tmp_path / "other", generators=given)
     assert not (tmp_path / "other" / "gan" / "generators").exists()
     assert np.array_equal(np.load(loaded)["image"], np.load(pairs)["image"])
+
+
+def test_each_generator_is_its_own_artefact(root, tmp_path):  # noqa: F811
+    """A change to one generator's recipe retrains that generator alone: the other is found by its own key."""
+    make_pairs(root, tmp_path, extra=2)
+    (dcgan,) = folders(tmp_path / "gan" / "generators" / "dcgan")
+    stamp = (dcgan / "artifact.yaml").stat().st_mtime_ns
+    make_pairs(root, tmp_path, extra=2, pix2pix_epochs=2)
+    assert folders(tmp_path / "gan" / "generators" / "dcgan") == [dcgan]
+    assert (dcgan / "artifact.yaml").stat().st_mtime_ns == stamp  # found, not remade
+    assert len(folders(tmp_path / "gan" / "generators" / "pix2pix")) == 2
+    assert len(folders(tmp_path / "gan" / "pairs")) == 2
 
 
 def test_gan_augmenter_only_loads_its_pairs_file(root, tmp_path):  # noqa: F811
@@ -111,6 +127,7 @@ def test_generators_train_with_the_configured_trainer():
         assert kwargs["_target_"] == "lightning.Trainer" and kwargs["accelerator"] == "gpu"
         assert kwargs["precision"] == "16-mixed" and kwargs["max_epochs"] == cfg.scale.gan[f"{kind}_epochs"]
         assert kwargs["enable_checkpointing"] is False and kwargs["limit_val_batches"] == 0
+        assert kwargs["max_steps"] == -1  # the U-Net's step budget (protocol=equal_steps) is not the generator's
     assert generator_trainer_config(compose_ci(["aug=gan"]).aug.pairs.trainer, 3)["accelerator"] == "cpu"
     ablation = compose_ci(["aug=gan_transform", "trainer=gpu"]).aug.parts.gan.pairs
     assert generator_trainer_config(ablation.trainer, 1)["accelerator"] == "gpu"
@@ -180,7 +197,9 @@ def test_embedding_analysis_numbers(root, tmp_path):  # noqa: F811
     assert all(np.isnan(v) for v in label_map_stats(maps[1:], brains[1:]).values())
 
     dm = make_dm(root, tmp_path, image_size=32, aug=gan_aug(make_pairs(root, tmp_path, extra=8), extra=8))
-    analysis = dict(size=32, tsne_perplexity=20.0, feature_epochs=1, cv_folds=2, seed=0)
+    knobs = OmegaConf.to_container(compose_config(["experiment=brats_embed", "scale=ci"]).analysis, resolve=True)
+    analysis = {**{k: v for k, v in knobs.items() if k != "_target_"},  # every knob from its one home, then small
+                "size": 32, "tsne_perplexity": 20.0, "feature_epochs": 1, "cv_folds": 2, "seed": 0}
     results = EmbeddingAnalysis(**analysis)(dm, tmp_path / "job")
     assert results["test/num_synthetic"] == 8.0 and results["test/num_real"] > 0
     shares = [results[f"test/labels_{r}_share_real"] for r in ("ncr", "ed", "et")]  # the maps' statistics
@@ -235,7 +254,7 @@ def test_generators_depend_on_their_cache_key_not_on_the_callers_rng(root, tmp_p
         torch.manual_seed(caller_seed)
         cache = tmp_path / f"cache{caller_seed}"
         pairs = make_pairs(root, tmp_path, data_dir=cache, extra=3)
-        (folder,) = folders(cache / "gan" / "generators")
+        (folder,) = folders(cache / "gan" / "generators" / "dcgan")
         trained.append((torch.load(folder / "dcgan.pt", weights_only=True), np.load(pairs)["image"]))
     (first, images_a), (second, images_b) = trained
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
@@ -245,7 +264,8 @@ def test_generators_depend_on_their_cache_key_not_on_the_callers_rng(root, tmp_p
 def ci_datamodule(brats_root, data_dir, aug: str):
     """The brats_seg experiment's datamodule at scale=ci, composed from the real configs, its artefacts
     resolved as the runner does (the pairs stage trains the generators with the configured trainer)."""
-    cfg = compose_ci([f"aug={aug}", f"data.root={brats_root}", f"paths.data_dir={data_dir}"])
+    # all the training slices of the small test cohort (fewer than scale=ci's num_train_slices)
+    cfg = compose_ci([f"aug={aug}", f"data.root={brats_root}", f"paths.data_dir={data_dir}", "data.num_train_slices=null"])
     artifacts.resolve(cfg, context={"loggers": []})
     dm = instantiate(cfg.data)
     dm.setup("fit")
@@ -264,7 +284,8 @@ def test_synthetic_only_trains_on_the_gan_pairs_alone(root, tmp_path):  # noqa: 
     # the generators learnt from the real training split: aug=gan (real + pairs) reuses the same cache folder
     gan, _ = ci_datamodule(root, tmp_path, "gan")
     assert gan.describe()["train_items"] == {"real": n_real, "extra": n}
-    assert len(folders(tmp_path / "gan" / "generators")) == 1
+    assert {kind.name: len(folders(kind)) for kind in folders(tmp_path / "gan" / "generators")} == \
+        {"dcgan": 1, "pix2pix": 1}
     assert len(folders(tmp_path / "gan" / "pairs")) == 1  # the same pairs too
     for i in range(n):
         assert torch.equal(train[i]["image"], gan.datasets["train"][n_real + i]["image"])
@@ -299,7 +320,8 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
     for i in range(5):
         write_subject(folder, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
     run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={folder}",
-                  "analysis.feature_epochs=1", "analysis.cv_folds=2"], cwd=tmp_path, env={"WANDB_MODE": "offline"})
+                  "analysis.feature_epochs=1", "analysis.cv_folds=2", "data.num_train_slices=null"], cwd=tmp_path,
+                 env={"WANDB_MODE": "offline"})
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     numbers = json.loads(metrics_file.read_text())["test"]
     assert 0.0 <= numbers["test/c2st_accuracy"] <= 1.0 and numbers["test/num_synthetic"] > 0

@@ -128,7 +128,8 @@ def test_brats_seg_on_a_2023_cohort_writes_brats_predictions(tmp_path):
     for i in range(5):
         write_subject(root, f"BraTS-GLI-{i:05d}-000", layout="2023", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
     run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}", f"data.root={root}",
-                  "data.target=et", "optimized_metric=test/iou_et", "trainer.max_epochs=15", "model.lr=1e-2", "model.net.base_channels=8"], cwd=tmp_path)
+                  "data.target=et", "optimized_metric=test/iou_et", "protocol=equal_epochs", "trainer.max_epochs=15",
+                  "data.num_train_slices=null", "model.lr=1e-2", "model.net.base_channels=8"], cwd=tmp_path)
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     text = metrics_file.read_text()
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
@@ -170,7 +171,7 @@ def trained_run(brats_work) -> Path:
         write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
     out = brats_work / "seg_run"
     run_synthmed(["experiment=brats_seg", *CI, f"paths.root_dir={brats_work}", f"data.root={root}",
-                  f"hydra.run.dir={out}"], cwd=brats_work)
+                  "data.num_train_slices=null", f"hydra.run.dir={out}"], cwd=brats_work)
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / ".hydra" / "config.yaml").is_file()
     return out
 

@@ -42,7 +42,7 @@ def test_brats_seg_experiment_runs(tmp_path):
     for i in range(5):
         write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
     run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
-                  f"data.root={root}", "aug=transform"], cwd=tmp_path)
+                  f"data.root={root}", "aug=transform", "data.num_train_slices=12"], cwd=tmp_path)  # of 18
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     metrics = json.loads(metrics_file.read_text())
     assert metrics["status"] == "ok" and 0.0 <= metrics["test"]["test/iou_wt"] <= 1.0
@@ -64,3 +64,16 @@ def test_brats_seg_experiment_runs(tmp_path):
     ref = nib.load(str(root / rows[0]["subject"] / f"{rows[0]['subject']}_flair.nii.gz"))
     assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 2}
+
+
+def test_more_real_slices_than_the_training_split_holds_is_an_error(tmp_path):
+    """A data-efficiency point must train on the real slices it is labelled with: asking for more than the
+    training subjects hold is one error naming the key, not a warning and a smaller set."""
+    root = tmp_path / "brats"
+    for i in range(5):  # three training subjects, 6 tumour slices each
+        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    proc = run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
+                         f"data.root={root}", "data.num_train_slices=50"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "data.num_train_slices=50: the train split" in proc.stderr and "only 18 slices" in proc.stderr
+    assert not list((tmp_path / "outputs").rglob("metrics.json"))

@@ -11,23 +11,36 @@ import pytest
 import yaml
 from scipy import stats
 
-from synthmed.report import write_summary
+from synthmed.report import (
+    collect_jobs,
+    efficiency_points,
+    paired_differences,
+    paired_stats,
+    summarise,
+    write_summary,
+)
 
 REPORT = {"baseline": {"aug": "none"},
-          "reference": {"by": "aug", "metric": "test/iou", "values": {"none": 0.589, "gan": 0.6323}}}
+          "reference": {"by": "aug", "metric": "test/iou", "values": {"none": 0.589, "gan": 0.6323},
+                        "when": {"data.num_train_slices": 290}},
+          "data_efficiency": {"key": "data.num_train_slices", "label": "real training slices"}}
 IOU = {("none", 0): 0.50, ("none", 1): 0.52, ("none", 2): 0.54,
        ("gan", 0): 0.56, ("gan", 1): 0.57, ("gan", 2): 0.61}
 
 
-def write_job(sweep: Path, num: int, aug: str, seed: int, iou: float | None) -> None:
+def write_job(sweep: Path, num: int, overrides: dict, iou: float | None, steps: int = 370,
+              protocol: str = "equal_steps") -> None:
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"aug={aug}", f"seed={seed}"]))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimized_metric": "test/iou", "report": REPORT}))
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+    config = {"optimized_metric": "test/iou", "report": REPORT,
+              "protocol": {"name": protocol, "compare_at": "step" if protocol == "equal_steps" else "epoch"}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if iou is None:
         (job / "error.txt").write_text("Traceback ...\nRuntimeError: out of memory\n")
         return
-    (job / "metrics.json").write_text(json.dumps({"status": "ok", "seed": seed, "test": {"test/iou": iou}}))
+    (job / "metrics.json").write_text(json.dumps({"status": "ok", "seed": overrides["seed"], "steps": steps,
+                                                  "test": {"test/iou": iou}}))
     (job / "csv").mkdir()
     with (job / "csv" / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "step", "val/loss"])
@@ -36,24 +49,82 @@ def write_job(sweep: Path, num: int, aug: str, seed: int, iou: float | None) -> 
             writer.writerow({"epoch": epoch, "step": epoch * 10, "val/loss": 1.0 / (epoch + 1) + iou})
 
 
+def test_paired_stats_on_hand_made_differences():
+    """Mean, 95% interval (t with n - 1 degrees of freedom) and two-sided p of three paired differences, against
+    numbers worked out by hand: mean 0.06, sd 0.01, t = 0.06 / (0.01 / sqrt 3) = 10.392, t(0.975, 2) = 4.3027."""
+    d = paired_stats([0.06, 0.05, 0.07])
+    assert d["diff"] == pytest.approx(0.06) and d["n"] == 3
+    assert d["ci95"] == pytest.approx([0.06 - 4.302653 * 0.01 / math.sqrt(3), 0.06 + 4.302653 * 0.01 / math.sqrt(3)])
+    assert d["ci95"] == pytest.approx([0.035159, 0.084841], abs=1e-6)
+    assert d["p"] == pytest.approx(0.009133, abs=1e-6)
+    assert d["p"] == pytest.approx(stats.ttest_rel([0.56, 0.57, 0.61], [0.50, 0.52, 0.54]).pvalue)
+    one = paired_stats([0.1])  # one pair: a difference, no interval, no test
+    assert one["diff"] == 0.1 and math.isnan(one["p"]) and all(math.isnan(v) for v in one["ci95"])
+    assert math.isnan(paired_stats([0.02, 0.02])["p"])  # no spread: nothing to test
+
+
 def test_table_paired_differences_reference_and_curves(tmp_path):
     for num, ((aug, seed), iou) in enumerate(IOU.items()):
-        write_job(tmp_path, num, aug, seed, iou)
-    write_job(tmp_path, 6, "gan", 3, None)
+        write_job(tmp_path, num, {"aug": aug, "seed": seed}, iou)
+    write_job(tmp_path, 6, {"aug": "gan", "seed": 3}, None)
     paths = write_summary(tmp_path)
     rows = {r["aug"]: r for r in csv.DictReader(paths["csv"].open())}
     assert rows["none"]["n"] == "3" and rows["gan"]["n"] == "3" and rows["gan"]["failed"] == "1"
+    assert rows["gan"]["steps"] == "370" and rows["gan"]["protocol"] == "equal_steps"
     assert float(rows["gan"]["test/iou mean"]) == pytest.approx((0.56 + 0.57 + 0.61) / 3)
     assert float(rows["none"]["test/iou std"]) == pytest.approx(0.02)
+    diffs = [IOU[("gan", s)] - IOU[("none", s)] for s in range(3)]  # 0.06, 0.05, 0.07: as above
+    expected = paired_stats(diffs)
+    assert float(rows["gan"]["test/iou diff"]) == pytest.approx(0.06)
+    assert float(rows["gan"]["test/iou diff ci95 low"]) == pytest.approx(0.035159, abs=1e-6)
+    assert float(rows["gan"]["test/iou diff ci95 high"]) == pytest.approx(0.084841, abs=1e-6)
+    assert float(rows["gan"]["test/iou diff p"]) == pytest.approx(0.009133, abs=1e-6)
+    assert rows["gan"]["test/iou pairs"] == "3" and rows["none"]["test/iou diff"] == ""  # the baseline itself
     md = paths["md"].read_text()
-    diffs = [IOU[("gan", s)] - IOU[("none", s)] for s in range(3)]
-    p = stats.ttest_rel([IOU[("gan", s)] for s in range(3)], [IOU[("none", s)] for s in range(3)]).pvalue
-    # the 95% interval of the mean paired difference: mean ± t(0.975, n-1) * sd / sqrt(n)
-    mean, sd = sum(diffs) / 3, stats.tstd(diffs)
-    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
-    assert f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (n=3, p={p:.3g})" in md
-    assert "| gan | 0.6323 |" in md and "| none | 0.5890 |" in md
-    assert "RuntimeError: out of memory" in md
+    mean, (low, high), p = expected["diff"], expected["ci95"], expected["p"]
+    assert f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] (n=3, p={p:.3g})" in md  # all metrics' paired table
+    # the headline table: mean ± std, paired difference with its interval and p, the study's number beside ours
+    assert (f"| gan | 3 | 370 | 0.5800 ± 0.0265 | {mean:+.4f} [{low:+.4f}, {high:+.4f}] (n=3) | {p:.3g} | 0.6323 |"
+            in md)
+    assert "| none | 3 | 370 | 0.5200 ± 0.0200 | — | — | 0.5890 |" in md
+    assert "Protocol: equal_steps" in md and "RuntimeError: out of memory" in md
     for key in ("png", "curves"):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
-    assert not math.isnan(p)
+    assert "efficiency" not in paths  # data.num_train_slices was not swept
+
+
+# test IoU by (aug, real slices, seed). gan beats none by 0.10 at 50 slices and 0.01 at 290, seed by seed; pairing
+# across slice counts (the wrong pairs) would give other numbers.
+CURVE = {("none", 50, 0): 0.30, ("none", 50, 1): 0.34, ("gan", 50, 0): 0.41, ("gan", 50, 1): 0.43,
+         ("none", 290, 0): 0.70, ("none", 290, 1): 0.74, ("gan", 290, 0): 0.705, ("gan", 290, 1): 0.755,
+         ("transform", 50, 0): 0.35, ("transform", 50, 1): 0.37, ("transform", 290, 0): 0.72, ("transform", 290, 1): 0.76}
+
+
+def test_data_efficiency_pairs_within_the_same_real_slices(tmp_path):
+    for num, ((aug, slices, seed), iou) in enumerate(CURVE.items()):
+        write_job(tmp_path, num, {"aug": aug, "data.num_train_slices": slices, "seed": seed}, iou)
+    paths = write_summary(tmp_path)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert sorted((r["aug"], r["data.num_train_slices"]) for r in rows) == sorted(
+        {(a, str(s)) for a, s, _ in CURVE})  # one row per (regime, real slices)
+    by = {(r["aug"], r["data.num_train_slices"]): r for r in rows}
+    assert float(by[("gan", "50")]["test/iou diff"]) == pytest.approx(0.10)  # (0.11 + 0.09) / 2
+    assert float(by[("gan", "290")]["test/iou diff"]) == pytest.approx(0.01)  # (0.005 + 0.015) / 2
+    assert by[("gan", "290")]["test/iou pairs"] == "2"
+    md = paths["md"].read_text()
+    assert "summary_data_efficiency.png" in md
+    assert "| gan | 290 |" in md and "| gan | 50 |" in md
+    # the study's reference only beside the rows with its 290 real slices
+    head = md.split("## All test metrics")[0]
+    assert any(line.startswith("| gan | 290 |") and line.endswith("| 0.6323 |") for line in head.splitlines())
+    assert any(line.startswith("| gan | 50 |") and line.endswith("| — |") for line in head.splitlines())
+    assert paths["efficiency"].name == "summary_data_efficiency.png"
+    assert paths["efficiency"].read_bytes()[:4] == b"\x89PNG"
+    jobs = collect_jobs(tmp_path)
+    keys, metrics, summary = summarise(jobs)
+    points = efficiency_points(summary, keys, "data.num_train_slices", "test/iou", paired_differences(jobs, keys, metrics))
+    assert {line: [p["x"] for p in pts] for line, pts in points["values"].items()} == {
+        "aug=none": [50, 290], "aug=gan": [50, 290], "aug=transform": [50, 290]}
+    assert points["values"]["aug=gan"][0]["mean"] == pytest.approx(0.42)
+    assert set(points["diffs"]) == {"aug=gan", "aug=transform"}  # the baseline has no difference with itself
+    assert [p["diff"] for p in points["diffs"]["aug=transform"]] == pytest.approx([0.04, 0.02])

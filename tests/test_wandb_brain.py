@@ -74,17 +74,22 @@ def test_brats_seg_with_gan_pairs_shows_the_generators(gan_run):
     # sample grids of every epoch (fixed noise; a fixed batch for pix2pix) and the pairs picture
     for key in ("gan/dcgan/samples/tumour_maps", "gan/pix2pix/samples/pix2pix_grid", "aug/pairs"):
         assert _image_rows(run_file, key), key
-    generators = next(tmp_path.glob("data/gan/generators/*"))
-    assert list((generators / "dcgan" / "images").glob("samples_tumour_maps_*.png"))  # also kept on disk
-    # the artefacts it used: the pair set and the generators, in the config and as artefact records
+    # one artefact per generator: data/gan/generators/<kind>/<hash>/
+    dcgan = next(p for p in tmp_path.glob("data/gan/generators/dcgan/*") if p.is_dir())
+    pix2pix = next(p for p in tmp_path.glob("data/gan/generators/pix2pix/*") if p.is_dir())
+    assert list((dcgan / "images").glob("samples_tumour_maps_*.png"))  # also kept on disk
+    # the artefacts it used: the pair set and each generator, in the config and as artefact records
     pairs = next(p for p in tmp_path.glob("data/gan/pairs/*") if p.is_dir())
     used = {a["key"]: a for a in run_info(run_file)["config"]["artifacts"]}
     assert used["aug.pairs"]["name"] == f"brats_gan_pairs-{pairs.name}" and used["aug.pairs"]["type"] == "dataset"
-    assert used["aug.pairs.generators"]["name"] == f"brats_gan_generators-{generators.name}"
-    assert used["aug.pairs.generators"]["type"] == "model" and {"data.root", "data.cache"} <= set(used)
+    for kind, folder in (("dcgan", dcgan), ("pix2pix", pix2pix)):
+        assert used[f"aug.pairs.generators.{kind}"]["name"] == f"brats_{kind}_generator-{folder.name}"
+        assert used[f"aug.pairs.generators.{kind}"]["type"] == "model"
+    assert {"data.root", "data.cache"} <= set(used)
     logged = {(r.artifact.name, r.artifact.type) for r in read_records(run_file)
               if r.WhichOneof("record_type") == "artifact"}
-    assert {(f"brats_gan_pairs-{pairs.name}", "dataset"), (f"brats_gan_generators-{generators.name}", "model")} <= logged
+    assert {(f"brats_gan_pairs-{pairs.name}", "dataset"), (f"brats_dcgan_generator-{dcgan.name}", "model"),
+            (f"brats_pix2pix_generator-{pix2pix.name}", "model")} <= logged
 
 
 def test_brats_dcgan_logs_losses_and_samples(tmp_path):

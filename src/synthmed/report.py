@@ -1,8 +1,12 @@
 """Sweep tables: `python -m synthmed.report <sweep_dir>` (also run by Hydra after every job of a multirun).
 
-Reads each job dir of a sweep (`.hydra/overrides.yaml`, `metrics.json`, `error.txt`), groups jobs by the
-swept keys other than `seed`, and writes `summary.csv`, `summary.md` and `summary.png` into the sweep dir:
-mean ± std and n over seeds of every test metric, with failed jobs listed.
+Reads each job dir of a sweep (`.hydra/overrides.yaml`, `.hydra/config.yaml`, `metrics.json`, `error.txt`), groups
+jobs by the swept keys other than `seed`, and writes `summary.csv`, `summary.md` and `summary.png` into the sweep
+dir: mean ± std and n over seeds of every test metric, the optimiser steps the jobs took and the protocol they ran
+under, the paired difference of every row against the experiment's baseline (`report.baseline`, same seed and same
+other keys) with its 95% interval and p-value, the reference numbers beside ours (`report.reference`), the
+validation-loss curves (`summary_val_loss.png`), and, when the experiment's `report.data_efficiency.key` is swept,
+`summary_data_efficiency.png` (the headline metric against that key, a line per row of the other keys).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from synthmed.report_plots import plot_bars, plot_curves, plot_efficiency
 from synthmed.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -57,20 +62,24 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         record["optimized_metric"] = (config or {}).get("optimized_metric")
         record["report"] = (config or {}).get("report") or {}
+        protocol = (config or {}).get("protocol") or {}
+        record["protocol"] = protocol.get("name")
+        record["compare_at"] = protocol.get("compare_at")
         record["curve"] = _val_curve(job_dir / "csv" / "metrics.csv")
         jobs.append(record)
     jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
     return jobs
 
 
-def _val_curve(csv_file: Path, key: str = "val/loss") -> list[tuple[int, float]]:
-    """(epoch, value) of a job's validation loss from its CSV log; empty when there is none."""
+def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
+    """{"epoch", "step", "value"} of each validation of a job, from its CSV log; empty when there is none."""
     import csv
 
     if not csv_file.exists():
         return []
     with csv_file.open(newline="") as f:
-        return [(int(float(r["epoch"])), float(r[key])) for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
+        return [{"epoch": int(float(r["epoch"])), "step": int(float(r.get("step") or 0)), "value": float(r[key])}
+                for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
 
 
 def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:
@@ -90,8 +99,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def _steps(members: list[dict[str, Any]]) -> int | str:
+    """The optimiser steps the finished jobs of a row took: one number when equal, `min-max` otherwise, "" if unknown."""
+    steps = sorted({int(j["metrics"]["steps"]) for j in members
+                    if j["status"] == "ok" and j.get("metrics", {}).get("steps") is not None})
+    if not steps:
+        return ""
+    return steps[0] if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+
+
 def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """Group jobs by swept keys other than seed: `(group keys, metric names, rows)`."""
+    """Group jobs by swept keys other than seed: `(group keys, metric names, rows)`. A row holds its keys, `n`
+    (finished jobs), `failed`, `steps` (the optimiser steps they took) and `<metric> mean` / `<metric> std`."""
     keys = [k for k in swept_keys(jobs) if k not in SEED_KEYS]
     metrics = sorted({m for job in jobs for m in job["test"]})
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -101,7 +120,9 @@ def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
     for values, members in groups.items():
         ok = [j for j in members if j["status"] == "ok"]
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
-        row.update(n=len(ok), failed=len(members) - len(ok))
+        row.update(n=len(ok), failed=len(members) - len(ok), steps=_steps(members))
+        if "protocol" not in keys:  # the protocol the row's jobs ran under (protocol=...), when they have one
+            row["protocol"] = ", ".join(sorted({j["protocol"] for j in members if j.get("protocol")}))
         for metric in metrics:
             found = [float(j["test"][metric]) for j in ok if j["test"].get(metric) is not None]  # null: undefined
             row[f"{metric} mean"], row[f"{metric} std"] = _mean_std(found) if found else (math.nan, math.nan)
@@ -109,12 +130,34 @@ def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
     return keys, metrics, rows
 
 
-def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> list[dict[str, Any]]:
-    """For every row, the paired difference of each metric against the baseline row (`report.baseline`,
-    e.g. `{aug: none}`), jobs paired by seed, with a two-sided paired t-test across seeds."""
+def paired_stats(differences: list[float]) -> dict[str, Any]:
+    """The paired comparison of a row with its baseline from `differences` (row − baseline, one per pair, e.g. per
+    seed): `diff` (their mean), `n`, `ci95` (the 95% confidence interval of the mean, t distribution with n − 1
+    degrees of freedom) and `p` (two-sided paired t-test, i.e. a one-sample t-test of the differences against 0).
+    `ci95` and `p` are NaN with fewer than 2 pairs or when every difference is the same (no spread to test)."""
     from scipy import stats
 
-    baseline = next((j["report"].get("baseline") for j in jobs if j["report"].get("baseline")), None)
+    n = len(differences)
+    if not n:
+        raise ValueError("paired_stats needs at least one difference")
+    mean = sum(differences) / n
+    p = low = high = math.nan
+    if n > 1 and any(d != differences[0] for d in differences):
+        test = stats.ttest_1samp(differences, 0.0)
+        p = float(test.pvalue)
+        low, high = (float(v) for v in test.confidence_interval(0.95))
+    return {"diff": mean, "n": n, "p": p, "ci95": [low, high]}
+
+
+def _baseline(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((j["report"].get("baseline") for j in jobs if j["report"].get("baseline")), None)
+
+
+def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """For every row, the paired difference of each metric against the baseline (`report.baseline`, e.g.
+    `{aug: none}`): each job paired with the baseline job of the same seed and the same values of the other swept
+    keys (e.g. the same data.num_train_slices), summarised by `paired_stats`."""
+    baseline = _baseline(jobs)
     if not baseline or not all(k in keys for k in baseline):
         return []
     ok = [j for j in jobs if j["status"] == "ok"]
@@ -140,15 +183,8 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
                          and all(b["overrides"].get(k) == job["overrides"].get(k) for k in others)]
                 if match and job["test"].get(metric) is not None and match[0]["test"].get(metric) is not None:
                     pairs.append(float(job["test"][metric]) - float(match[0]["test"][metric]))
-            if not pairs:
-                continue
-            p = low = high = math.nan  # a paired t-test is a one-sample t-test of the differences
-            mean = sum(pairs) / len(pairs)
-            if len(pairs) > 1 and any(d != pairs[0] for d in pairs):
-                test = stats.ttest_1samp(pairs, 0.0)
-                p = float(test.pvalue)
-                low, high = (float(v) for v in test.confidence_interval(0.95))
-            entry[metric] = {"diff": mean, "n": len(pairs), "p": p, "ci95": [low, high]}
+            if pairs:
+                entry[metric] = paired_stats(pairs)
         out.append(entry)
     return out
 
@@ -157,8 +193,75 @@ def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
+def _headline_metric(jobs: list[dict[str, Any]], metrics: list[str]) -> str | None:
+    """The metric the study is about: the reference's metric, else the experiment's optimized_metric (when measured)."""
+    reference = _reference(jobs)
+    if reference and reference.get("metric") in metrics:
+        return reference["metric"]
+    return next((j["optimized_metric"] for j in jobs if j.get("optimized_metric") in metrics), None)
+
+
+def _reference(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((j["report"].get("reference") for j in jobs if j["report"].get("reference")), None)
+
+
+def _reference_value(reference: dict[str, Any] | None, row: dict[str, Any], keys: list[str]) -> float | None:
+    """The reference number for `row`: by its `reference.by` value, only when the row has the swept keys'
+    values of `reference.when` (e.g. the study's 290 real slices)."""
+    if not reference or reference.get("by") not in keys:
+        return None
+    when = reference.get("when") or {}
+    if any(key in keys and str(row[key]) != str(value) for key, value in when.items()):
+        return None
+    value = (reference.get("values") or {}).get(str(row[reference["by"]]))
+    return None if value is None else float(value)
+
+
+def _fmt_diff(d: dict[str, Any] | None, with_p: bool = True) -> str:
+    if d is None:
+        return "n/a"
+    ci = "" if math.isnan(d["ci95"][0]) else f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+    p = "n/a" if math.isnan(d["p"]) else f"{d['p']:.3g}"
+    return f"{d['diff']:+.4f}{ci} (n={d['n']}, p={p})" if with_p else f"{d['diff']:+.4f}{ci} (n={d['n']})"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def efficiency_points(rows: list[dict[str, Any]], keys: list[str], x_key: str, metric: str,
+                      diffs: list[dict[str, Any]] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The points of the data-efficiency plot: one line per combination of the row keys other than `x_key` (e.g.
+    one per regime), its points sorted by `x_key`'s (numeric) value. Returns `{"values": {line: [{x, mean, std, n}]},
+    "diffs": {line: [{x, diff, ci95, n}]}}`; `diffs` (from `paired_differences`) pairs jobs of the same seed and
+    the same `x_key` value. Rows whose `x_key` is not a number (null: all slices) or without a finished job are left out."""
+    others = [k for k in keys if k != x_key]
+
+    def line(row: dict[str, Any]) -> str:
+        return " ".join(f"{k}={row[k]}" for k in others) or "all"
+
+    values: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        x, mean = _number(row[x_key]), row.get(f"{metric} mean", math.nan)
+        if x is not None and row["n"] and not math.isnan(mean):
+            values.setdefault(line(row), []).append({"x": x, "mean": mean, "std": row[f"{metric} std"], "n": row["n"]})
+    differences: dict[str, list[dict[str, Any]]] = {}
+    for entry in diffs or []:
+        x = _number(entry[x_key])
+        if x is not None and metric in entry:
+            differences.setdefault(line(entry), []).append({"x": x, **entry[metric]})
+    for points in (*values.values(), *differences.values()):
+        points.sort(key=lambda p: p["x"])
+    return {"values": values, "diffs": differences}
+
+
 def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
-    """Write summary.csv, summary.md and summary.png into `sweep_dir`; returns their paths."""
+    """Write summary.csv, summary.md, summary.png and summary_val_loss.png into `sweep_dir` (and
+    summary_data_efficiency.png when the experiment's `report.data_efficiency.key` is swept); returns their paths."""
     import csv
 
     sweep_dir = Path(sweep_dir)
@@ -166,46 +269,94 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
     keys, metrics, rows = summarise(jobs)
     paths = {name: sweep_dir / f"summary.{name}" for name in ("csv", "md", "png")}
     paths["curves"] = sweep_dir / "summary_val_loss.png"
+    diffs = [d for d in paired_differences(jobs, keys, metrics) if any(m in d for m in metrics)]  # rows with pairs
+    diff_of = {tuple(str(d[k]) for k in keys): d for d in diffs}
+    baseline = _baseline(jobs) if diffs else None
+    shown_baseline = " ".join(f"{k}={v}" for k, v in (baseline or {}).items())
+    protocols = sorted({j["protocol"] for j in jobs if j.get("protocol")})
+    protocol_column = bool(protocols) and "protocol" not in keys
 
-    columns = [*keys, "n", "failed", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
+    columns = [*keys, *(["protocol"] if protocol_column else []), "n", "failed", "steps"]
+    for metric in metrics:
+        columns += [f"{metric} mean", f"{metric} std"]
+        if diffs:
+            columns += [f"{metric} diff", f"{metric} diff ci95 low", f"{metric} diff ci95 high", f"{metric} diff p",
+                        f"{metric} pairs"]
     with atomic_path(paths["csv"]) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-
-    header = [*keys, "n", *metrics]
-    lines = [f"# Sweep summary: {sweep_dir.name}", "",
-             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} finished. "
-             "Cells: mean ± std over seeds (n = finished jobs in the row).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[k]) for k in keys] + [str(row["n"])]
-        cells += [_fmt(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    reference = next((j["report"].get("reference") for j in jobs if j["report"].get("reference")), None)
-    if reference and reference.get("by") in keys:
-        by, ref_metric = reference["by"], reference.get("metric")
-        lines += ["", f"## Reference ({reference.get('source', 'the study')})", "",
-                  f"| {by} | {ref_metric}: reference | {ref_metric}: here (mean ± std, n) |", "|---|---|---|"]
         for row in rows:
-            ref = (reference.get("values") or {}).get(str(row[by]))
-            here = _fmt(row.get(f"{ref_metric} mean", math.nan), row.get(f"{ref_metric} std", math.nan))
-            lines.append(f"| {row[by]} | {'n/a' if ref is None else f'{float(ref):.4f}'} | {here} (n={row['n']}) |")
-    diffs = paired_differences(jobs, keys, metrics)
-    if diffs:
-        baseline = next(j["report"]["baseline"] for j in jobs if j["report"].get("baseline"))
-        shown = " ".join(f"{k}={v}" for k, v in baseline.items())
-        lines += ["", f"## Paired difference against {shown}", "",
-                  "Mean over seeds of (row − baseline) for the same seed, [its 95% confidence interval]; p: "
-                  "two-sided paired t-test across seeds (n/a with fewer than 2 pairs).", "",
-                  "| " + " | ".join([*keys, *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics))]
-        for entry in diffs:
-            cells = [str(entry[k]) for k in keys]
+            out = dict(row)
+            entry = diff_of.get(tuple(str(row[k]) for k in keys), {})
             for metric in metrics:
                 d = entry.get(metric)
-                p = "n/a" if d is None or math.isnan(d["p"]) else f"{d['p']:.3g}"
-                ci = "" if d is None or math.isnan(d["ci95"][0]) else f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                cells.append("n/a" if d is None else f"{d['diff']:+.4f}{ci} (n={d['n']}, p={p})")
+                if d is not None:
+                    out.update({f"{metric} diff": d["diff"], f"{metric} diff ci95 low": d["ci95"][0],
+                                f"{metric} diff ci95 high": d["ci95"][1], f"{metric} diff p": d["p"],
+                                f"{metric} pairs": d["n"]})
+            writer.writerow(out)
+
+    protocol_line = ""
+    if protocols:
+        protocol_line = (f" Protocol: {', '.join(protocols)} (`protocol=`; steps: the optimiser steps the row's jobs "
+                         "took).")
+    lines = [f"# Sweep summary: {sweep_dir.name}", "",
+             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} finished.{protocol_line}", ""]
+
+    headline = _headline_metric(jobs, metrics)
+    reference = _reference(jobs)
+    if headline:
+        with_reference = bool(reference) and reference.get("metric") == headline and reference.get("by") in keys
+        header = [*keys, "n", "steps", f"{headline} (mean ± std)"]
+        if diffs:
+            header += [f"Δ vs {shown_baseline} [95% CI] (pairs)", "p"]
+        if with_reference:
+            header.append("reference")
+        source = f" Reference: {reference.get('source', 'the study')}." if with_reference else ""
+        lines += [f"## {headline}", "",
+                  "Mean ± std over seeds (n = finished jobs); Δ: mean over seeds of (row − baseline) for the same seed "
+                  "and the same other keys, with the 95% confidence interval of that mean (t distribution); p: "
+                  f"two-sided paired t-test (n/a with fewer than 2 pairs).{source}", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            cells = [str(row[k]) for k in keys] + [str(row["n"]), str(row["steps"])]
+            cells.append(_fmt(row[f"{headline} mean"], row[f"{headline} std"]))
+            if diffs:
+                d = diff_of.get(tuple(str(row[k]) for k in keys), {}).get(headline)
+                cells += ["—" if d is None else _fmt_diff(d, with_p=False),
+                          "—" if d is None or math.isnan(d["p"]) else f"{d['p']:.3g}"]
+            if with_reference:
+                ref = _reference_value(reference, row, keys)
+                cells.append("—" if ref is None else f"{ref:.4f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+
+    efficiency = next((j["report"].get("data_efficiency") for j in jobs if j["report"].get("data_efficiency")), None)
+    if headline and efficiency and efficiency.get("key") in keys:
+        points = efficiency_points(rows, keys, efficiency["key"], headline, diffs)
+        if any(len(p) > 1 for p in points["values"].values()):
+            paths["efficiency"] = sweep_dir / "summary_data_efficiency.png"
+            plot_efficiency(points, efficiency["key"], efficiency.get("label"), headline, shown_baseline,
+                             paths["efficiency"])
+            lines += [f"![{headline} against {efficiency['key']}](summary_data_efficiency.png)", "",
+                      f"{headline} against {efficiency['key']}: mean ± std over seeds per row (left); the paired "
+                      f"difference against {shown_baseline or 'the baseline'} at the same {efficiency['key']}, with "
+                      "its 95% confidence interval (right).", ""]
+
+    header = [*keys, "n", "steps", *metrics]
+    lines += ["## All test metrics", "", "Mean ± std over seeds (n = finished jobs in the row).", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[k]) for k in keys] + [str(row["n"]), str(row["steps"])]
+        cells += [_fmt(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    if diffs:
+        lines += ["", f"## Paired difference against {shown_baseline}", "",
+                  "Mean over seeds of (row − baseline) for the same seed and the same other keys, [its 95% confidence "
+                  "interval]; p: two-sided paired t-test across seeds (n/a with fewer than 2 pairs).", "",
+                  "| " + " | ".join([*keys, *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics))]
+        for entry in diffs:
+            cells = [str(entry[k]) for k in keys] + [_fmt_diff(entry.get(metric)) for metric in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j["status"] != "ok"]
     if failed:
@@ -214,74 +365,9 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
             shown = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
             lines.append(f"- job {job['job']} ({shown}): {job['status']}: {job.get('error', '')}")
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
-    _plot(rows, keys, metrics, jobs, paths["png"])
-    _plot_curves(jobs, keys, paths["curves"])
+    plot_bars(rows, keys, metrics, jobs, paths["png"])
+    plot_curves(jobs, keys, paths["curves"])
     return paths
-
-
-def _plot_curves(jobs, keys, path: Path) -> None:
-    """Validation loss per epoch, one line per row (mean over its seeds), as the study showed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[str, list[list[tuple[int, float]]]] = {}
-    for job in jobs:
-        if job["curve"]:
-            label = " ".join(f"{k}={job['overrides'].get(k, '')}" for k in keys) or "all"
-            groups.setdefault(label, []).append(job["curve"])
-    if not groups:
-        return
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    for label, curves in groups.items():
-        by_epoch: dict[int, list[float]] = {}
-        for curve in curves:
-            for epoch, value in curve:
-                by_epoch.setdefault(epoch, []).append(value)
-        epochs = sorted(by_epoch)
-        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker="o", ms=3,
-                label=f"{label} (n={len(curves)})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss (mean over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def _plot(rows, keys, metrics, jobs, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    preferred = next((j["optimized_metric"] for j in jobs if j.get("optimized_metric") in metrics), None)
-    shown = [preferred] if preferred else metrics[:4]
-    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(1.6 + 1.4 * max(1, len(rows)) * max(1, len(shown)), 3.6),
-                             dpi=110, squeeze=False)
-    labels = [" ".join(f"{k}={row[k]}" for k in keys) or "all" for row in rows]
-    for ax, metric in zip(axes[0], shown or [None], strict=False):
-        if metric is None:
-            ax.text(0.5, 0.5, "no finished job", ha="center", va="center")
-            ax.set_axis_off()
-            continue
-        means = [row[f"{metric} mean"] for row in rows]
-        stds = [row[f"{metric} std"] for row in rows]
-        ax.bar(range(len(rows)), [0 if math.isnan(m) else m for m in means],
-               yerr=[0 if math.isnan(s) else s for s in stds], capsize=4, color="#c8553d", alpha=0.8)
-        for x, row in enumerate(rows):  # one point a seed: the spread the mean hides
-            points = [float(j["test"][metric]) for j in jobs if j["status"] == "ok" and j["test"].get(metric) is not None
-                      and all(str(j["overrides"].get(k, "")) == str(row[k]) for k in keys)]
-            offsets = [0.0] if len(points) == 1 else [-0.2 + 0.4 * i / (len(points) - 1) for i in range(len(points))]
-            ax.scatter([x + o for o in offsets], points, s=14, color="black", zorder=3)
-        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric} (mean ± std, n = {', '.join(str(r['n']) for r in rows)})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 class SweepSummaryCallback(Callback):
@@ -345,7 +431,8 @@ def log_summary_to_wandb(sweep_dir: Path, project: str, name: str) -> None:
                      name=name)
     try:
         logged: dict[str, Any] = {"summary": wandb.Table(columns=table[0], data=table[1:])}
-        for key, name in (("summary_chart", "summary.png"), ("val_loss_curves", "summary_val_loss.png")):
+        for key, name in (("summary_chart", "summary.png"), ("val_loss_curves", "summary_val_loss.png"),
+                          ("data_efficiency", "summary_data_efficiency.png")):
             if (sweep_dir / name).exists():
                 logged[key] = wandb.Image(str(sweep_dir / name))
         jobs = collect_jobs(sweep_dir)

@@ -3,21 +3,24 @@
 The pairs are an artefact made by the stage `brats_gan_pairs` (`gan_pairs` here), before the data module exists:
 
 1. The real training split of the job's data config (its `aug` left out): the very slices the U-Net trains on.
-2. The generators (an artefact of their own under `<data_dir>/gan/generators/<hash>/`, keyed by their
-   configs, epochs, batch size, seed, the digest of the training slices and `VERSION`): the experiments'
-   LightningModules (`TumourLabelGAN`, `BrainSliceTranslator`) trained by the job's configured trainer
-   (`trainer=gpu` trains them on the GPU) with the run's loggers under the metric prefixes `gan/dcgan`,
-   `gan/pix2pix`; or loaded from `aug.generators`.
+2. The generators, each an artefact of its own under `<data_dir>/gan/generators/<kind>/<hash>/<kind>.pt`, keyed
+   by its own config, epochs, batch size, split seed, the digest of the training slices and `VERSION` (so
+   `aug=gan` and `aug=gan_inpaint` of one seed share one DCGAN): the experiments' LightningModules
+   (`TumourLabelGAN`, `BrainSliceTranslator`) trained by the job's configured trainer (`trainer=gpu` trains
+   them on the GPU) with the run's loggers under the metric prefixes `gan/<kind>`; or loaded from
+   `aug.generators`.
 3. Sample label maps, resize them to slice size, put each inside the brain mask of a real training
    slice, drop degenerate ones (`min_tumour_pixels`, `max_tumour_fraction`, `max_components`), translate
    with pix2pix; `<data_dir>/gan/pairs/<hash>/pairs.npz` (+ `pairs.png`, a look at them).
 
-`GanAugmenter` only loads the pairs file it is given (`aug.pairs`).
+`GanAugmenter` only loads the pairs file it is given (`aug.pairs`); the inpainting route (`aug=gan_inpaint`,
+`synthmed.augment.inpaint`) reuses the generator artefacts, the rule and the augmenter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -38,9 +41,11 @@ from synthmed.utils import atomic_path, config_hash, to_plain
 
 log = logging.getLogger(__name__)
 
-VERSION = 4  # part of the generators' key; 2: seeded before their weights are initialised; 3: DCGAN
-#              discriminator split into features + head; 4: trained by the configured trainer, artefact folders
+VERSION = 5  # part of the generators' key; 2: seeded before their weights are initialised; 3: DCGAN
+#              discriminator split into features + head; 4: trained by the configured trainer, artefact folders;
+#              5: one artefact per generator (gan/generators/<kind>/<hash>/), keyed by its own config
 PAIRS_FILE = "pairs.npz"
+TUMOUR_ONLY = frozenset({"dcgan", "inpaint"})  # generators that learn from the training slices showing tumour
 
 
 def _training_slices(dataset: Dataset) -> dict[str, torch.Tensor]:
@@ -132,10 +137,11 @@ class PrefixedLogger(Logger):
 def generator_trainer_config(trainer: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     """The trainer config a generator trains with: the job's `trainer` (accelerator, devices, precision,
     determinism) with `max_epochs=epochs`, no checkpoints, no validation (a GAN has no loss to select on) and
-    its losses logged at every step."""
+    its losses logged at every step. The U-Net's step budget (`max_steps`, protocol=equal_steps) is not the
+    generator's: it trains its own epochs."""
     cfg = to_plain(trainer)
     # every step's losses reach the run's loggers: a generator's epoch can be fewer steps than the default 50
-    cfg.update(max_epochs=int(epochs), enable_checkpointing=False, enable_model_summary=False,
+    cfg.update(max_epochs=int(epochs), max_steps=-1, enable_checkpointing=False, enable_model_summary=False,
                num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1)
     return cfg
 
@@ -160,10 +166,13 @@ def _train_generator(kind: str, config: Mapping[str, Any], items: list[dict], tr
     # caller drew from the global RNG before (e.g. the width of the U-Net it augments for)
     L.seed_everything(seed, workers=True, verbose=False)
     module = instantiate(config)
-    if kind == "dcgan":  # the tumour generator learns from slices that show tumour
+    if kind in TUMOUR_ONLY:  # the tumour generator and the inpainter learn from slices that show tumour
         items = [item for item in items if item["seg"].any()]
+    if not items:
+        raise ValueError(f"aug=gan: the {kind} generator learns from real training slices with tumour, and the "
+                         "split holds none (data.num_train_slices, data.empty_fraction)")
     loader = DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=len(items) > batch_size)
-    fit = instantiate(generator_trainer_config(trainer, epochs), default_root_dir=str(folder / kind),
+    fit = instantiate(generator_trainer_config(trainer, epochs), default_root_dir=str(folder),
                       logger=[PrefixedLogger(logger, f"gan/{kind}") for logger in loggers] or False)
     log.info("aug=gan: training the %s generator on %d real slices (%d epochs, accelerator %s)", kind, len(items),
              epochs, fit.accelerator.__class__.__name__)
@@ -173,29 +182,62 @@ def _train_generator(kind: str, config: Mapping[str, Any], items: list[dict], tr
     return module
 
 
-def _generators(slices: dict[str, torch.Tensor], seed: int, configs: dict[str, dict], epochs: dict[str, int],
-                batch_size: int, trainer: Mapping[str, Any], given: dict[str, Path], data_dir: Path,
-                loggers: list[Logger], key: dict[str, Any]) -> dict[str, Any]:
-    """The two generators: loaded from `given` (aug.generators) or from their artefact, trained first if missing."""
+def generator_key(kind: str, config: Mapping[str, Any], epochs: int, batch_size: int, seed: int,
+                  data: str) -> dict[str, Any]:
+    """What one trained generator depends on, and nothing else: its own config, epochs and batch size, the split
+    seed, the digest of the training slices and `VERSION`. Two regimes that train the same generator on the same
+    split (aug=gan, aug=gan_inpaint: one DCGAN) find one artefact."""
+    return {"kind": kind, "config": to_plain(config), "epochs": int(epochs), "batch_size": int(batch_size),
+            "seed": int(seed), "data": data, "version": VERSION}
+
+
+def generator_folder(data_dir: str | Path, key: Mapping[str, Any]) -> Path:
+    """`<data_dir>/gan/generators/<kind>/<hash of its key>/`, holding `<kind>.pt`, its sample grids and metadata."""
+    return Path(data_dir) / "gan" / "generators" / str(key["kind"]) / config_hash(key)
+
+
+def given_generators(generators: Mapping[str, Any] | None, kinds: list[str]) -> dict[str, Path]:
+    """`aug.generators` as {kind: existing file}; an unknown kind or a missing file is an error naming the key."""
+    given = {}
+    for kind, value in (to_plain(generators) or {}).items():
+        if kind not in kinds:
+            raise ValueError(f"aug.generators.{kind}: the generators of this regime are {sorted(kinds)}")
+        if value:
+            given[kind] = Path(value)
+            if not given[kind].is_file():
+                raise FileNotFoundError(f"aug.generators.{kind}={value} does not exist")
+    return given
+
+
+def generator_keys(configs: dict[str, dict], epochs: dict[str, int], batch_size: int, seed: int, data: str,
+                   given: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per generator, what the pairs drawn from it depend on: its artefact key, or (given) its config + file digest."""
+    return {kind: {"config": configs[kind], "file": _file_digest(given[kind])} if kind in given
+            else generator_key(kind, configs[kind], epochs[kind], batch_size, seed, data) for kind in configs}
+
+
+def load_generators(slices: dict[str, torch.Tensor], seed: int, configs: dict[str, dict], keys: dict[str, dict],
+                    batch_size: int, trainer: Mapping[str, Any], given: dict[str, Path], data_dir: Path,
+                    loggers: list[Logger]) -> dict[str, Any]:
+    """The generators of `configs` ({kind: config}): each loaded from `given` (aug.generators) or from its own
+    artefact (`generator_folder`), trained first if missing (under that artefact's lock)."""
     from hydra.utils import instantiate
 
     from synthmed import artifacts
 
-    to_train = [kind for kind in configs if kind not in given]
-    folder = None
-    if to_train:
-        items = [{k: v[i] for k, v in slices.items()} for i in range(len(slices["seg"]))]
-
-        def make(out: Path) -> None:
-            for kind in to_train:
-                _train_generator(kind, configs[kind], items, trainer, epochs[kind], batch_size, seed, out, loggers)
-
-        folder = artifacts.ensure(data_dir / "gan" / "generators" / config_hash(key), "brats_gan_generators", key,
-                                  make, {"labels": labels.convention(), "slices": len(items)})
+    items = [{k: v[i] for k, v in slices.items()} for i in range(len(slices["seg"]))]
     modules = {}
     for kind, config in configs.items():
+        if kind in given:
+            path = given[kind]
+        else:
+            key = keys[kind]
+            make = functools.partial(_train_generator, kind, configs[kind], items, trainer, key["epochs"], batch_size,
+                                     seed, loggers=loggers)  # make(folder) trains into the artefact's folder
+            folder = artifacts.ensure(generator_folder(data_dir, key), f"brats_{kind}_generator", key, make,
+                                      {"kind": kind, "labels": labels.convention(), "slices": len(items)})
+            path = folder / f"{kind}.pt"
         module = instantiate(config)
-        path = given.get(kind) or folder / f"{kind}.pt"
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state.get("state_dict", state))
         modules[kind] = module
@@ -218,32 +260,19 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
         seed = datamodule.split_seed
         configs = {"dcgan": to_plain(dcgan), "pix2pix": to_plain(pix2pix)}
         epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
-        given = {}
-        for kind, value in (to_plain(generators) or {}).items():
-            if kind not in configs:
-                raise ValueError(f"aug.generators.{kind}: the generators are {sorted(configs)}")
-            if value:
-                given[kind] = Path(value)
-                if not given[kind].is_file():
-                    raise FileNotFoundError(f"aug.generators.{kind}={value} does not exist")
-        key = {"dcgan": configs["dcgan"], "pix2pix": configs["pix2pix"], "epochs": epochs, "batch_size": int(batch_size),
-               "seed": seed, "data": _digest(slices), "version": VERSION,
-               "generators": {kind: _file_digest(path) for kind, path in given.items()}}
-        rule = {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
-                "max_tumour_fraction": float(max_tumour_fraction), "max_tries": int(max_tries),
-                "max_components": None if max_components is None else int(max_components)}
-        config = {"generators": key, "rule": rule}
+        given = given_generators(generators, list(configs))
+        keys = generator_keys(configs, epochs, int(batch_size), seed, _digest(slices), given)
+        rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries)
+        config = {"generators": keys, "rule": rule}
         extra_meta: dict[str, Any] = {"labels": labels.convention()}
 
         def make(out: Path) -> None:
             if rule["extra"] == 0:  # nothing to draw: no generator is trained
-                pairs = {"image": np.zeros((0, *slices["image"].shape[1:]), np.float32),
-                         "seg": np.zeros((0, *slices["seg"].shape[1:]), np.int64),
-                         "brain": np.zeros((0, *slices["brain"].shape[1:]), np.float32)}
+                pairs = empty_pairs(slices)
                 counts = {"kept": 0, "dropped": 0}
             else:
-                modules = _generators(slices, seed, configs, epochs, int(batch_size), trainer, given, Path(data_dir),
-                                      list(loggers or []), key)
+                modules = load_generators(slices, seed, configs, keys, int(batch_size), trainer, given,
+                                          Path(data_dir), list(loggers or []))
                 pairs, counts = _sample_pairs(modules["dcgan"], modules["pix2pix"], slices, seed, rule, out)
             with atomic_path(out / PAIRS_FILE) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **pairs)
@@ -255,24 +284,67 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
 
         folder = artifacts.ensure(Path(data_dir) / "gan" / "pairs" / config_hash(config), "brats_gan_pairs", config,
                                   make, extra_meta)
-    generators_folder = None if given else Path(data_dir) / "gan" / "generators" / config_hash(key)
-    _tell_the_run(list(loggers or []), folder, generators_folder, since)
+    tell_the_run(list(loggers or []), folder, trained_folders(data_dir, keys, given), since)
     return folder / PAIRS_FILE
 
 
-def _tell_the_run(loggers: list[Logger], pairs: Path, generators: Path | None, since: float) -> None:
-    """Declare in the run's W&B the pair set and the generators it used (made by it or found), and show it
-    the pairs picture (`aug/pairs`)."""
+def sampling_rule(extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
+                  max_tries: int) -> dict[str, Any]:
+    """How many label maps to keep and which to drop as degenerate (part of the pairs' key)."""
+    return {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
+            "max_tumour_fraction": float(max_tumour_fraction), "max_tries": int(max_tries),
+            "max_components": None if max_components is None else int(max_components)}
+
+
+def empty_pairs(slices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A pairs file of no pairs, shaped like the slices (aug.extra=0)."""
+    return {"image": np.zeros((0, *slices["image"].shape[1:]), np.float32),
+            "seg": np.zeros((0, *slices["seg"].shape[1:]), np.int64),
+            "brain": np.zeros((0, *slices["brain"].shape[1:]), np.float32)}
+
+
+def trained_folders(data_dir: str | Path, keys: dict[str, dict], given: dict[str, Path]) -> dict[str, Path]:
+    """The artefact folders of the generators that were not given (trained by this run or found)."""
+    return {kind: generator_folder(data_dir, key) for kind, key in keys.items() if kind not in given}
+
+
+def tell_the_run(loggers: list[Logger], pairs: Path, generators: dict[str, Path], since: float) -> None:
+    """Declare in the run's W&B the pair set (`aug.pairs`) and each generator it used, made by it or found
+    (`aug.pairs.generators.<kind>`), and show it the pairs picture (`aug/pairs`)."""
     from synthmed import artifacts, tracking
 
     used = {"aug.pairs": str(pairs)}
-    if generators is not None and artifacts.is_complete(generators):
-        used["aug.pairs.generators"] = str(generators)
+    for kind, folder in generators.items():
+        if artifacts.is_complete(folder):  # aug.extra=0 trains none
+            used[f"aug.pairs.generators.{kind}"] = str(folder)
     tracking.declare_artifacts(loggers, used, since)
     if (pairs / "pairs.png").is_file():
         for logger in loggers:
             if type(logger).__name__ == "WandbLogger":
                 logger.log_image(key="aug/pairs", images=[str(pairs / "pairs.png")])
+
+
+def passes_rule(maps: torch.Tensor, brain: torch.Tensor, rule: dict[str, Any]) -> torch.Tensor:
+    """(B,) bool: which label maps (B, H, W), inside their brains (B, 1, H, W), are not degenerate."""
+    tumour = (maps > 0).flatten(1).sum(1)
+    area = (brain > 0).flatten(1).sum(1).clamp(min=1)
+    ok = (tumour >= rule["min_tumour_pixels"]) & (tumour <= rule["max_tumour_fraction"] * area)
+    if rule["max_components"] is not None:  # speckle from an unconverged generator is not a tumour
+        ok &= torch.as_tensor([tumour_pieces(m) <= rule["max_components"] for m in maps.numpy()], dtype=torch.bool)
+    return ok
+
+
+def too_few_maps(regime: str, kept: int, rule: dict[str, Any], folder: Path) -> RuntimeError:
+    return RuntimeError(f"aug={regime}: only {kept} of aug.extra={rule['extra']} sampled label maps passed the "
+                        f"degeneracy rule after {rule['max_tries']} tries; train the tumour generator longer (see its "
+                        f"sample grids under {folder.parent.parent}/generators/dcgan) or relax "
+                        "aug.pairs.min_tumour_pixels / aug.pairs.max_tumour_fraction / aug.pairs.max_components")
+
+
+def sample_label_maps(tumour_gan: Any, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` label maps (count, size, size) int64 from the tumour generator, resized (nearest) to the slices."""
+    maps = tumour_gan.sample(count, generator=generator)[:, None].float()
+    return F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
 
 
 def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,
@@ -286,35 +358,30 @@ def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor
         need = extra - sum(len(s) for s in kept_seg)
         if need <= 0:
             break
-        maps = tumour_gan.sample(2 * need, generator=generator)[:, None].float()
-        maps = F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
+        maps = sample_label_maps(tumour_gan, 2 * need, size, generator)
         pick = torch.randint(len(brains), (len(maps),), generator=generator)
         brain = brains[pick]
         maps = maps * (brain[:, 0] > 0)  # a tumour lives inside the brain
-        tumour = (maps > 0).flatten(1).sum(1)
-        area = (brain > 0).flatten(1).sum(1).clamp(min=1)
-        ok = (tumour >= rule["min_tumour_pixels"]) & (tumour <= rule["max_tumour_fraction"] * area)
-        if rule["max_components"] is not None:  # speckle from an unconverged generator is not a tumour
-            ok &= torch.as_tensor([tumour_pieces(m) <= rule["max_components"] for m in maps.numpy()])
+        ok = passes_rule(maps, brain, rule)
         dropped += int((~ok).sum())
         kept_seg.append(maps[ok][:need])
         kept_brain.append(brain[ok][:need])
     seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
     if len(seg) < extra:
-        raise RuntimeError(f"aug=gan: only {len(seg)} of aug.extra={extra} sampled label maps passed the degeneracy "
-                           f"rule after {rule['max_tries']} tries; train the tumour generator longer (see its sample "
-                           f"grids under {folder.parent.parent}/generators) or relax aug.pairs.min_tumour_pixels / "
-                           f"aug.pairs.max_tumour_fraction / aug.pairs.max_components")
-    with torch.no_grad():
-        images = torch.cat([translator.translate(s, b) for s, b in zip(seg.split(64), brain.split(64), strict=True)])
-    images = images * brain  # background stays background, as in the real z-scored slices
+        raise too_few_maps("gan", len(seg), rule, folder)
+    with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
+        images = torch.cat([translator.translate(s, b, generator=generator)
+                            for s, b in zip(seg.split(64), brain.split(64), strict=True)])
+    images = images.cpu() * brain  # background stays background, as in the real z-scored slices
     pairs = {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
              "brain": brain.numpy().astype(np.float32)}
     return pairs, {"kept": len(seg), "dropped": dropped}
 
 
 class GanAugmenter(Augmenter):
-    """Adds the `extra` synthetic pairs of the pairs file `pairs` (made by the stage `brats_gan_pairs`)."""
+    """Adds the `extra` synthetic pairs of the pairs file `pairs` (made by the stage `brats_gan_pairs`, or
+    `brats_inpaint_pairs` for `aug=gan_inpaint`: its extra `region` array stays in the file). `.pairs` is that
+    file's path (brats_embed reads it)."""
 
     name = "gan"
 
@@ -332,7 +399,8 @@ class GanAugmenter(Augmenter):
         if self.extra == 0:
             return []
         if not self.pairs.is_file():
-            raise FileNotFoundError(f"aug.pairs={self.pairs} does not exist (made by the brats_gan_pairs stage)")
+            raise FileNotFoundError(f"aug.pairs={self.pairs} does not exist (made by the regime's pairs stage: "
+                                    "brats_gan_pairs, brats_inpaint_pairs)")
         pairs = dict(np.load(self.pairs))
         if len(pairs["seg"]) != self.extra:
             raise ValueError(f"aug.pairs={self.pairs} holds {len(pairs['seg'])} pairs, aug.extra={self.extra}")

@@ -96,11 +96,14 @@ class BrainSliceTranslator(pl.LightningModule):
         return self.generator(cond)
 
     @torch.no_grad()
-    def translate(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    def translate(self, label_map: torch.Tensor, brain: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
         """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32.
 
         Eval mode (dropout off, batch norm on running statistics) under no_grad: deterministic.
-        Inputs are moved to the module's device; the previous train/eval mode is restored."""
+        Inputs are moved to the module's device; the previous train/eval mode is restored. `generator` is
+        unused (pix2pix draws no noise at synthesis); it is accepted so that every brain generator is called
+        alike, and one that does draw noise (SPADE) draws it from the caller's seeded generator."""
         was_training = self.generator.training
         self.generator.eval()
         try:

@@ -111,10 +111,12 @@ class SegmentationModule(SplitMetricsModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        every = self.hparams.overlay_every
-        last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
-        if not self.trainer.sanity_checking and every and ((self.current_epoch + 1) % every == 0 or last):
-            self._log_overlay("val", step=self.current_epoch)
+        every, trainer = self.hparams.overlay_every, self.trainer
+        if not trainer.sanity_checking:  # counted in validations: per epoch, or every N steps (protocol=equal_steps)
+            self._validations = getattr(self, "_validations", 0) + 1
+            last = (0 < trainer.max_steps <= trainer.global_step) or self.current_epoch + 1 >= (trainer.max_epochs or 0)
+            if every and (self._validations % every == 0 or last):
+                self._log_overlay("val", step=self.current_epoch)
         self._overlay.pop("val", None)
 
     def on_test_epoch_end(self) -> None:

@@ -279,10 +279,10 @@ class BratsSliceDataModule(L.LightningDataModule):
 
     Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`; `test_fraction=1`
     with `val_fraction=0` makes every subject a test subject, for test-only jobs); training takes
-    `num_train_slices` slices (None: all tumour slices) of which `empty_fraction` have no tumour; val/test
-    take all tumour slices of their subjects plus the same share without. `aug` (config with `_target_`
-    or an object with `extra_samples(dataset, seed)`) appends its samples to the training set, or replaces
-    the real slices with them when it has `replace_real=True` (it still learns from the real slices).
+    `num_train_slices` slices (None: all tumour slices; more than the split holds is an error) of which
+    `empty_fraction` have no tumour; val/test take all tumour slices of their subjects plus the same share
+    without. `aug` (config with `_target_` or an object with `extra_samples(dataset, seed)`) appends its samples
+    to the training set, or replaces the real slices with them when `replace_real=True` (still learning from them).
     It never makes data: a missing `root` or `cache` is a ValueError/FileNotFoundError naming the key.
     """
 
@@ -310,6 +310,8 @@ class BratsSliceDataModule(L.LightningDataModule):
             raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, {MAX_EMPTY_FRACTION}]: the slice "
                              "cache keeps at most as many slices without tumour as with")
         check_fractions(val_fraction, test_fraction)
+        if num_train_slices is not None and int(num_train_slices) < 1:
+            raise ValueError(f"data.num_train_slices={num_train_slices}: give a positive number of slices, or null")
         for key, value in (("root", root), ("cache", cache)):
             if value is None or not isinstance(value, (str, Path)):
                 raise ValueError(f"data.{key}={value!r}: BratsSliceDataModule loads a folder and makes none; give "
@@ -405,9 +407,11 @@ class BratsSliceDataModule(L.LightningDataModule):
             n_tumour = len(tumour)
         else:
             n_tumour = min(len(tumour), count - n_empty)
-            if n_tumour + n_empty < count:
-                warnings.warn(f"data.num_train_slices={count}: only {n_tumour + n_empty} slices available "
-                              f"in the {name} subjects", UserWarning, stacklevel=3)
+            if n_tumour + n_empty < count:  # a silent shortfall would mislabel a point of a data-efficiency curve
+                raise ValueError(f"data.num_train_slices={count}: the {name} split (seed {self.split_seed}: "
+                                 f"{len(ids)} subjects) has only {n_tumour + n_empty} slices to give "
+                                 f"({len(tumour)} with tumour, {n_empty} without at data.empty_fraction={f}): "
+                                 f"ask for at most that many, or null for all of them")
         pick_t = np.sort(rng.choice(len(tumour), n_tumour, replace=False)) if n_tumour else []
         pick_e = np.sort(rng.choice(len(empty), n_empty, replace=False)) if n_empty else []
         return [tumour[i] for i in pick_t] + [empty[i] for i in pick_e]
