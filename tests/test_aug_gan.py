@@ -325,6 +325,13 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
     numbers = json.loads(metrics_file.read_text())["test"]
     assert 0.0 <= numbers["test/c2st_accuracy"] <= 1.0 and numbers["test/num_synthetic"] > 0
+    # the stripe numbers of a whole-slice route, where the sweep summary reads them; no region numbers
+    for key in ("stripe_amplitude_real", "stripe_amplitude_synthetic", "stripe_amplitude_columns_real",
+                "stripe_amplitude_columns_synthetic"):
+        assert numbers[f"test/{key}"] >= 0, key
+    assert numbers["test/stripe_ratio"] == pytest.approx(
+        numbers["test/stripe_amplitude_synthetic"] / numbers["test/stripe_amplitude_real"])
+    assert not [key for key in numbers if key.startswith("test/region_")]
     job = metrics_file.parent
     for picture in ("embeddings.png", "real_vs_synthetic.png"):
         assert (job / "images" / picture).read_bytes()[:4] == b"\x89PNG"

@@ -294,25 +294,3 @@ def test_brats_embed_knobs_are_checked():
         _analysis(region_dilation=-1)
     with pytest.raises(ValueError, match="analysis.stripe_period=1"):
         _analysis(stripe_period=1)
-
-
-def test_brats_embed_experiment_writes_the_stripe_numbers(tmp_path):
-    """`experiment=brats_embed scale=ci` end to end (aug=gan, a whole-slice route): the stripe numbers reach
-    metrics.json, where the sweep summary reads them; no region numbers."""
-    import json
-
-    from conftest import run_synthmed
-    from test_brats_discovery import write_subject
-
-    folder = tmp_path / "brats"
-    for i in range(5):
-        write_subject(folder, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
-    run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={folder}",
-                  "analysis.feature_epochs=1", "analysis.cv_folds=2", "data.num_train_slices=null", "logger=csv"], cwd=tmp_path)
-    numbers = json.loads(next((tmp_path / "outputs").rglob("metrics.json")).read_text())["test"]
-    for key in ("stripe_amplitude_real", "stripe_amplitude_synthetic", "stripe_amplitude_columns_real",
-                "stripe_amplitude_columns_synthetic"):
-        assert numbers[f"test/{key}"] >= 0, key
-    assert numbers["test/stripe_ratio"] == pytest.approx(
-        numbers["test/stripe_amplitude_synthetic"] / numbers["test/stripe_amplitude_real"])
-    assert not [key for key in numbers if key.startswith("test/region_")]
