@@ -67,9 +67,8 @@ def check_modalities(modalities: Sequence[str]) -> list[str]:
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """The subject split's fractions make sense: each in [0, 1] and some subjects left for training, or
-    `test_fraction=1` with `val_fraction=0` (every subject a test subject: a test-only job, experiment=brats_eval).
-    ValueError naming the key otherwise."""
+    """Each fraction in [0, 1] and some subjects left for training, or `test_fraction=1` with `val_fraction=0`
+    (every subject a test subject: a test-only job, experiment=brats_eval); else a ValueError naming the key."""
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"data.{key}={value}: a share of the subjects, in [0, 1]")
@@ -307,8 +306,7 @@ class BratsSliceDataModule(L.LightningDataModule):
         if target not in TARGETS:
             raise ValueError(f"data.target={target!r} is not one of {list(TARGETS)}")
         if not 0.0 <= float(empty_fraction) <= MAX_EMPTY_FRACTION:
-            raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, {MAX_EMPTY_FRACTION}]: the slice "
-                             "cache keeps at most as many slices without tumour as with")
+            raise ValueError(f"data.empty_fraction={empty_fraction} must be in [0, {MAX_EMPTY_FRACTION}] (the cache's cap)")
         check_fractions(val_fraction, test_fraction)
         if num_train_slices is not None and int(num_train_slices) < 1:
             raise ValueError(f"data.num_train_slices={num_train_slices}: give a positive number of slices, or null")
@@ -408,10 +406,9 @@ class BratsSliceDataModule(L.LightningDataModule):
         else:
             n_tumour = min(len(tumour), count - n_empty)
             if n_tumour + n_empty < count:  # a silent shortfall would mislabel a point of a data-efficiency curve
-                raise ValueError(f"data.num_train_slices={count}: the {name} split (seed {self.split_seed}: "
-                                 f"{len(ids)} subjects) has only {n_tumour + n_empty} slices to give "
-                                 f"({len(tumour)} with tumour, {n_empty} without at data.empty_fraction={f}): "
-                                 f"ask for at most that many, or null for all of them")
+                raise ValueError(f"data.num_train_slices={count}: the {name} split (seed {self.split_seed}: {len(ids)} "
+                                 f"subjects) has {n_tumour + n_empty} ({len(tumour)} with tumour, {n_empty} without at "
+                                 f"data.empty_fraction={f}): ask for at most that many, or null for all of them")
         pick_t = np.sort(rng.choice(len(tumour), n_tumour, replace=False)) if n_tumour else []
         pick_e = np.sort(rng.choice(len(empty), n_empty, replace=False)) if n_empty else []
         return [tumour[i] for i in pick_t] + [empty[i] for i in pick_e]
