@@ -407,7 +407,7 @@ class BratsSliceDataModule(L.LightningDataModule):
             n_tumour = min(len(tumour), count - n_empty)
             if n_tumour + n_empty < count:  # a silent shortfall would mislabel a point of a data-efficiency curve
                 raise ValueError(f"data.num_train_slices={count}: the {name} split (seed {self.split_seed}: {len(ids)} "
-                                 f"subjects) has {n_tumour + n_empty} ({len(tumour)} with tumour, {n_empty} without at "
+                                 f"subjects) has only {n_tumour + n_empty} slices ({len(tumour)} with tumour, {n_empty} without at "
                                  f"data.empty_fraction={f}): ask for at most that many, or null for all of them")
         pick_t = np.sort(rng.choice(len(tumour), n_tumour, replace=False)) if n_tumour else []
         pick_e = np.sort(rng.choice(len(empty), n_empty, replace=False)) if n_empty else []
