@@ -134,11 +134,18 @@ def test_generators_train_with_the_configured_trainer():
 
 
 def test_gan_knobs_have_one_home():
-    """The generators of aug=gan are sized in aug/gan.yaml by one scale lookup, and every knob is in the config."""
+    """The tumour generator is sized once, in its model config, for every user of it (aug=gan, aug=gan_inpaint,
+    experiment=brats_dcgan); the brain generator in aug/gan.yaml; each by one scale lookup."""
     import synthmed.conf
 
-    text = (Path(synthmed.conf.__file__).parent / "aug" / "gan.yaml").read_text()
-    assert "image_size: ${scale.gan.dcgan_size}" in text and "oc.select" not in text
+    conf = Path(synthmed.conf.__file__).parent
+    assert "image_size: ${scale.gan.dcgan_size}" in (conf / "model" / "dcgan.yaml").read_text()
+    for user in ("aug/gan.yaml", "aug/gan_inpaint.yaml", "experiment/brats_dcgan.yaml"):
+        text = (conf / user).read_text()
+        assert "dcgan_size" not in text and "dcgan_channels" not in text and "oc.select" not in text, user
+    assert "g_channels: ${scale.gan.pix2pix_channels}" in (conf / "aug" / "gan.yaml").read_text()
+    inpaint = compose_ci(["aug=gan_inpaint", "scale=paper"]).aug.pairs.dcgan
+    assert inpaint.image_size == 128 and inpaint.g_channels == inpaint.d_channels
     cfg = compose_ci(["aug=gan", "scale=paper"])
     assert cfg.aug.pairs.dcgan.image_size == 128 and cfg.aug.pairs.pix2pix.image_size == cfg.data.image_size == 240
     assert cfg.aug.pairs.min_tumour_pixels == 20 and cfg.aug.pairs.max_components == 10

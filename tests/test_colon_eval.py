@@ -183,6 +183,16 @@ def test_varied_classifier_learns_masks_and_evaluates_without_restating_its_net(
     assert len(rows) == len(read_frame_index(real_folder)[1])  # an ImageFolder has no masks: labels only
     with pytest.raises(ValueError, match="ckpt="):  # the job's own (study) net does not fit those weights
         eval_in_process(tmp_path / "own", f"ckpt={ckpt}", f"data.root={real_folder}", "net_from_ckpt=false")
+    # fine-tuning on real frames starts from the same checkpoint, its net built the same way (no knob restated)
+    tuned = tmp_path / "ft"
+    run_in_process(["experiment=colon_finetune", *CI, f"data.root={real_folder}", f"pretrained={ckpt}"], tuned)
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and "test_before/acc" in metrics["test"]
+    tuned_state = torch.load(tuned / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert set(tuned_state) == set(state)  # the varied net, mask head and batch norm included
+    with pytest.raises(ValueError, match=r"pretrained=.* with data.image_size=32, but this job has data.image_size=48"):
+        run_in_process(["experiment=colon_finetune", *CI, f"data.root={real_folder}", f"pretrained={ckpt}",
+                        "data.image_size=48"], tmp_path / "ft48")
 
 
 def test_checkpoint_of_a_run_older_than_the_net_knobs_still_evaluates(classifier_ckpt, real_folder, tmp_path):

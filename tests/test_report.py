@@ -13,7 +13,9 @@ from scipy import stats
 
 from synthmed.report import (
     collect_jobs,
+    collect_sweeps,
     efficiency_points,
+    main,
     paired_differences,
     paired_stats,
     summarise,
@@ -29,12 +31,13 @@ IOU = {("none", 0): 0.50, ("none", 1): 0.52, ("none", 2): 0.54,
 
 
 def write_job(sweep: Path, num: int, overrides: dict, iou: float | None, steps: int = 370,
-              protocol: str = "equal_steps") -> None:
+              protocol: str = "equal_steps", extra_config: dict | None = None) -> None:
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
     config = {"optimized_metric": "test/iou", "report": REPORT,
-              "protocol": {"name": protocol, "compare_at": "step" if protocol == "equal_steps" else "epoch"}}
+              "protocol": {"name": protocol, "compare_at": "step" if protocol == "equal_steps" else "epoch"},
+              **(extra_config or {})}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if iou is None:
         (job / "error.txt").write_text("Traceback ...\nRuntimeError: out of memory\n")
@@ -128,3 +131,32 @@ def test_data_efficiency_pairs_within_the_same_real_slices(tmp_path):
     assert points["values"]["aug=gan"][0]["mean"] == pytest.approx(0.42)
     assert set(points["diffs"]) == {"aug=gan", "aug=transform"}  # the baseline has no difference with itself
     assert [p["diff"] for p in points["diffs"]["aug=transform"]] == pytest.approx([0.04, 0.02])
+
+
+def test_several_sweeps_read_as_one_study(tmp_path, capsys):
+    """A study at the default 290 real slices (no override: the value comes from each job's config, through its
+    interpolation) and a later sweep at 50 read as one: the same rows, pairs and curve as one sweep of both."""
+    study, later, out = tmp_path / "study", tmp_path / "later", tmp_path / "both"
+    config = {"data": {"num_train_slices": "${scale.brats.num_train_slices}"},
+              "scale": {"brats": {"num_train_slices": 290}}}
+    n = {"study": 0, "later": 0}
+    for (aug, slices, seed), iou in CURVE.items():
+        if slices == 290:
+            write_job(study, n["study"], {"aug": aug, "seed": seed}, iou, extra_config=config)
+            n["study"] += 1
+        else:
+            write_job(later, n["later"], {"aug": aug, "data.num_train_slices": slices, "seed": seed}, iou)
+            n["later"] += 1
+    jobs = collect_sweeps([study, later])
+    assert {j["job"] for j in jobs} >= {"study/0", "later/0"}
+    assert {j["overrides"]["data.num_train_slices"] for j in jobs} == {"290", "50"}
+    assert main([str(study), str(later), "--out", str(out)]) == 0
+    rows = {(r["aug"], r["data.num_train_slices"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    assert len(rows) == 6
+    assert float(rows[("gan", "50")]["test/iou diff"]) == pytest.approx(0.10)
+    assert float(rows[("gan", "290")]["test/iou diff"]) == pytest.approx(0.01)
+    assert (out / "summary_data_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (study / "summary.csv").exists()  # the sweeps themselves are left as they were
+    with pytest.raises(SystemExit) as err:  # several sweeps and nowhere to write
+        main([str(study), str(later)])
+    assert err.value.code == 2 and "--out" in capsys.readouterr().err

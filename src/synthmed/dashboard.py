@@ -23,11 +23,14 @@ from typing import Any
 # what the runs log, by kind of panel (keys as the runner, the modules and the sweep report log them)
 SUMMARY_TABLES = ("summary", "paired_differences", "seeds", "failed_jobs")
 SUMMARY_IMAGES = ("summary_chart", "val_loss_curves")
+# (the brain generator's slot is gan/pix2pix/* whichever fills it: SPADE logs its losses per step and per epoch)
 CURVES = ("val/loss", "train/loss_epoch", "gan/dcgan/train/d_loss", "gan/dcgan/train/g_loss",
-          "gan/pix2pix/train/g_loss", "gan/pix2pix/val/l1")
+          "gan/pix2pix/train/g_loss", "gan/pix2pix/train/g_loss_epoch", "gan/pix2pix/val/l1",
+          "gan/inpaint/train/g_loss")
 PICTURES = ("val/masks", "test/masks", "val/overlay", "test/overlay", "test/errors", "test/confusion_matrix",
             "data/preview", "loss_curves", "gan/dcgan/samples/tumour_maps", "gan/pix2pix/samples/pix2pix_grid",
-            "samples/tumour_maps", "val/pix2pix_grid", "aug/pairs", "analysis/embeddings")
+            "gan/pix2pix/samples/spade_grid", "gan/inpaint/samples/inpaint_grid", "samples/tumour_maps",
+            "val/pix2pix_grid", "val/spade_grid", "val/inpaint_grid", "aug/pairs", "analysis/embeddings")
 RUN_TABLES = ("test/predictions", "test/volume_metrics")
 
 

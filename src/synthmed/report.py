@@ -60,6 +60,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             record.update(status="running or killed", error="no metrics.json and no error.txt")
         config_file = job_dir / ".hydra" / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+        record["config"] = config or {}
         record["optimized_metric"] = (config or {}).get("optimized_metric")
         record["report"] = (config or {}).get("report") or {}
         protocol = (config or {}).get("protocol") or {}
@@ -69,6 +70,39 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         jobs.append(record)
     jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
     return jobs
+
+
+def collect_sweeps(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """The jobs of one sweep (`collect_jobs`), or of several read as one study: a job is then named
+    `<sweep dir name>/<job>`, and an override key that some sweeps set and others do not (e.g.
+    `data.num_train_slices=50` swept later beside a study at the default 290) takes, in the jobs that did not set
+    it, the job's own value from its config, so rows and pairs line up across the sweeps."""
+    if len(sweep_dirs) == 1:
+        return collect_jobs(sweep_dirs[0])
+    jobs = []
+    for sweep_dir in sweep_dirs:
+        for job in collect_jobs(sweep_dir):
+            jobs.append({**job, "job": f"{Path(sweep_dir).name}/{job['job']}"})
+    keys = {key for job in jobs for key in job["overrides"]}
+    for job in jobs:
+        for key in sorted(keys - set(job["overrides"])):
+            value = _config_value(job["config"], key)
+            if value is not None:
+                job["overrides"][key] = value
+    return jobs
+
+
+def _config_value(config: dict[str, Any], key: str) -> str | None:
+    """The job config's value of a dotted key as an override would spell it; None unless it is a plain value."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(OmegaConf.create(config), key, throw_on_resolution_failure=False)
+    except Exception:  # a key the config cannot reach (a group name, a broken node): not comparable
+        return None
+    if value is None or not isinstance(value, (str, int, float, bool)):
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
@@ -259,13 +293,14 @@ def efficiency_points(rows: list[dict[str, Any]], keys: list[str], x_key: str, m
     return {"values": values, "diffs": differences}
 
 
-def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
+def write_summary(sweep_dir: str | Path, jobs: list[dict[str, Any]] | None = None) -> dict[str, Path]:
     """Write summary.csv, summary.md, summary.png and summary_val_loss.png into `sweep_dir` (and
-    summary_data_efficiency.png when the experiment's `report.data_efficiency.key` is swept); returns their paths."""
+    summary_data_efficiency.png when the experiment's `report.data_efficiency.key` is swept); returns their paths.
+    `jobs`: the jobs to summarise (`collect_sweeps` of several sweeps), by default those of `sweep_dir`."""
     import csv
 
     sweep_dir = Path(sweep_dir)
-    jobs = collect_jobs(sweep_dir)
+    jobs = collect_jobs(sweep_dir) if jobs is None else jobs
     keys, metrics, rows = summarise(jobs)
     paths = {name: sweep_dir / f"summary.{name}" for name in ("csv", "md", "png")}
     paths["curves"] = sweep_dir / "summary_val_loss.png"
@@ -462,18 +497,27 @@ def _nullable(values: list[float]) -> list[float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synthmed.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun dir (holds one numbered dir a job)")
+    parser.add_argument("sweep_dir", type=Path, nargs="+",
+                        help="a multirun dir (holds one numbered dir a job); several are read as one study")
+    parser.add_argument("--out", type=Path, help="where the summary of several sweeps goes (needed with several)")
     parser.add_argument("--wandb-project", help="also log the summary to a W&B run of this project "
                         "(grouped by the sweep's name; mode from WANDB_MODE, offline by default)")
     parser.add_argument("--name", help="the W&B run's name (default: '<sweep dir name> summary')")
     args = parser.parse_args(argv)
+    if len(args.sweep_dir) > 1 and args.out is None:
+        parser.error("several sweep dirs: say where their summary goes with --out DIR")
+    out = args.out or args.sweep_dir[0]
     try:
-        if not collect_jobs(args.sweep_dir):
-            raise FileNotFoundError(f"{args.sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
-        paths = write_summary(args.sweep_dir)
+        for sweep_dir in args.sweep_dir:
+            if not collect_jobs(sweep_dir):
+                raise FileNotFoundError(f"{sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_summary(out, collect_sweeps(args.sweep_dir))
         if args.wandb_project:
-            log_summary_to_wandb(args.sweep_dir, args.wandb_project, args.name or f"{args.sweep_dir.name} summary")
-    except FileNotFoundError as err:
+            if len(args.sweep_dir) > 1:
+                raise ValueError("--wandb-project logs one sweep's summary: give one sweep dir")
+            log_summary_to_wandb(out, args.wandb_project, args.name or f"{out.name} summary")
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())

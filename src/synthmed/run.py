@@ -105,31 +105,33 @@ def _trained_image_size(path: Path) -> str:
     return f"; its run ({config.parent.parent}) had data.image_size={size}" if size is not None else ""
 
 
-def _check_trained_like(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path]) -> None:
+def _check_trained_like(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path],
+                        key: str = "ckpt") -> None:
     """The keys `cfg.ckpt_matches` (e.g. data.modalities, data.target, data.image_size: what the weights cannot
     tell, since a mismatch there loads without error and predicts nonsense) must be those of the run that trained
     checkpoint `path`, read from its config beside it. One ValueError naming every differing key; a warning
-    when that config is not there to compare with. `trained_config`: `_trained_config(path)`."""
+    when that config is not there to compare with. `trained_config`: `_trained_config(path)`; `key`: the config
+    key that names the checkpoint (ckpt, pretrained), for the messages."""
     keys = list(cfg.get("ckpt_matches") or [])
     if not keys:
         return
     trained, config = trained_config
     if trained is None:
-        log.warning("ckpt=%s: no config of the run that trained it at %s, so %s are not checked: they must be "
-                    "those it was trained with", path, config, ", ".join(keys))
+        log.warning("%s=%s: no config of the run that trained it at %s, so %s are not checked: they must be "
+                    "those it was trained with", key, path, config, ", ".join(keys))
         return
-    mine = {key: _plain_value(cfg, key) for key in keys}
-    theirs = {key: _plain_value(trained, key) for key in keys}
-    differ = [key for key in keys if mine[key] != theirs[key]]
+    mine = {k: _plain_value(cfg, k) for k in keys}
+    theirs = {k: _plain_value(trained, k) for k in keys}
+    differ = [k for k in keys if mine[k] != theirs[k]]
     run_dir, experiment = config.parent.parent, trained.get("name")
-    lacking = [key for key in differ if theirs[key] is None]
+    lacking = [k for k in differ if theirs[k] is None]
     if lacking:
-        raise ValueError(f"ckpt={path} comes from a run of experiment={experiment} ({run_dir}) that has no "
-                         f"{', '.join(lacking)}: not a checkpoint {cfg.name} can test")
+        raise ValueError(f"{key}={path} comes from a run of experiment={experiment} ({run_dir}) that has no "
+                         f"{', '.join(lacking)}: not a checkpoint {cfg.name} can use")
     if differ:
         scale = _plain_value(trained, "scale.name")
         scale_hint = f" (it ran at scale={scale}: scale={scale} gives its sizes)" if scale != cfg.scale.name else ""
-        raise ValueError(f"ckpt={path} was trained (run {run_dir}, experiment={experiment}) "
+        raise ValueError(f"{key}={path} was trained (run {run_dir}, experiment={experiment}) "
                          f"with {', '.join(f'{k}={theirs[k]}' for k in differ)}, but this job has "
                          f"{', '.join(f'{k}={mine[k]}' for k in differ)}: set "
                          f"{' '.join(f'{k}={_override(theirs[k])}' for k in differ)}{scale_hint}")
@@ -175,22 +177,28 @@ def _scalar(value: Any) -> float:
 
 def _check_test_only_keys(cfg: DictConfig) -> None:
     """`ckpt` is the checkpoint a test-only job (`train: false`) tests, and nothing else: refuse either half alone.
-    For a test-only job, check `ckpt_matches` and take `model.net` from the checkpoint's run (`net_from_ckpt`)."""
+    For a test-only job, check `ckpt_matches` and take `model.net` from the checkpoint's run (`net_from_ckpt`); a
+    training job that starts from `pretrained` weights (colon_finetune) gets the same two for that checkpoint."""
     if cfg.train:
         if cfg.get("ckpt"):
             raise ValueError(f"ckpt={cfg.ckpt} names the checkpoint of a test-only job (train=false, e.g. "
                              f"experiment=colon_eval); {cfg.name} trains: start from weights with pretrained=, "
                              f"resume with ckpt_path=")
-        return
-    if not cfg.get("ckpt"):
+        key = "pretrained" if cfg.get("pretrained") else None  # fine-tuning: the same checks for the start weights
+    elif not cfg.get("ckpt"):
         raise ValueError(f"{cfg.name} tests a trained model (train=false): set ckpt=<run dir>/checkpoints/best.ckpt")
-    path = local_checkpoint("ckpt", cfg.ckpt)
+    else:
+        key = "ckpt"
+    if key is None or not (cfg.get("ckpt_matches") or cfg.get("net_from_ckpt")):
+        return
+    path = local_checkpoint(key, cfg[key])
     trained = _trained_config(path)  # the training run's config, read once for both
-    _check_trained_like(cfg, path, trained)  # fail before any data is read
-    _net_from_checkpoint(cfg, path, trained)
+    _check_trained_like(cfg, path, trained, key)  # fail before any data is read
+    _net_from_checkpoint(cfg, path, trained, key)
 
 
-def _net_from_checkpoint(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path]) -> None:
+def _net_from_checkpoint(cfg: DictConfig, path: Path, trained_config: tuple[DictConfig | None, Path],
+                         key: str = "ckpt") -> None:
     """A test-only job with `net_from_ckpt: true` builds `model.net` as the run that trained checkpoint `path`
     built it (its resolved `model.net`, from that run's config beside the checkpoint, merged over the job's own so
     a knob added since that run keeps its default), so any architecture its experiment chose (e.g.
@@ -201,11 +209,11 @@ def _net_from_checkpoint(cfg: DictConfig, path: Path, trained_config: tuple[Dict
     trained, config = trained_config
     net = _plain_value(trained, "model.net") if trained is not None else None
     if not isinstance(net, dict):
-        log.warning("ckpt=%s: no model.net in %s; the job's own model.net is used", path, config)
+        log.warning("%s=%s: no model.net in %s; the job's own model.net is used", key, path, config)
         return
     with open_dict(cfg):
         cfg.model.net = OmegaConf.merge(cfg.model.net, net)
-    log.info("model.net as the run that trained ckpt built it (%s): %s", config, net.get("_target_"))
+    log.info("model.net as the run that trained %s built it (%s): %s", key, config, net.get("_target_"))
 
 
 def _test_before(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any], output_dir: Path) -> dict[str, float]:

@@ -347,28 +347,49 @@ def sample_label_maps(tumour_gan: Any, count: int, size: int, generator: torch.G
     return F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
 
 
-def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,
-                  rule: dict[str, Any], folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    extra = rule["extra"]
-    size = data["seg"].shape[-1]
-    brains = data["brain"]  # (N, 1, H, W)
-    generator = torch.Generator().manual_seed(seed)
-    kept_seg, kept_brain, dropped = [], [], 0
-    for _ in range(rule["max_tries"]):
-        need = extra - sum(len(s) for s in kept_seg)
+def keep_label_maps(tumour_gan: Any, brains: torch.Tensor, pool: torch.Tensor, rule: dict[str, Any],
+                    generator: torch.Generator, place: Any, route: str,
+                    folder: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`rule["extra"]` label maps that pass the degenerate-sample rule, each in the brain of a real training slice.
+
+    Rounds of twice the maps still needed: drawn from the tumour generator (resized to the slices), each given a
+    slice of `pool` (indices into `brains`, (N, 1, H, W)), put into its brain by `place(maps, brains, generator)`,
+    judged by `passes_rule`; after `rule["max_tries"]` rounds short of `extra`, `too_few_maps`. Every draw comes
+    from `generator`, in one order. -> (maps (extra, H, W) int64, slice indices (extra,), maps dropped)."""
+    extra, size = rule["extra"], brains.shape[-1]
+    kept_maps, kept_source, dropped = [], [], 0
+    for attempt in range(rule["max_tries"]):
+        need = extra - sum(len(m) for m in kept_maps)
         if need <= 0:
             break
-        maps = sample_label_maps(tumour_gan, 2 * need, size, generator)
-        pick = torch.randint(len(brains), (len(maps),), generator=generator)
-        brain = brains[pick]
-        maps = maps * (brain[:, 0] > 0)  # a tumour lives inside the brain
+        maps = sample_label_maps(tumour_gan, 2 * need, size, generator).cpu()
+        source = pool[torch.randint(len(pool), (len(maps),), generator=generator)]
+        brain = brains[source]
+        maps = place(maps, brain, generator)
         ok = passes_rule(maps, brain, rule)
         dropped += int((~ok).sum())
-        kept_seg.append(maps[ok][:need])
-        kept_brain.append(brain[ok][:need])
-    seg, brain = torch.cat(kept_seg), torch.cat(kept_brain)
-    if len(seg) < extra:
-        raise too_few_maps("gan", len(seg), rule, folder)
+        kept_maps.append(maps[ok][:need])
+        kept_source.append(source[ok][:need])
+        log.info("aug=%s: try %d, %d of %d label maps kept (%d dropped so far)", route, attempt + 1,
+                 sum(len(m) for m in kept_maps), extra, dropped)
+    maps, source = torch.cat(kept_maps), torch.cat(kept_source)
+    if len(maps) < extra:
+        raise too_few_maps(route, len(maps), rule, folder)
+    return maps, source, dropped
+
+
+def _inside_brain(maps: torch.Tensor, brains: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """aug=gan's placement: the map where the DCGAN drew it, cut to the brain (a tumour lives inside it)."""
+    return maps * (brains[:, 0] > 0)
+
+
+def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,
+                  rule: dict[str, Any], folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    generator = torch.Generator().manual_seed(seed)
+    brains = data["brain"]  # (N, 1, H, W)
+    seg, source, dropped = keep_label_maps(tumour_gan, brains, torch.arange(len(brains)), rule, generator,
+                                           _inside_brain, "gan", folder)
+    brain = brains[source]
     with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
         images = torch.cat([translator.translate(s, b, generator=generator)
                             for s, b in zip(seg.split(64), brain.split(64), strict=True)])

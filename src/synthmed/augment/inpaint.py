@@ -127,26 +127,13 @@ def paint_pairs(tumour_gan: Any, inpainter: Any, data: dict[str, torch.Tensor], 
                 rule: dict[str, Any], folder: Path, batch: int = 64) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """`rule["extra"]` pairs: DCGAN maps placed into real slices of `pool`, painted in by `inpainter`."""
     extra = rule["extra"]
-    size = data["seg"].shape[-1]
     generator = torch.Generator().manual_seed(seed)
-    kept_seg, kept_source, dropped = [], [], 0
-    for attempt in range(rule["max_tries"]):
-        need = extra - sum(len(s) for s in kept_seg)
-        if need <= 0:
-            break
-        maps = gan.sample_label_maps(tumour_gan, 2 * need, size, generator).cpu()
-        source = pool[torch.randint(len(pool), (len(maps),), generator=generator)]
-        brain = data["brain"][source]
-        maps = torch.stack([place_inside(m, b[0], generator) for m, b in zip(maps, brain, strict=True)])
-        ok = gan.passes_rule(maps, brain, rule)
-        dropped += int((~ok).sum())
-        kept_seg.append(maps[ok][:need])
-        kept_source.append(source[ok][:need])
-        log.info("aug=gan_inpaint: try %d, %d of %d label maps kept (%d dropped so far)", attempt + 1,
-                 sum(len(s) for s in kept_seg), extra, dropped)
-    tumour, source = torch.cat(kept_seg), torch.cat(kept_source)
-    if len(tumour) < extra:
-        raise gan.too_few_maps("gan_inpaint", len(tumour), rule, folder)
+
+    def place(maps: torch.Tensor, brains: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return torch.stack([place_inside(m, b[0], rng) for m, b in zip(maps, brains, strict=True)])
+
+    tumour, source, dropped = gan.keep_label_maps(tumour_gan, data["brain"], pool, rule, generator, place,
+                                                  "gan_inpaint", folder)
     image, real_seg, brain = data["image"][source], data["seg"][source], data["brain"][source]
     region = inpainter.region(tumour, brain).cpu()
     seg = torch.where(region[:, 0] > 0, tumour, real_seg)  # synthetic inside the region, real outside

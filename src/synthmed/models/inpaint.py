@@ -22,12 +22,13 @@ vanilla (BCE on logits) or lsgan; D's loss halved as in pix2pix. The networks ar
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
-from synthmed.models.pix2pix import translation_grid
+from synthmed.models.pix2pix import SampleGrids, adversarial_loss, check_gan_mode, translation_grid
 
 
 def disc(radius: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return (F.conv2d((mask > 0).float(), kernel, padding=radius) > 0.5).float()
 
 
-class TumourInpainter(pl.LightningModule):
+class TumourInpainter(SampleGrids, pl.LightningModule):
     """(real slice, label map, brain mask, region) -> the slice with MRI painted inside the region only.
 
     `image_size` is the slice size (the U-Net pads to the next power of two and crops back, as pix2pix's);
@@ -71,8 +72,7 @@ class TumourInpainter(pl.LightningModule):
         num_val_images: int,
     ) -> None:
         super().__init__()
-        if gan_mode not in ("vanilla", "lsgan"):
-            raise ValueError(f"model.gan_mode must be 'vanilla' or 'lsgan', got {gan_mode!r}")
+        check_gan_mode(gan_mode)
         if int(dilate) < 0:
             raise ValueError(f"model.dilate={dilate} must be >= 0 (pixels the region reaches beyond the tumour)")
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
@@ -93,7 +93,6 @@ class TumourInpainter(pl.LightningModule):
         )
         # D judges the composite beside its condition (where the region is, what the label says, what is real)
         self.discriminator = PatchDiscriminator(in_channels + out_channels, d_channels, num_layers=3, norm=norm)
-        self._fixed: dict[str, torch.Tensor] | None = None  # the batch the per-epoch sample grid paints
 
     # --- region, condition, composite -------------------------------------------------------------
     def region(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -151,11 +150,14 @@ class TumourInpainter(pl.LightningModule):
             self.generator.train(was_training)
 
     # --- losses -----------------------------------------------------------------------------------
+    grid_name = "inpaint"
+
     def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
-        target = torch.full_like(logits, 1.0 if real else 0.0)
-        if self.hparams.gan_mode == "lsgan":
-            return F.mse_loss(logits, target)
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return adversarial_loss(logits, real, self.hparams.gan_mode)
+
+    def _sample_grid(self, seg: torch.Tensor, brain: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+        """label map | real modalities | the slice painted inside the tumour's region."""
+        return translation_grid(seg, image, self.paint(image, seg, brain, self.region(seg, brain)))
 
     @staticmethod
     def region_l1(fake: torch.Tensor, real: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -194,9 +196,7 @@ class TumourInpainter(pl.LightningModule):
             if not torch.isfinite(value):
                 raise FloatingPointError(f"TumourInpainter: train/{name} is {value.item()} at step {self.global_step}")
         n = real.shape[0]
-        if self._fixed is None:  # the first training batch, kept: the grid shows the same examples every epoch
-            k = self.hparams.num_val_images
-            self._fixed = {key: batch[key][:k].detach().cpu() for key in ("seg", "brain", "image")}
+        self._keep_fixed(batch)
         self.log("train/d_loss", d_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_adv", g_adv.detach(), batch_size=n)
@@ -206,27 +206,7 @@ class TumourInpainter(pl.LightningModule):
         cond, real, region = self._unpack(batch)
         fake = self.generator(cond)
         self.log("val/l1", self.region_l1(fake, real, region), prog_bar=True, batch_size=real.shape[0])
-        if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
-            from synthmed.visual import log_image
-
-            k = self.hparams.num_val_images
-            grid = translation_grid(batch["seg"][:k], real[:k], self.composite(fake, real, region)[:k])
-            log_image(self.trainer, "val/inpaint_grid", grid, step=self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:
-        """Without validation (a painter trained by `aug=gan_inpaint`), the sample grid of the epoch paints the
-        fixed first training batch instead: label map | real modalities | painted modalities."""
-        from synthmed.visual import log_image
-
-        if self.trainer is None or self.trainer.sanity_checking or self._fixed is None:
-            return
-        if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
-            return  # validation_step drew the grid of a fixed validation batch
-        fixed = self._fixed
-        region = self.region(fixed["seg"], fixed["brain"])
-        painted = self.paint(fixed["image"], fixed["seg"], fixed["brain"], region)
-        grid = translation_grid(fixed["seg"], fixed["image"], painted)
-        log_image(self.trainer, "samples/inpaint_grid", grid, step=self.current_epoch)
+        self._log_val_grid(batch, batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         cond, real, region = self._unpack(batch)

@@ -25,8 +25,61 @@ from synthmed.data.brats.labels import colourise
 from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
 
+GAN_MODES = ("vanilla", "lsgan")
 
-class BrainSliceTranslator(pl.LightningModule):
+
+def check_gan_mode(gan_mode: str) -> None:
+    if gan_mode not in GAN_MODES:
+        raise ValueError(f"model.gan_mode must be 'vanilla' or 'lsgan', got {gan_mode!r}")
+
+
+def adversarial_loss(logits: torch.Tensor, real: bool, gan_mode: str) -> torch.Tensor:
+    """The PatchGAN loss of pix2pix and the tumour painter: BCE on logits (`vanilla`) or least squares (`lsgan`)."""
+    target = torch.full_like(logits, 1.0 if real else 0.0)
+    if gan_mode == "lsgan":
+        return F.mse_loss(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+class SampleGrids:
+    """The sample grids of a brain generator's LightningModule (pix2pix, SPADE, the tumour painter), a mixin.
+
+    The module gives `grid_name` and `_sample_grid(seg, brain, image) -> uint8 RGB`. Validation draws the grid of
+    the validation loader's first batch (`val/<name>_grid`); without validation (a generator trained by an `aug`
+    stage) the first training batch is kept and drawn at every epoch end (`samples/<name>_grid`), so the grids
+    show the same examples every epoch."""
+
+    grid_name = "generator"
+
+    def _sample_grid(self, seg: torch.Tensor, brain: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def _keep_fixed(self, batch: dict) -> None:
+        if getattr(self, "_fixed", None) is None:
+            k = self.hparams.num_val_images
+            self._fixed = {key: batch[key][:k].detach().cpu() for key in ("seg", "brain", "image")}
+
+    def _log_val_grid(self, batch: dict, batch_idx: int) -> None:
+        if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
+            from synthmed.visual import log_image
+
+            k = self.hparams.num_val_images
+            grid = self._sample_grid(batch["seg"][:k], batch["brain"][:k], batch["image"][:k].float())
+            log_image(self.trainer, f"val/{self.grid_name}_grid", grid, step=self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        from synthmed.visual import log_image
+
+        fixed = getattr(self, "_fixed", None)
+        if self.trainer is None or self.trainer.sanity_checking or fixed is None:
+            return
+        if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
+            return  # validation drew the grid of a fixed validation batch
+        grid = self._sample_grid(fixed["seg"], fixed["brain"], fixed["image"])
+        log_image(self.trainer, f"samples/{self.grid_name}_grid", grid, step=self.current_epoch)
+
+
+class BrainSliceTranslator(SampleGrids, pl.LightningModule):
     """pix2pix: (tumour label map, brain mask) -> `out_channels` MRI modalities, z-scored.
 
     `image_size` is the slice size callers use (240 at paper scale; 128/64/32 too); the U-Net depth
@@ -53,8 +106,7 @@ class BrainSliceTranslator(pl.LightningModule):
         num_val_images: int,
     ) -> None:
         super().__init__()
-        if gan_mode not in ("vanilla", "lsgan"):
-            raise ValueError(f"gan_mode must be 'vanilla' or 'lsgan', got {gan_mode!r}")
+        check_gan_mode(gan_mode)
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -74,7 +126,6 @@ class BrainSliceTranslator(pl.LightningModule):
         self.discriminator = PatchDiscriminator(
             in_channels + out_channels, d_channels, num_layers=3, norm=norm
         )
-        self._fixed: dict[str, torch.Tensor] | None = None  # the batch the per-epoch sample grid translates
 
     # --- conditioning -------------------------------------------------------------------------
     def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -113,11 +164,13 @@ class BrainSliceTranslator(pl.LightningModule):
             self.generator.train(was_training)
 
     # --- losses -------------------------------------------------------------------------------
+    grid_name = "pix2pix"
+
     def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
-        target = torch.full_like(logits, 1.0 if real else 0.0)
-        if self.hparams.gan_mode == "lsgan":
-            return F.mse_loss(logits, target)
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return adversarial_loss(logits, real, self.hparams.gan_mode)
+
+    def _sample_grid(self, seg: torch.Tensor, brain: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+        return translation_grid(seg, image, self.translate(seg, brain))
 
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].float()
@@ -149,9 +202,7 @@ class BrainSliceTranslator(pl.LightningModule):
             opt_g.step()
 
         n = real.shape[0]
-        if self._fixed is None:  # the first training batch, kept: the grid shows the same examples every epoch
-            k = self.hparams.num_val_images
-            self._fixed = {key: batch[key][:k].detach().cpu() for key in ("seg", "brain", "image")}
+        self._keep_fixed(batch)
         self.log("train/d_loss", d_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/g_adv", g_adv.detach(), batch_size=n)
@@ -161,25 +212,7 @@ class BrainSliceTranslator(pl.LightningModule):
         cond, real = self._unpack(batch)
         fake = self.generator(cond)
         self.log("val/l1", F.l1_loss(fake, real), prog_bar=True, batch_size=real.shape[0])
-        if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
-            from synthmed.visual import log_image
-
-            k = self.hparams.num_val_images
-            grid = translation_grid(batch["seg"][:k], real[:k], fake[:k])
-            log_image(self.trainer, "val/pix2pix_grid", grid, step=self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:
-        """Without validation (a generator trained by `aug=gan`), the sample grid of the epoch translates the
-        fixed first training batch instead."""
-        from synthmed.visual import log_image
-
-        if self.trainer is None or self.trainer.sanity_checking or self._fixed is None:
-            return
-        if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
-            return  # validation_step drew the grid of a fixed validation batch
-        fake = self.translate(self._fixed["seg"], self._fixed["brain"])
-        grid = translation_grid(self._fixed["seg"], self._fixed["image"], fake)
-        log_image(self.trainer, "samples/pix2pix_grid", grid, step=self.current_epoch)
+        self._log_val_grid(batch, batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         cond, real = self._unpack(batch)

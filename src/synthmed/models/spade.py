@@ -30,10 +30,10 @@ import torch.nn.functional as F
 
 from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.spade import MultiScaleDiscriminator, SpadeGenerator
-from synthmed.models.pix2pix import translation_grid
+from synthmed.models.pix2pix import SampleGrids, translation_grid
 
 
-class SpadeTranslator(pl.LightningModule):
+class SpadeTranslator(SampleGrids, pl.LightningModule):
     """SPADE: (tumour label map, brain mask) + z -> `out_channels` MRI modalities, z-scored.
 
     Drop-in for `BrainSliceTranslator` (the brain-generator slot of `aug=gan`, `aug.pairs.pix2pix`):
@@ -74,7 +74,6 @@ class SpadeTranslator(pl.LightningModule):
         # D judges the pair: conditioning and image stacked along channels
         self.discriminator = MultiScaleDiscriminator(in_channels + out_channels, d_channels, d_scales, d_downs,
                                                      max_channels, image_size)
-        self._fixed: dict[str, torch.Tensor] | None = None  # the batch the per-epoch sample grid translates
 
     # --- conditioning and sampling ------------------------------------------------------------
     def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -174,16 +173,16 @@ class SpadeTranslator(pl.LightningModule):
             opt_g.step()
 
         n = real.shape[0]
-        if self._fixed is None:  # the first training batch, kept: the grid shows the same examples every epoch
-            k = self.hparams.num_val_images
-            self._fixed = {key: batch[key][:k].detach().cpu() for key in ("seg", "brain", "image")}
+        self._keep_fixed(batch)
         losses = {"d_loss": d_loss, "g_loss": g_loss, "g_adv": g_adv, "g_fm": g_fm, "g_l1": g_l1,
                   "d_real": d_real, "d_fake": d_fake}
         for key, value in losses.items():  # every step (the curves) and the epoch means (convergence at a glance)
             self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=True, prog_bar=key in ("d_loss", "g_loss"),
                      batch_size=n)
 
-    def _grid(self, labels: torch.Tensor, brain: torch.Tensor, real: torch.Tensor) -> np.ndarray:
+    grid_name = "spade"
+
+    def _sample_grid(self, labels: torch.Tensor, brain: torch.Tensor, real: torch.Tensor) -> np.ndarray:
         """One row per example: label map | real modalities | synthetic (z_1) | synthetic (z_2), two draws
         from the fixed noise of `sample_seed`: the grid shows the same z every epoch, and how much z changes."""
         rng = torch.Generator().manual_seed(self.hparams.sample_seed)
@@ -202,24 +201,7 @@ class SpadeTranslator(pl.LightningModule):
         fake = self.generator(cond, self.noise(cond.shape[0], rng))
         # one z's L1 to the one real slice: a loose check (a good sample need not match its real pair)
         self.log("val/l1", F.l1_loss(fake, real), prog_bar=True, batch_size=real.shape[0])
-        if batch_idx == 0 and not self.trainer.sanity_checking:  # the val loader's first batch: fixed
-            from synthmed.visual import log_image
-
-            k = self.hparams.num_val_images
-            grid = self._grid(batch["seg"][:k], batch["brain"][:k], real[:k])
-            log_image(self.trainer, "val/spade_grid", grid, step=self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:
-        """Without validation (a generator trained by `aug=gan`), the sample grid of the epoch translates the
-        fixed first training batch instead."""
-        from synthmed.visual import log_image
-
-        if self.trainer is None or self.trainer.sanity_checking or self._fixed is None:
-            return
-        if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
-            return  # validation_step drew the grid of a fixed validation batch
-        grid = self._grid(self._fixed["seg"], self._fixed["brain"], self._fixed["image"])
-        log_image(self.trainer, "samples/spade_grid", grid, step=self.current_epoch)
+        self._log_val_grid(batch, batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         cond, real = self._unpack(batch)
