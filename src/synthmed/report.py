@@ -1,6 +1,8 @@
-"""Sweep tables: `python -m synthmed.report <sweep_dir>` (also run by Hydra after every job of a multirun).
+"""Sweep tables: `python -m synthmed.report <sweep_dir> [<sweep_dir> ... --out DIR]` (also run by Hydra after every
+job of a multirun).
 
-Reads each job dir of a sweep (`.hydra/overrides.yaml`, `.hydra/config.yaml`, `metrics.json`, `error.txt`), groups
+Reads each job dir of a sweep (`.hydra/overrides.yaml`, `.hydra/config.yaml`, `metrics.json`, `error.txt`:
+synthmed.report_jobs; several sweeps are read as one study), groups
 jobs by the swept keys other than `seed`, and writes `summary.csv`, `summary.md` and `summary.png` into the sweep
 dir: mean ± std and n over seeds of every test metric, the optimiser steps the jobs took and the protocol they ran
 under, the paired difference of every row against the experiment's baseline (`report.baseline`, same seed and same
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import logging
 import math
 import subprocess
@@ -21,99 +22,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from synthmed.report_jobs import collect_jobs, collect_sweeps
 from synthmed.report_plots import plot_bars, plot_curves, plot_efficiency
 from synthmed.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed",)
-
-
-def _parse_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.lstrip("+~"), value
-
-
-def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One record a job: its number, overrides, status, test metrics, config and failure reason."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
-    jobs = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        job_dir = overrides_file.parent.parent
-        overrides = dict(_parse_override(o) for o in (yaml.safe_load(overrides_file.read_text()) or []))
-        metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.txt"
-        record: dict[str, Any] = {"job": job_dir.name, "dir": str(job_dir), "overrides": overrides, "test": {}}
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
-            record.update(status=metrics.get("status", "ok"), test=metrics.get("test", {}), metrics=metrics)
-        elif error_file.exists():
-            lines = [line for line in error_file.read_text().strip().splitlines() if line.strip()]
-            record.update(status="failed", error=lines[-1] if lines else "unknown error")
-        else:
-            record.update(status="running or killed", error="no metrics.json and no error.txt")
-        config_file = job_dir / ".hydra" / "config.yaml"
-        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-        record["config"] = config or {}
-        record["optimized_metric"] = (config or {}).get("optimized_metric")
-        record["report"] = (config or {}).get("report") or {}
-        protocol = (config or {}).get("protocol") or {}
-        record["protocol"] = protocol.get("name")
-        record["compare_at"] = protocol.get("compare_at")
-        record["curve"] = _val_curve(job_dir / "csv" / "metrics.csv")
-        jobs.append(record)
-    jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
-    return jobs
-
-
-def collect_sweeps(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """The jobs of one sweep (`collect_jobs`), or of several read as one study: a job is then named
-    `<sweep dir name>/<job>`, and an override key that some sweeps set and others do not (e.g.
-    `data.num_train_slices=50` swept later beside a study at the default 290) takes, in the jobs that did not set
-    it, the job's own value from its config, so rows and pairs line up across the sweeps."""
-    if len(sweep_dirs) == 1:
-        return collect_jobs(sweep_dirs[0])
-    jobs = []
-    for sweep_dir in sweep_dirs:
-        for job in collect_jobs(sweep_dir):
-            jobs.append({**job, "job": f"{Path(sweep_dir).name}/{job['job']}"})
-    keys = {key for job in jobs for key in job["overrides"]}
-    for job in jobs:
-        for key in sorted(keys - set(job["overrides"])):
-            value = _config_value(job["config"], key)
-            if value is not None:
-                job["overrides"][key] = value
-    return jobs
-
-
-def _config_value(config: dict[str, Any], key: str) -> str | None:
-    """The job config's value of a dotted key as an override would spell it; None unless it is a plain value."""
-    from omegaconf import OmegaConf
-
-    try:
-        value = OmegaConf.select(OmegaConf.create(config), key, throw_on_resolution_failure=False)
-    except Exception:  # a key the config cannot reach (a group name, a broken node): not comparable
-        return None
-    if value is None or not isinstance(value, (str, int, float, bool)):
-        return None
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
-    """{"epoch", "step", "value"} of each validation of a job, from its CSV log; empty when there is none."""
-    import csv
-
-    if not csv_file.exists():
-        return []
-    with csv_file.open(newline="") as f:
-        return [{"epoch": int(float(r["epoch"])), "step": int(float(r.get("step") or 0)), "value": float(r[key])}
-                for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
 
 
 def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:

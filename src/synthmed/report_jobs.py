@@ -1,0 +1,93 @@
+"""The jobs of a sweep as the sweep report reads them (synthmed.report): one record a job dir, from its
+`.hydra/overrides.yaml`, `.hydra/config.yaml`, `metrics.json` or `error.txt` and CSV log; and several sweeps read
+as one study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One record a job: its number, overrides, status, test metrics, config and failure reason."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    jobs = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = dict(_parse_override(o) for o in (yaml.safe_load(overrides_file.read_text()) or []))
+        metrics_file, error_file = job_dir / "metrics.json", job_dir / "error.txt"
+        record: dict[str, Any] = {"job": job_dir.name, "dir": str(job_dir), "overrides": overrides, "test": {}}
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            record.update(status=metrics.get("status", "ok"), test=metrics.get("test", {}), metrics=metrics)
+        elif error_file.exists():
+            lines = [line for line in error_file.read_text().strip().splitlines() if line.strip()]
+            record.update(status="failed", error=lines[-1] if lines else "unknown error")
+        else:
+            record.update(status="running or killed", error="no metrics.json and no error.txt")
+        config_file = job_dir / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+        record["config"] = config or {}
+        record["optimized_metric"] = (config or {}).get("optimized_metric")
+        record["report"] = (config or {}).get("report") or {}
+        protocol = (config or {}).get("protocol") or {}
+        record["protocol"] = protocol.get("name")
+        record["compare_at"] = protocol.get("compare_at")
+        record["curve"] = _val_curve(job_dir / "csv" / "metrics.csv")
+        jobs.append(record)
+    jobs.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
+    return jobs
+
+
+def collect_sweeps(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """The jobs of one sweep (`collect_jobs`), or of several read as one study: a job is then named
+    `<sweep dir name>/<job>`, and an override key that some sweeps set and others do not (e.g.
+    `data.num_train_slices=50` swept later beside a study at the default 290) takes, in the jobs that did not set
+    it, the job's own value from its config, so rows and pairs line up across the sweeps."""
+    if len(sweep_dirs) == 1:
+        return collect_jobs(sweep_dirs[0])
+    jobs = []
+    for sweep_dir in sweep_dirs:
+        for job in collect_jobs(sweep_dir):
+            jobs.append({**job, "job": f"{Path(sweep_dir).name}/{job['job']}"})
+    keys = {key for job in jobs for key in job["overrides"]}
+    for job in jobs:
+        for key in sorted(keys - set(job["overrides"])):
+            value = _config_value(job["config"], key)
+            if value is not None:
+                job["overrides"][key] = value
+    return jobs
+
+
+def _config_value(config: dict[str, Any], key: str) -> str | None:
+    """The job config's value of a dotted key as an override would spell it; None unless it is a plain value."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(OmegaConf.create(config), key, throw_on_resolution_failure=False)
+    except Exception:  # a key the config cannot reach (a group name, a broken node): not comparable
+        return None
+    if value is None or not isinstance(value, (str, int, float, bool)):
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
+    """{"epoch", "step", "value"} of each validation of a job, from its CSV log; empty when there is none."""
+    import csv
+
+    if not csv_file.exists():
+        return []
+    with csv_file.open(newline="") as f:
+        return [{"epoch": int(float(r["epoch"])), "step": int(float(r.get("step") or 0)), "value": float(r[key])}
+                for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
