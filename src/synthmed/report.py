@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, nargs="+",
                         help="a multirun dir (holds one numbered dir a job); several are read as one study")
     parser.add_argument("--out", type=Path, help="where the summary of several sweeps goes (needed with several)")
+    parser.add_argument("--ignore", nargs="*", default=[], metavar="KEY",
+                        help="override keys that do not change the numbers (e.g. logger): not grouped by")
     parser.add_argument("--wandb-project", help="also log the summary to a W&B run of this project "
                         "(grouped by the sweep's name; mode from WANDB_MODE, offline by default)")
     parser.add_argument("--name", help="the W&B run's name (default: '<sweep dir name> summary')")
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             if not collect_jobs(sweep_dir):
                 raise FileNotFoundError(f"{sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
         out.mkdir(parents=True, exist_ok=True)
-        paths = write_summary(out, collect_sweeps(args.sweep_dir))
+        paths = write_summary(out, collect_sweeps(args.sweep_dir, tuple(args.ignore)))
         if args.wandb_project:
             if len(args.sweep_dir) > 1:
                 raise ValueError("--wandb-project logs one sweep's summary: give one sweep dir")

@@ -49,17 +49,22 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def collect_sweeps(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
+def collect_sweeps(sweep_dirs: list[str | Path], ignore: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The jobs of one sweep (`collect_jobs`), or of several read as one study: a job is then named
     `<sweep dir name>/<job>`, and an override key that some sweeps set and others do not (e.g.
     `data.num_train_slices=50` swept later beside a study at the default 290) takes, in the jobs that did not set
-    it, the job's own value from its config, so rows and pairs line up across the sweeps."""
+    it, the job's own value from its config, so rows and pairs line up across the sweeps. `ignore`: override keys
+    that do not change the numbers (e.g. `logger`, set on one sweep's command line only), dropped before grouping."""
     if len(sweep_dirs) == 1:
-        return collect_jobs(sweep_dirs[0])
-    jobs = []
-    for sweep_dir in sweep_dirs:
-        for job in collect_jobs(sweep_dir):
-            jobs.append({**job, "job": f"{Path(sweep_dir).name}/{job['job']}"})
+        jobs = collect_jobs(sweep_dirs[0])
+    else:
+        jobs = [{**job, "job": f"{Path(sweep_dir).name}/{job['job']}"}
+                for sweep_dir in sweep_dirs for job in collect_jobs(sweep_dir)]
+    for job in jobs:
+        for key in ignore:
+            job["overrides"].pop(key, None)
+    if len(sweep_dirs) == 1:
+        return jobs
     keys = {key for job in jobs for key in job["overrides"]}
     for job in jobs:
         for key in sorted(keys - set(job["overrides"])):
