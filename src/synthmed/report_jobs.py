@@ -65,21 +65,26 @@ def collect_sweeps(sweep_dirs: list[str | Path], ignore: tuple[str, ...] = ()) -
             job["overrides"].pop(key, None)
     if len(sweep_dirs) == 1:
         return jobs
+    from omegaconf import OmegaConf
+
     keys = {key for job in jobs for key in job["overrides"]}
     for job in jobs:
-        for key in sorted(keys - set(job["overrides"])):
-            value = _config_value(job["config"], key)
+        missing = sorted(keys - set(job["overrides"]))
+        config = OmegaConf.create(job["config"]) if missing else None  # built once a job, only when needed
+        for key in missing:
+            value = _config_value(config, key)
             if value is not None:
                 job["overrides"][key] = value
     return jobs
 
 
-def _config_value(config: dict[str, Any], key: str) -> str | None:
-    """The job config's value of a dotted key as an override would spell it; None unless it is a plain value."""
+def _config_value(config: Any, key: str) -> str | None:
+    """A job config's (an OmegaConf node) value of a dotted key as an override would spell it; None unless it is a
+    plain value."""
     from omegaconf import OmegaConf
 
     try:
-        value = OmegaConf.select(OmegaConf.create(config), key, throw_on_resolution_failure=False)
+        value = OmegaConf.select(config, key, throw_on_resolution_failure=False)
     except Exception:  # a key the config cannot reach (a group name, a broken node): not comparable
         return None
     if value is None or not isinstance(value, (str, int, float, bool)):

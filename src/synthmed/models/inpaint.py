@@ -149,7 +149,7 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         finally:
             self.generator.train(was_training)
 
-    # --- losses -----------------------------------------------------------------------------------
+    # --- losses and sample grids ------------------------------------------------------------------
     grid_name = "inpaint"
 
     def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
