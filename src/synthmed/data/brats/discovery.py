@@ -147,7 +147,11 @@ def read_volume(path: Path, dtype=np.float32) -> np.ndarray:
 def to_brats_labels(seg: np.ndarray, subject: BratsSubject, path: Path | None = None) -> np.ndarray:
     """Segmentation in the classic numbering 0/1/2/4 (uint8); unknown values raise ValueError naming the file."""
     seg = np.rint(seg).astype(np.int16, copy=False)
-    values = set(np.unique(seg).tolist())
+    # the values present, by counting (np.unique sorts the whole volume: ~40x slower). (seg - min) as uint16
+    # is exact: int16 differences lie in 0..65535 and wrap to themselves
+    low = int(seg.min()) if seg.size else 0
+    counts = np.bincount((seg.ravel() - np.int16(low)).view(np.uint16))
+    values = set((np.flatnonzero(counts) + low).tolist())
     unknown = sorted(values - subject.known_labels)
     if unknown:
         where = path or subject.files.get("seg")

@@ -59,7 +59,8 @@ class BratsVolumeEvaluation(L.Callback):
             x = _resize(np.moveaxis(images[..., chunk], -1, 0), image_size, "bilinear")
             logits = module(torch.from_numpy(np.ascontiguousarray(x)).float().to(module.device))
             logits = F.interpolate(logits.float(), size=(X, Y), mode="bilinear", align_corners=False)
-            out[..., chunk] = np.moveaxis(logits.argmax(1).cpu().numpy().astype(np.uint8), 0, -1)
+            # max(1).indices = argmax(1) (first maximum on ties), ~10x faster over the channel dim on CPU
+            out[..., chunk] = np.moveaxis(logits.max(1).indices.cpu().numpy().astype(np.uint8), 0, -1)
         out[~brain] = 0
         return out
 
