@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from test_brats_slices import DM_ARGS, make_cache, make_dm, root  # noqa: F401  (root is a fixture)
 
 from synthmed import artifacts
-from synthmed.augment.gan import CombinedAugmenter, GanAugmenter, gan_pairs, generator_trainer_config
+from synthmed.augment.gan import (CombinedAugmenter, GanAugmenter, gan_pairs, generator_epochs,
+                                  generator_trainer_config)
 from synthmed.utils import compose_config
 
 
@@ -109,6 +110,36 @@ def test_each_generator_is_its_own_artefact(root, tmp_path):  # noqa: F811
     assert len(folders(tmp_path / "gan" / "pairs")) == 2
 
 
+def test_a_smaller_real_set_trains_the_generators_more_epochs(root, tmp_path):  # noqa: F811
+    """protocol=equal_steps counts the generators' epochs at the scale's real set (`epochs_at`): a split of half
+    that trains them twice the epochs, about the same optimiser steps; epochs_at=None keeps the stated epochs."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    n = len(make_dm(root, tmp_path, image_size=32).datasets["train"])
+    steps = {}
+    for name, at in (("stated", None), ("scaled", 2 * n)):
+        logger = CSVLogger(tmp_path / name, name="csv", version="")
+        make_pairs(root, tmp_path, data_dir=tmp_path / name, loggers=[logger], extra=2, epochs_at=at)
+        logger.save()
+        for kind in ("dcgan", "pix2pix"):
+            (folder,) = folders(tmp_path / name / "gan" / "generators" / kind)
+            assert artifacts.read_metadata(folder)["config"]["epochs"] == (1 if at is None else 2), (name, kind)
+        with open(Path(logger.log_dir) / "metrics.csv") as f:
+            steps[name] = sum(1 for row in csv.DictReader(f) if row.get("gan/dcgan/train/d_loss"))
+    assert steps["stated"] > 0 and steps["scaled"] == 2 * steps["stated"]
+    # at the scale's own real set (or a larger one) the stated epochs: the study's generators are unchanged
+    assert generator_epochs({"dcgan": 200, "inpaint": 30}, 290, 290) == {"dcgan": 200, "inpaint": 30}
+    assert generator_epochs({"dcgan": 200}, 400, 290) == {"dcgan": 200}
+    assert generator_epochs({"dcgan": 200, "inpaint": 30}, 50, 290) == {"dcgan": 1160, "inpaint": 174}
+    assert generator_epochs({"dcgan": 200}, 50, None) == {"dcgan": 200}
+    cpu = compose_config(["experiment=brats_seg", "scale=cpu", "aug=gan_inpaint"])
+    assert cpu.aug.pairs.epochs_at == cpu.data.num_train_slices == 290
+    assert compose_config(["experiment=brats_seg", "scale=cpu", "aug=gan", "protocol=equal_epochs"]
+                          ).aug.pairs.epochs_at is None
+
+
 def test_gan_augmenter_only_loads_its_pairs_file(root, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="aug.pairs must be the path of a pairs file"):
         GanAugmenter(extra=2, pairs={"_target_": "synthmed.artifacts.brats_gan_pairs"}, name="gan",
@@ -142,7 +173,7 @@ def test_gan_knobs_have_one_home():
     assert "image_size: ${scale.gan.dcgan_size}" in (conf / "model" / "dcgan.yaml").read_text()
     for user in ("aug/gan.yaml", "aug/gan_inpaint.yaml", "experiment/brats_dcgan.yaml"):
         text = (conf / user).read_text()
-        assert "dcgan_size" not in text and "dcgan_channels" not in text and "oc.select" not in text, user
+        assert "dcgan_size" not in text and "dcgan_channels" not in text and "oc.select:scale" not in text, user
     assert "g_channels: ${scale.gan.pix2pix_channels}" in (conf / "aug" / "gan.yaml").read_text()
     inpaint = compose_ci(["aug=gan_inpaint", "scale=paper"]).aug.pairs.dcgan
     assert inpaint.image_size == 128 and inpaint.g_channels == inpaint.d_channels

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -146,6 +147,20 @@ def generator_trainer_config(trainer: Mapping[str, Any], epochs: int) -> dict[st
     return cfg
 
 
+def generator_epochs(epochs: Mapping[str, int], slices: int, epochs_at: int | None) -> dict[str, int]:
+    """Each generator's epochs on a real training split of `slices` slices. The stated `epochs` are counted at
+    `epochs_at` slices (protocol=equal_steps: the scale's default split): a smaller split trains
+    ceil(epochs x epochs_at / slices) epochs, about the optimiser steps it takes at `epochs_at`, as the U-Net
+    does under equal steps (with the stated epochs, 50 real slices would give the DCGAN a sixth of its steps,
+    too few to converge). A split of `epochs_at` slices or more, or `epochs_at=None` (protocol=equal_epochs),
+    trains the stated epochs."""
+    if epochs_at is None or slices >= int(epochs_at):
+        return {kind: int(n) for kind, n in epochs.items()}
+    if int(epochs_at) <= 0 or slices <= 0:
+        raise ValueError(f"aug.pairs.epochs_at={epochs_at} and the split's {slices} real slices must be positive")
+    return {kind: math.ceil(int(n) * int(epochs_at) / slices) for kind, n in epochs.items()}
+
+
 def real_training_split(data: Mapping[str, Any]) -> Dataset:
     """The real training slices of the job's data config: its data module built without `aug` (which would
     read the pairs being made), set up with the same split seed: the very slices the U-Net trains on."""
@@ -247,10 +262,12 @@ def load_generators(slices: dict[str, torch.Tensor], seed: int, configs: dict[st
 def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mapping[str, Any], dcgan_epochs: int,
               pix2pix_epochs: int, batch_size: int, trainer: Mapping[str, Any], generators: Mapping[str, Any] | None,
               extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
-              max_tries: int, data_dir: str | Path, loggers: list[Logger] | None = None) -> Path:
+              max_tries: int, data_dir: str | Path, loggers: list[Logger] | None = None,
+              epochs_at: int | None = None) -> Path:
     """The pairs file of `aug=gan` (the stage `brats_gan_pairs`): `extra` synthetic pairs sampled from the
-    generators trained on the real training split of `data` (or loaded from `generators`), found by the hash
-    of what produced them or made first (under locks). The global RNGs are left as they were."""
+    generators trained on the real training split of `data` (or loaded from `generators`; their epochs as
+    `generator_epochs` gives them), found by the hash of what produced them or made first (under locks). The
+    global RNGs are left as they were."""
     import time
 
     since = time.time()
@@ -259,7 +276,7 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
         slices = _training_slices(datamodule.real_train)
         seed = datamodule.split_seed
         configs = {"dcgan": to_plain(dcgan), "pix2pix": to_plain(pix2pix)}
-        epochs = {"dcgan": int(dcgan_epochs), "pix2pix": int(pix2pix_epochs)}
+        epochs = generator_epochs({"dcgan": dcgan_epochs, "pix2pix": pix2pix_epochs}, len(slices["seg"]), epochs_at)
         given = given_generators(generators, list(configs))
         keys = generator_keys(configs, epochs, int(batch_size), seed, _digest(slices), given)
         rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries)

@@ -41,9 +41,10 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
                   inpaint_epochs: int, batch_size: int, trainer: Mapping[str, Any],
                   generators: Mapping[str, Any] | None, extra: int, source: str, min_tumour_pixels: int,
                   max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str | Path,
-                  loggers: list[Logger] | None = None) -> Path:
+                  loggers: list[Logger] | None = None, epochs_at: int | None = None) -> Path:
     """The pairs file of `aug=gan_inpaint`: `extra` real training slices with a DCGAN tumour painted in by the
-    inpainter, both generators trained on the real training split of `data` (or loaded from `generators`), found
+    inpainter, both generators trained on the real training split of `data` (or loaded from `generators`; their
+    epochs as `gan.generator_epochs` gives them), found
     by the hash of what produced them or made first (under locks). The global RNGs are left as they were."""
     if source not in SOURCES:
         raise ValueError(f"aug.pairs.source={source!r} must be one of {list(SOURCES)}")
@@ -53,7 +54,8 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
         slices = gan._training_slices(datamodule.real_train)
         seed = datamodule.split_seed
         configs = {"dcgan": to_plain(dcgan), "inpaint": to_plain(inpaint)}
-        epochs = {"dcgan": int(dcgan_epochs), "inpaint": int(inpaint_epochs)}
+        epochs = gan.generator_epochs({"dcgan": dcgan_epochs, "inpaint": inpaint_epochs}, len(slices["seg"]),
+                                      epochs_at)
         given = gan.given_generators(generators, list(configs))
         keys = gan.generator_keys(configs, epochs, int(batch_size), seed, gan._digest(slices), given)
         rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries),
