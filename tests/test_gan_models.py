@@ -159,6 +159,28 @@ def test_dcgan_stabilisers_train_and_anneal(tmp_path):
         assert math.isfinite(float(t.callback_metrics[key])), key
 
 
+def test_a_long_schedule_draws_at_most_max_epoch_grids(tmp_path, monkeypatch):
+    """A generator trained many short epochs (a small real set: generator_epochs) draws a sample grid every k-th
+    epoch, at most `MAX_EPOCH_GRIDS` of them and always the last; the weights are those of drawing every epoch."""
+    import synthmed.visual
+
+    weights = {}
+    for cap in (5, 2):
+        monkeypatch.setattr(synthmed.visual, "MAX_EPOCH_GRIDS", cap)
+        pl.seed_everything(0, verbose=False)
+        model = from_config("dcgan", image_size=32, g_channels=8, d_channels=8, max_channels=32)
+        root = tmp_path / str(cap)
+        t = pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, accelerator="cpu", default_root_dir=root, deterministic=True)
+        pl.seed_everything(1, verbose=False)
+        t.fit(model, loader(48))
+        drawn = sorted(int(p.stem.rsplit("_", 1)[1]) for p in (root / "images").glob("samples_tumour_maps_*.png"))
+        assert drawn == ([0, 1, 2, 3, 4] if cap == 5 else [0, 3, 4]), cap  # every ceil(5 / 2) = 3rd, and the last
+        weights[cap] = model.generator.state_dict()
+    for key, value in weights[5].items():
+        assert torch.equal(value, weights[2][key]), key
+
+
 def test_minibatch_std_makes_the_logit_depend_on_the_batch():
     torch.manual_seed(0)
     maps = torch.rand(2, 3, 32, 32)

@@ -8,6 +8,21 @@ from typing import Any
 import numpy as np
 
 
+MAX_EPOCH_GRIDS = 200  # sample grids one training run draws at most, at its epoch ends
+
+
+def grid_epoch(trainer: Any) -> bool:
+    """Whether this epoch end draws a sample grid: every epoch of a schedule of up to `MAX_EPOCH_GRIDS` epochs;
+    on a longer one (a generator trained on a small real set: synthmed.augment.gan.generator_epochs) every k-th
+    epoch so that at most that many are drawn, and the last epoch always. Drawing reads no random stream, so
+    the grids drawn never change what is trained."""
+    epochs = int(getattr(trainer, "max_epochs", None) or -1)
+    if epochs <= MAX_EPOCH_GRIDS:
+        return True
+    every = -(-epochs // MAX_EPOCH_GRIDS)
+    return trainer.current_epoch % every == 0 or trainer.current_epoch == epochs - 1
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:

@@ -186,9 +186,9 @@ class TumourLabelGAN(pl.LightningModule):
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=n)
 
     def on_train_epoch_end(self) -> None:
-        from synthmed.visual import log_image
+        from synthmed.visual import grid_epoch, log_image
 
-        if self.trainer is None or self.trainer.sanity_checking:
+        if self.trainer is None or self.trainer.sanity_checking or not grid_epoch(self.trainer):
             return
         n = self.hparams.num_samples
         rng = torch.Generator().manual_seed(

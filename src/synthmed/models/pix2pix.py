@@ -68,13 +68,15 @@ class SampleGrids:
             log_image(self.trainer, f"val/{self.grid_name}_grid", grid, step=self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
-        from synthmed.visual import log_image
+        from synthmed.visual import grid_epoch, log_image
 
         fixed = getattr(self, "_fixed", None)
         if self.trainer is None or self.trainer.sanity_checking or fixed is None:
             return
         if self.trainer.limit_val_batches and self.trainer.val_dataloaders is not None:
             return  # validation drew the grid of a fixed validation batch
+        if not grid_epoch(self.trainer):
+            return
         grid = self._sample_grid(fixed["seg"], fixed["brain"], fixed["image"])
         log_image(self.trainer, f"samples/{self.grid_name}_grid", grid, step=self.current_epoch)
 
