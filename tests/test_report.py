@@ -133,6 +133,30 @@ def test_data_efficiency_pairs_within_the_same_real_slices(tmp_path):
     assert [p["diff"] for p in points["diffs"]["aug=transform"]] == pytest.approx([0.04, 0.02])
 
 
+def test_a_recorded_study_reports_as_the_sweeps_did(tmp_path, capsys):
+    """--record keeps the small files the report reads (no checkpoints): reading the record gives the same table;
+    a record is written once."""
+    sweeps = {name: tmp_path / "runs" / name for name in ("study", "later")}
+    for (aug, slices, seed), iou in CURVE.items():
+        sweep = sweeps["study" if slices == 290 else "later"]
+        num = len(list(sweep.glob("*"))) if sweep.exists() else 0
+        write_job(sweep, num, {"aug": aug, "data.num_train_slices": slices, "seed": seed}, iou)
+    (sweeps["study"] / "0" / "checkpoints").mkdir()
+    (sweeps["study"] / "0" / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+    record = tmp_path / "docs" / "studies"
+    args = [str(sweeps["study"]), str(sweeps["later"]), "--out", str(tmp_path / "a"), "--record", str(record)]
+    assert main(args) == 0
+    assert {p.name for p in record.iterdir()} == {"study", "later"}
+    job = record / "study" / "0"
+    assert {p.relative_to(job).as_posix() for p in job.rglob("*") if p.is_file()} == {
+        ".hydra/overrides.yaml", ".hydra/config.yaml", "metrics.json", "csv/metrics.csv"}
+    assert main([str(record / "study"), str(record / "later"), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "summary.csv").read_text() == (tmp_path / "a" / "summary.csv").read_text()
+    capsys.readouterr()
+    assert main(args) == 2  # written once
+    assert f"{record / 'study'} exists" in capsys.readouterr().err
+
+
 def test_several_sweeps_read_as_one_study(tmp_path, capsys):
     """A study at the default 290 real slices (no override: the value comes from each job's config, through its
     interpolation) and a later sweep at 50 read as one: the same rows, pairs and curve as one sweep of both."""

@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from synthmed.report_jobs import collect_jobs, collect_sweeps
+from synthmed.report_jobs import collect_jobs, collect_sweeps, record_sweeps
 from synthmed.report_plots import plot_bars, plot_curves, plot_efficiency
 from synthmed.utils import atomic_path, atomic_write_text
 
@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where the summary of several sweeps goes (needed with several)")
     parser.add_argument("--ignore", nargs="*", default=[], metavar="KEY",
                         help="override keys that do not change the numbers (e.g. logger): not grouped by")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="also copy what the report reads of each job (~10 kB a job) into DIR/<sweep name>/: "
+                        "a record to keep (e.g. in docs/studies/) and to report again later")
     parser.add_argument("--wandb-project", help="also log the summary to a W&B run of this project "
                         "(grouped by the sweep's name; mode from WANDB_MODE, offline by default)")
     parser.add_argument("--name", help="the W&B run's name (default: '<sweep dir name> summary')")
@@ -434,11 +437,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{sweep_dir} holds no job dirs (*/.hydra/overrides.yaml)")
         out.mkdir(parents=True, exist_ok=True)
         paths = write_summary(out, collect_sweeps(args.sweep_dir, tuple(args.ignore)))
+        if args.record:
+            for target in record_sweeps(args.sweep_dir, args.record):
+                print(f"recorded {target}")
         if args.wandb_project:
             if len(args.sweep_dir) > 1:
                 raise ValueError("--wandb-project logs one sweep's summary: give one sweep dir")
             log_summary_to_wandb(out, args.wandb_project, args.name or f"{out.name} summary")
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())

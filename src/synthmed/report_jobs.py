@@ -5,10 +5,15 @@ as one study."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# what the report reads of a job dir, and its per-subject table: a sweep's record (`record_sweeps`)
+RECORD_FILES = (".hydra/overrides.yaml", ".hydra/config.yaml", "metrics.json", "error.txt", "csv/metrics.csv",
+                "volumes/metrics.csv")
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -101,3 +106,30 @@ def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
     with csv_file.open(newline="") as f:
         return [{"epoch": int(float(r["epoch"])), "step": int(float(r.get("step") or 0)), "value": float(r[key])}
                 for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
+
+
+def record_sweeps(sweep_dirs: list[str | Path], dest: str | Path) -> list[Path]:
+    """Copy of each sweep the few small files a report reads (`RECORD_FILES`, ~10 kB a job; no checkpoints,
+    predictions or W&B runs) into `dest/<sweep dir name>/<job>/`: a record small enough to keep with the docs,
+    which `python -m synthmed.report` reads again as the sweep itself, alone or beside later sweeps. Two sweeps of
+    one name, or a record that already exists, are errors naming it: a record is written once, never merged."""
+    dest = Path(dest)
+    names = [Path(s).resolve().name for s in sweep_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--record: sweep dirs of the same name {names}: their records would collide")
+    written = []
+    for sweep_dir, name in zip(sweep_dirs, names, strict=True):
+        target = dest / name
+        if target.exists():
+            raise FileExistsError(f"--record: {target} exists; a record is written once")
+        tmp = dest / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for job in collect_jobs(sweep_dir):
+            for rel in RECORD_FILES:
+                source = Path(job["dir"]) / rel
+                if source.is_file():
+                    (tmp / job["job"] / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, tmp / job["job"] / rel)
+        tmp.rename(target)  # whole or not at all
+        written.append(target)
+    return written
