@@ -178,6 +178,31 @@ def test_tumour_free_source(root, tmp_path):  # noqa: F811
     assert not pairs["seg"][outside].any()  # painted into slices without tumour: all tumour is synthetic
 
 
+def test_real_tumours_are_moved_and_painted_without_a_tumour_generator(root, tmp_path):  # noqa: F811
+    """aug.pairs.tumours=real: the tumours painted are the real training split's own maps, moved inside another
+    brain; no DCGAN is trained; outside the region the slice stays real."""
+    with pytest.raises(ValueError, match="aug.pairs.tumours='drawn'"):
+        make_inpaint_pairs(root, tmp_path, tumours="drawn")
+    pairs = dict(np.load(make_inpaint_pairs(root, tmp_path, tumours="real", extra=6)))
+    assert {p.name for p in folders(tmp_path / "gan" / "generators")} == {"inpaint"}
+    base = make_dm(root, tmp_path, image_size=32)
+    real = [base.real_train[i] for i in range(len(base.real_train))]
+
+    def shape_of(labels: np.ndarray) -> bytes:  # a tumour's map cut to its bounding box: the same wherever it lies
+        rows, cols = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
+        return labels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.int64).tobytes()
+
+    real_shapes = {shape_of(item["seg"].numpy()) for item in real if item["seg"].any()}
+    for i, source in enumerate(pairs["source"]):
+        region = pairs["region"][i, 0] > 0
+        painted = np.where(region, pairs["seg"][i], 0)
+        assert painted.any() and shape_of(painted) in real_shapes, i  # a real tumour, whole (it fit the brain)
+        assert np.array_equal(pairs["image"][i][:, ~region], real[int(source)]["image"].numpy()[:, ~region])
+    # the DCGAN route's pairs are another artefact
+    make_inpaint_pairs(root, tmp_path, extra=6)
+    assert len(folders(tmp_path / "gan" / "inpaint_pairs")) == 2
+
+
 def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  # noqa: F811
     """aug=gan and aug=gan_inpaint of one seed, in one data dir (real configs at scale=ci): one DCGAN artefact,
     trained by the first and found by the second; gan_inpaint also resolves as a part of a combined regime."""

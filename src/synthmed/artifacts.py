@@ -187,7 +187,7 @@ def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dc
                         batch_size: int, trainer: Mapping[str, Any], generators: Any, extra: int, source: str,
                         min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
                         max_tries: int, data_dir: str, cfg: Any, loggers: list[Any] | None = None,
-                        epochs_at: int | None = None) -> Path:
+                        epochs_at: int | None = None, tumours: str = "dcgan") -> Path:
     """The pairs file of `aug=gan_inpaint`: DCGAN tumours placed into real training slices and painted in by the
     inpainter, both generators (each its own artefact; the DCGAN shared with `aug=gan`) trained by the job's
     `trainer` on the real training split of the job's data config (`cfg.data`), logging to the run's `loggers`."""
@@ -195,7 +195,7 @@ def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dc
 
     return inpaint_pairs(cfg.data, dcgan, inpaint, dcgan_epochs, inpaint_epochs, batch_size, trainer, generators,
                          extra, source, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir,
-                         loggers, epochs_at)
+                         loggers, epochs_at, tumours)
 
 
 STAGES = ("colon_frames", "brats_phantom", "brats_slice_cache", "brats_gan_pairs", "brats_inpaint_pairs")

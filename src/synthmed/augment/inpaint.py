@@ -35,19 +35,37 @@ from synthmed.utils import atomic_path, config_hash, to_plain
 log = logging.getLogger(__name__)
 
 SOURCES = ("any", "tumour_free")
+TUMOURS = ("dcgan", "real")
+
+
+class RealTumours:
+    """`aug.pairs.tumours=real`: the tumour maps of the real training slices, drawn at random, in the DCGAN's
+    place (the same `sample` call). Only the painter is learnt: the painted regions hold real tumour shapes, so
+    `brats_embed`'s region numbers measure the painter alone (with `dcgan`: the painter and the DCGAN's shapes);
+    as an augmentation it is a real tumour moved into another place and repainted there."""
+
+    def __init__(self, seg: torch.Tensor) -> None:
+        self.maps = seg[(seg > 0).flatten(1).any(1)]
+        if not len(self.maps):
+            raise ValueError("aug.pairs.tumours=real: the real training split holds no slice with tumour")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.maps[torch.randint(len(self.maps), (n,), generator=generator)]
 
 
 def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dcgan_epochs: int,
                   inpaint_epochs: int, batch_size: int, trainer: Mapping[str, Any],
                   generators: Mapping[str, Any] | None, extra: int, source: str, min_tumour_pixels: int,
                   max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str | Path,
-                  loggers: list[Logger] | None = None, epochs_at: int | None = None) -> Path:
+                  loggers: list[Logger] | None = None, epochs_at: int | None = None, tumours: str = "dcgan") -> Path:
     """The pairs file of `aug=gan_inpaint`: `extra` real training slices with a DCGAN tumour painted in by the
     inpainter, both generators trained on the real training split of `data` (or loaded from `generators`; their
     epochs as `gan.generator_epochs` gives them), found
     by the hash of what produced them or made first (under locks). The global RNGs are left as they were."""
     if source not in SOURCES:
         raise ValueError(f"aug.pairs.source={source!r} must be one of {list(SOURCES)}")
+    if tumours not in TUMOURS:
+        raise ValueError(f"aug.pairs.tumours={tumours!r} must be one of {list(TUMOURS)}")
     since = time.time()
     with gan._global_rng_untouched():
         datamodule = gan.real_training_split(data)
@@ -56,11 +74,15 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
         configs = {"dcgan": to_plain(dcgan), "inpaint": to_plain(inpaint)}
         epochs = gan.generator_epochs({"dcgan": dcgan_epochs, "inpaint": inpaint_epochs}, len(slices["seg"]),
                                       epochs_at)
+        if tumours == "real":  # no tumour generator to train or load
+            del configs["dcgan"], epochs["dcgan"]
         given = gan.given_generators(generators, list(configs))
         keys = gan.generator_keys(configs, epochs, int(batch_size), seed, gan._digest(slices), given)
         rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries),
                 "source": source}
         config = {"route": "inpaint", "generators": keys, "rule": rule}
+        if tumours != "dcgan":  # (the DCGAN route's key, and so its cached pairs, as before this option)
+            config["tumours"] = tumours
         extra_meta: dict[str, Any] = {"labels": labels.convention()}
 
         pool = source_slices(slices["seg"], source)  # checked before anything is made
@@ -73,7 +95,8 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
             else:
                 modules = gan.load_generators(slices, seed, configs, keys, int(batch_size), trainer, given,
                                               Path(data_dir), list(loggers or []))
-                pairs, counts = paint_pairs(modules["dcgan"], modules["inpaint"], slices, pool, seed, rule, out)
+                maps = modules["dcgan"] if tumours == "dcgan" else RealTumours(slices["seg"])
+                pairs, counts = paint_pairs(maps, modules["inpaint"], slices, pool, seed, rule, out)
             with atomic_path(out / gan.PAIRS_FILE) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **pairs)
             if len(pairs["seg"]):
@@ -127,7 +150,8 @@ def place_inside(label_map: torch.Tensor, brain: torch.Tensor, generator: torch.
 
 def paint_pairs(tumour_gan: Any, inpainter: Any, data: dict[str, torch.Tensor], pool: torch.Tensor, seed: int,
                 rule: dict[str, Any], folder: Path, batch: int = 64) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """`rule["extra"]` pairs: DCGAN maps placed into real slices of `pool`, painted in by `inpainter`."""
+    """`rule["extra"]` pairs: maps of `tumour_gan` (the DCGAN, or `RealTumours`) placed into real slices of
+    `pool`, painted in by `inpainter`."""
     extra = rule["extra"]
     generator = torch.Generator().manual_seed(seed)
 
