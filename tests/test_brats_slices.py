@@ -37,6 +37,7 @@ def root(tmp_path_factory):
 
 
 DM_ARGS = dict(modalities=["flair", "t1", "t1ce", "t2"], target="wt", image_size=16, num_train_slices=None,
+               num_train_subjects=None,
                empty_fraction=0.0, val_fraction=0.25, test_fraction=0.25, split_seed=0, batch_size=4, num_workers=0,
                aug=None)
 
@@ -73,6 +74,26 @@ def test_subject_level_split_and_items(root, tmp_path):
     assert batch["image"].shape[1:] == (4, 16, 16)
     other = make_dm(root, tmp_path, split_seed=1)
     assert other.splits != dm.splits
+
+
+def test_fewer_training_subjects_are_nested_and_leave_val_and_test_alone(root, tmp_path):
+    """data.num_train_subjects: the first k training subjects of the seeded order, so 1 is inside 2 is inside all;
+    val and test never change; the training slices come from those subjects only; too many is an error."""
+    full = make_dm(root, tmp_path)
+    assert len(full.splits["train"]) == 4
+    kept = {}
+    for k in (1, 2, 4):
+        dm = make_dm(root, tmp_path, num_train_subjects=k)
+        kept[k] = set(dm.splits["train"])
+        assert len(kept[k]) == k and kept[k] <= set(full.splits["train"])
+        assert dm.splits["val"] == full.splits["val"] and dm.splits["test"] == full.splits["test"]
+        train = dm.datasets["train"]
+        assert {train[i]["subject"] for i in range(len(train))} == kept[k]
+    assert kept[1] < kept[2] < kept[4] == set(full.splits["train"])
+    with pytest.raises(ValueError, match=r"data.num_train_subjects=5: the split \(seed 0\) has only 4 training"):
+        make_dm(root, tmp_path, num_train_subjects=5)
+    with pytest.raises(ValueError, match="data.num_train_subjects=0"):
+        make_dm(root, tmp_path, num_train_subjects=0)
 
 
 def test_counts_modalities_targets(root, tmp_path):

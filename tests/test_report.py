@@ -133,6 +133,19 @@ def test_data_efficiency_pairs_within_the_same_real_slices(tmp_path):
     assert [p["diff"] for p in points["diffs"]["aug=transform"]] == pytest.approx([0.04, 0.02])
 
 
+def test_the_curve_follows_whichever_listed_key_is_swept(tmp_path):
+    """report.data_efficiency as a list (brats_seg: slices, then subjects): the plot is drawn against the one the
+    sweep varies, with its label."""
+    report = {**REPORT, "data_efficiency": [{"key": "data.num_train_slices", "label": "real training slices"},
+                                            {"key": "data.num_train_subjects", "label": "real training subjects"}]}
+    for num, ((aug, subjects, seed), iou) in enumerate(CURVE.items()):
+        write_job(tmp_path, num, {"aug": aug, "data.num_train_subjects": {50: 2, 290: 18}[subjects], "seed": seed},
+                  iou, extra_config={"report": report})
+    paths = write_summary(tmp_path)
+    assert paths["efficiency"].read_bytes()[:4] == b"\x89PNG"
+    assert "test/iou against data.num_train_subjects" in paths["md"].read_text()
+
+
 def test_a_recorded_study_reports_as_the_sweeps_did(tmp_path, capsys):
     """--record keeps the small files the report reads (no checkpoints): reading the record gives the same table;
     a record is written once."""

@@ -186,6 +186,14 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _swept_efficiency(jobs: list[dict[str, Any]], keys: list[str]) -> dict[str, Any] | None:
+    """The experiment's `report.data_efficiency` entry ({key, label}; a list of them: the first) whose key the
+    sweep varies, or None."""
+    entries = next((j["report"].get("data_efficiency") for j in jobs if j["report"].get("data_efficiency")), None)
+    entries = [entries] if isinstance(entries, dict) else list(entries or [])
+    return next((e for e in entries if e.get("key") in keys), None)
+
+
 def efficiency_points(rows: list[dict[str, Any]], keys: list[str], x_key: str, metric: str,
                       diffs: list[dict[str, Any]] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """The points of the data-efficiency plot: one line per combination of the row keys other than `x_key` (e.g.
@@ -285,8 +293,8 @@ def write_summary(sweep_dir: str | Path, jobs: list[dict[str, Any]] | None = Non
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
 
-    efficiency = next((j["report"].get("data_efficiency") for j in jobs if j["report"].get("data_efficiency")), None)
-    if headline and efficiency and efficiency.get("key") in keys:
+    efficiency = _swept_efficiency(jobs, keys)
+    if headline and efficiency:
         points = efficiency_points(rows, keys, efficiency["key"], headline, diffs)
         if any(len(p) > 1 for p in points["values"].values()):
             paths["efficiency"] = sweep_dir / "summary_data_efficiency.png"

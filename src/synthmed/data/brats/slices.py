@@ -277,7 +277,9 @@ class BratsSliceDataModule(L.LightningDataModule):
     """Axial BraTS slices, loaded from `cache` (a slice cache of `root`, made by the `brats_slice_cache` stage).
 
     Subjects are split train/val/test with `split_seed` (`val_fraction`, `test_fraction`; `test_fraction=1`
-    with `val_fraction=0` makes every subject a test subject, for test-only jobs); training takes
+    with `val_fraction=0` makes every subject a test subject, for test-only jobs); `num_train_subjects` keeps the
+    first that many training subjects of the seeded order (None: all; nested: 4 holds the 2 of 2; val and test
+    unchanged), the scarce resource of medical data being patients, not slices; training takes
     `num_train_slices` slices (None: all tumour slices; more than the split holds is an error) of which
     `empty_fraction` have no tumour; val/test take all tumour slices of their subjects plus the same share
     without. `aug` (config with `_target_` or an object with `extra_samples(dataset, seed)`) appends its samples
@@ -293,6 +295,7 @@ class BratsSliceDataModule(L.LightningDataModule):
         target: str,
         image_size: int,
         num_train_slices: int | None,
+        num_train_subjects: int | None,
         empty_fraction: float,
         val_fraction: float,
         test_fraction: float,
@@ -310,6 +313,8 @@ class BratsSliceDataModule(L.LightningDataModule):
         check_fractions(val_fraction, test_fraction)
         if num_train_slices is not None and int(num_train_slices) < 1:
             raise ValueError(f"data.num_train_slices={num_train_slices}: give a positive number of slices, or null")
+        if num_train_subjects is not None and int(num_train_subjects) < 1:
+            raise ValueError(f"data.num_train_subjects={num_train_subjects}: give a positive number of subjects, or null")
         for key, value in (("root", root), ("cache", cache)):
             if value is None or not isinstance(value, (str, Path)):
                 raise ValueError(f"data.{key}={value!r}: BratsSliceDataModule loads a folder and makes none; give "
@@ -320,6 +325,7 @@ class BratsSliceDataModule(L.LightningDataModule):
         self.target = target
         self.image_size = int(image_size)
         self.num_train_slices = None if num_train_slices is None else int(num_train_slices)
+        self.num_train_subjects = None if num_train_subjects is None else int(num_train_subjects)
         self.empty_fraction = float(empty_fraction)
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.split_seed = int(split_seed or 0)
@@ -386,8 +392,13 @@ class BratsSliceDataModule(L.LightningDataModule):
             raise ValueError(f"{n} subject(s) are too few for data.val_fraction={self.val_fraction} and "
                              f"data.test_fraction={self.test_fraction}")
         order = [ids[i] for i in np.random.default_rng(self.split_seed).permutation(n)]
-        return {"train": sorted(order[n_val + n_test:]), "val": sorted(order[:n_val]),
-                "test": sorted(order[n_val:n_val + n_test])}
+        train = order[n_val + n_test:]
+        if self.num_train_subjects is not None:
+            if self.num_train_subjects > len(train):
+                raise ValueError(f"data.num_train_subjects={self.num_train_subjects}: the split (seed {self.split_seed}) "
+                                 f"has only {len(train)} training subjects of {n}: ask for at most that many, or null")
+            train = train[:self.num_train_subjects]  # the first k of the seeded order: nested as k grows
+        return {"train": sorted(train), "val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test])}
 
     def _rows(self, ids: Sequence[str], count: int | None, rng: np.random.Generator, name: str):
         tumour, empty = [], []
