@@ -138,6 +138,9 @@ def test_a_smaller_real_set_trains_the_generators_more_epochs(root, tmp_path):  
     assert cpu.aug.pairs.epochs_at == cpu.data.num_train_slices == 290
     assert compose_config(["experiment=brats_seg", "scale=cpu", "aug=gan", "protocol=equal_epochs"]
                           ).aug.pairs.epochs_at is None
+    # brats_embed (no protocol) judges the generators brats_seg trains: the same count, so the same artefacts
+    assert compose_config(["experiment=brats_embed", "scale=cpu", "aug=gan_inpaint", "data.num_train_slices=50"]
+                          ).aug.pairs.epochs_at == 290
 
 
 def test_gan_augmenter_only_loads_its_pairs_file(root, tmp_path):  # noqa: F811
