@@ -146,6 +146,19 @@ def test_the_curve_follows_whichever_listed_key_is_swept(tmp_path):
     assert "test/iou against data.num_train_subjects" in paths["md"].read_text()
 
 
+def test_the_reference_stays_off_a_sweep_run_elsewhere_on_its_when_key(tmp_path):
+    """reference.when on a key the sweep does not vary: the study's numbers sit beside rows at 290 real slices
+    (here through the config's interpolation) and not beside a sweep run at 50 alone."""
+    config = {"data": {"num_train_slices": "${scale.brats.num_train_slices}"},
+              "scale": {"brats": {"num_train_slices": 290}}}
+    for name, slices in (("at290", None), ("at50", 50)):
+        for num, ((aug, seed), iou) in enumerate(IOU.items()):
+            overrides = {"aug": aug, "seed": seed, **({} if slices is None else {"data.num_train_slices": slices})}
+            write_job(tmp_path / name, num, overrides, iou, extra_config=config)
+        text = write_summary(tmp_path / name)["md"].read_text()
+        assert ("| reference |" in text) == (slices is None), name
+
+
 def test_a_recorded_study_reports_as_the_sweeps_did(tmp_path, capsys):
     """--record keeps the small files the report reads (no checkpoints): reading the record gives the same table;
     a record is written once."""

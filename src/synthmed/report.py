@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from synthmed.report_jobs import collect_jobs, collect_sweeps, record_sweeps
+from synthmed.report_jobs import collect_jobs, collect_sweeps, config_value, record_sweeps
 from synthmed.report_plots import plot_bars, plot_curves, plot_efficiency
 from synthmed.utils import atomic_path, atomic_write_text
 
@@ -158,6 +158,25 @@ def _reference(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((j["report"].get("reference") for j in jobs if j["report"].get("reference")), None)
 
 
+def _comparable_reference(reference: dict[str, Any] | None, jobs: list[dict[str, Any]],
+                          keys: list[str]) -> dict[str, Any] | None:
+    """`reference`, or None when a key of its `when` that the sweep does not vary has another value in every job
+    (e.g. a sweep at data.num_train_slices=50 alone: the study's 290-slice numbers are not comparable)."""
+    if not reference:
+        return None
+    from omegaconf import OmegaConf
+
+    for key, wanted in (reference.get("when") or {}).items():
+        if key in keys:
+            continue  # swept: judged row by row (_reference_value)
+        values = {job["overrides"][key] if key in job["overrides"] else
+                  config_value(OmegaConf.create(job["config"]), key) for job in jobs if job["status"] == "ok"}
+        values.discard(None)  # a job config without the key: nothing to judge by
+        if values and str(wanted) not in values:
+            return None
+    return reference
+
+
 def _reference_value(reference: dict[str, Any] | None, row: dict[str, Any], keys: list[str]) -> float | None:
     """The reference number for `row`: by its `reference.by` value, only when the row has the swept keys'
     values of `reference.when` (e.g. the study's 290 real slices)."""
@@ -266,7 +285,7 @@ def write_summary(sweep_dir: str | Path, jobs: list[dict[str, Any]] | None = Non
              f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} finished.{protocol_line}", ""]
 
     headline = _headline_metric(jobs, metrics)
-    reference = _reference(jobs)
+    reference = _comparable_reference(_reference(jobs), jobs, keys)
     if headline:
         with_reference = bool(reference) and reference.get("metric") == headline and reference.get("by") in keys
         header = [*keys, "n", "steps", f"{headline} (mean ± std)"]

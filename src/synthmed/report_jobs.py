@@ -77,13 +77,13 @@ def collect_sweeps(sweep_dirs: list[str | Path], ignore: tuple[str, ...] = ()) -
         missing = sorted(keys - set(job["overrides"]))
         config = OmegaConf.create(job["config"]) if missing else None  # built once a job, only when needed
         for key in missing:
-            value = _config_value(config, key)
+            value = config_value(config, key)
             if value is not None:
                 job["overrides"][key] = value
     return jobs
 
 
-def _config_value(config: Any, key: str) -> str | None:
+def config_value(config: Any, key: str) -> str | None:
     """A job config's (an OmegaConf node) value of a dotted key as an override would spell it; None unless it is a
     plain value."""
     from omegaconf import OmegaConf
