@@ -167,6 +167,10 @@ def test_a_recorded_study_reports_as_the_sweeps_did(tmp_path, capsys):
         sweep = sweeps["study" if slices == 290 else "later"]
         num = len(list(sweep.glob("*"))) if sweep.exists() else 0
         write_job(sweep, num, {"aug": aug, "data.num_train_slices": slices, "seed": seed}, iou)
+    log = sweeps["study"] / "0" / "csv" / "metrics.csv"  # the generators' per-step losses are left out
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0] + ",gan/dcgan/train/d_loss", *(f"{line}," for line in lines[1:]),
+                               *(f",{i},,0.5" for i in range(100))]) + "\n")
     (sweeps["study"] / "0" / "checkpoints").mkdir()
     (sweeps["study"] / "0" / "checkpoints" / "best.ckpt").write_bytes(b"weights")
     record = tmp_path / "docs" / "studies"
@@ -176,6 +180,8 @@ def test_a_recorded_study_reports_as_the_sweeps_did(tmp_path, capsys):
     job = record / "study" / "0"
     assert {p.relative_to(job).as_posix() for p in job.rglob("*") if p.is_file()} == {
         ".hydra/overrides.yaml", ".hydra/config.yaml", "metrics.json", "csv/metrics.csv"}
+    kept = (job / "csv" / "metrics.csv").read_text().splitlines()
+    assert kept[0] == "epoch,step,val/loss" and len(kept) == 4
     assert main([str(record / "study"), str(record / "later"), "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "summary.csv").read_text() == (tmp_path / "a" / "summary.csv").read_text()
     capsys.readouterr()

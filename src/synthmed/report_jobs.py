@@ -108,9 +108,25 @@ def _val_curve(csv_file: Path, key: str = "val/loss") -> list[dict[str, float]]:
                 for r in csv.DictReader(f) if r.get(key) and r.get("epoch")]
 
 
+def _copy_log_without_generators(source: Path, target: Path) -> None:
+    """The CSV log minus the `gan/*` columns (the generators log every step: ~300 kB a job) and the rows left empty."""
+    import csv
+
+    with source.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [k for k in reader.fieldnames or [] if not k.startswith("gan/")]
+        values = [k for k in fields if k not in ("epoch", "step")]
+        rows = [{k: row[k] for k in fields} for row in reader if any(row.get(k) for k in values)]
+    with target.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def record_sweeps(sweep_dirs: list[str | Path], dest: str | Path) -> list[Path]:
     """Copy of each sweep the few small files a report reads (`RECORD_FILES`, ~10 kB a job; no checkpoints,
-    predictions or W&B runs) into `dest/<sweep dir name>/<job>/`: a record small enough to keep with the docs,
+    predictions or W&B runs; the CSV log without the generators' per-step `gan/*` columns) into
+    `dest/<sweep dir name>/<job>/`: a record small enough to keep with the docs,
     which `python -m synthmed.report` reads again as the sweep itself, alone or beside later sweeps. Two sweeps of
     one name, or a record that already exists, are errors naming it: a record is written once, never merged."""
     dest = Path(dest)
@@ -129,7 +145,10 @@ def record_sweeps(sweep_dirs: list[str | Path], dest: str | Path) -> list[Path]:
                 source = Path(job["dir"]) / rel
                 if source.is_file():
                     (tmp / job["job"] / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source, tmp / job["job"] / rel)
+                    if rel == "csv/metrics.csv":
+                        _copy_log_without_generators(source, tmp / job["job"] / rel)
+                    else:
+                        shutil.copy2(source, tmp / job["job"] / rel)
         tmp.rename(target)  # whole or not at all
         written.append(target)
     return written
