@@ -74,13 +74,8 @@ def main() -> None:
 
     import numpy as np
 
-    from synthmed.data.brats.slices import (
-        BratsSliceDataModule,
-        _resize,
-        extract_subject,
-        preprocess_volumes,
-        slice_cache,
-    )
+    from synthmed.data.brats.cache import _resize, extract_subject, preprocess_volumes, slice_cache
+    from synthmed.data.brats.slices import BratsSliceDataModule
 
     root = phantom.pop("root")
     t0 = time.perf_counter()

@@ -14,8 +14,13 @@ from omegaconf import OmegaConf
 from test_brats_slices import DM_ARGS, make_cache, make_dm, root  # noqa: F401  (root is a fixture)
 
 from synthmed import artifacts
-from synthmed.augment.gan import (CombinedAugmenter, GanAugmenter, gan_pairs, generator_epochs,
-                                  generator_trainer_config)
+from synthmed.augment.gan import (
+    CombinedAugmenter,
+    GanAugmenter,
+    gan_pairs,
+    generator_epochs,
+    generator_trainer_config,
+)
 from synthmed.utils import compose_config
 
 

@@ -140,13 +140,13 @@ def test_killed_cohort_generation_leaves_no_worker_and_resumes_byte_identical(tm
 def test_killed_slice_extraction_resumes_without_leftovers(tmp_path):
     from test_brats_discovery import write_subject
 
-    from synthmed.data.brats.slices import slice_cache
+    from synthmed.data.brats.cache import slice_cache
 
     root = tmp_path / "brats"
     for i in range(12):
         write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 40), tumour_slices=(5, 30))
     data = tmp_path / "data"
-    cmd = ("from synthmed.data.brats.slices import slice_cache; "
+    cmd = ("from synthmed.data.brats.cache import slice_cache; "
            f"slice_cache({str(root)!r}, {str(data)!r}, ['flair', 't1', 't1ce', 't2'], 64, False, progress=False)")
     _kill_when(cmd, lambda: any(data.rglob("done.json")))
     (folder,) = [p for p in (data / "brats_slices").iterdir() if p.is_dir()]

@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 from test_brats_discovery import write_subject
 
+import synthmed.data.brats.cache as cache_mod
 import synthmed.data.brats.slices as slices_mod
 from synthmed import artifacts
 from synthmed.augment import TransformAugmenter
@@ -113,7 +114,7 @@ def test_counts_modalities_targets(root, tmp_path):
 def test_zscore_within_brain(root, tmp_path):
     dm = make_dm(root, tmp_path / "z", image_size=32)
     sub = dm.subjects[0]
-    images, brain, _ = slices_mod.preprocess_volumes(sub, dm.modalities)
+    images, brain, _ = cache_mod.preprocess_volumes(sub, dm.modalities)
     for m in range(4):
         vals = images[m][brain]
         assert abs(vals.mean()) < 1e-3 and abs(vals.std() - 1) < 1e-3
@@ -133,7 +134,7 @@ def test_second_run_reads_no_nifti(root, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("NIfTI decoded on a cached run")
 
-    monkeypatch.setattr(slices_mod, "read_volume", boom)
+    monkeypatch.setattr(cache_mod, "read_volume", boom)
     monkeypatch.setattr("nibabel.load", boom)
     second = make_dm(root, tmp_path)
     assert second.cache == first.cache
@@ -159,8 +160,8 @@ def test_data_module_only_loads_and_names_the_missing_key(root, tmp_path):
 def _extractions(root, data_dir) -> int:
     """Make the slice cache as a parallel job would; return how many subjects this process extracted."""
     calls = []
-    extract = slices_mod.extract_subject
-    slices_mod.extract_subject = lambda *a: calls.append(a) or extract(*a)
+    extract = cache_mod.extract_subject
+    cache_mod.extract_subject = lambda *a: calls.append(a) or extract(*a)
     make_cache(root, data_dir)
     return len(calls)
 

@@ -165,7 +165,7 @@ def brats_phantom(phantom: Mapping[str, Any], num_subjects: int, data_dir: str) 
 
 def brats_slice_cache(root: str, modalities: Any, image_size: int, skip_invalid: bool, data_dir: str) -> Path:
     """The slice cache of the BraTS folder `root` (real or phantom) at `image_size` for `modalities`."""
-    from synthmed.data.brats.slices import slice_cache
+    from synthmed.data.brats.cache import slice_cache
 
     return slice_cache(root, data_dir, modalities, image_size, skip_invalid)
 

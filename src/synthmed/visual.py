@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-
 MAX_EPOCH_GRIDS = 200  # sample grids one training run draws at most, at its epoch ends
 
 

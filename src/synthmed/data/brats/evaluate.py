@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 from synthmed import tracking
 from synthmed.data.brats import labels
+from synthmed.data.brats.cache import _resize, preprocess_volumes
 from synthmed.data.brats.discovery import read_volume
 from synthmed.data.brats.metrics import SCORES, brats_scores, region_scores  # noqa: F401 (region_scores: API)
 from synthmed.data.brats.nifti import save_nifti
-from synthmed.data.brats.slices import _resize, preprocess_volumes
 from synthmed.utils import atomic_path
 
 log = logging.getLogger(__name__)
