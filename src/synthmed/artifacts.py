@@ -173,21 +173,24 @@ def brats_slice_cache(root: str, modalities: Any, image_size: int, skip_invalid:
 def brats_gan_pairs(dcgan: Mapping[str, Any], pix2pix: Mapping[str, Any], dcgan_epochs: int, pix2pix_epochs: int,
                     batch_size: int, trainer: Mapping[str, Any], generators: Any, extra: int, min_tumour_pixels: int,
                     max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str,
-                    cfg: Any, loggers: list[Any] | None = None, epochs_at: int | None = None) -> Path:
+                    cfg: Any, loggers: list[Any] | None = None, epochs_at: int | None = None,
+                    map_upsample: str = "bilinear") -> Path:
     """The synthetic pairs file of `aug=gan`: the generators (their own artefact) trained by the job's `trainer`
     on the real training split of the job's data config (`cfg.data`, resolved before), logging to the run's
     `loggers`, then sampled. `epochs_at`: the split size the epochs are counted at (`generator_epochs`)."""
     from synthmed.augment.gan import gan_pairs
 
     return gan_pairs(cfg.data, dcgan, pix2pix, dcgan_epochs, pix2pix_epochs, batch_size, trainer, generators, extra,
-                     min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir, loggers, epochs_at)
+                     min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir, loggers, epochs_at,
+                     map_upsample)
 
 
 def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dcgan_epochs: int, inpaint_epochs: int,
                         batch_size: int, trainer: Mapping[str, Any], generators: Any, extra: int, source: str,
                         min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
                         max_tries: int, data_dir: str, cfg: Any, loggers: list[Any] | None = None,
-                        epochs_at: int | None = None, tumours: str = "dcgan") -> Path:
+                        epochs_at: int | None = None, tumours: str = "dcgan", map_upsample: str = "bilinear",
+                        deform: Mapping[str, Any] | None = None) -> Path:
     """The pairs file of `aug=gan_inpaint`: DCGAN tumours placed into real training slices and painted in by the
     inpainter, both generators (each its own artefact; the DCGAN shared with `aug=gan`) trained by the job's
     `trainer` on the real training split of the job's data config (`cfg.data`), logging to the run's `loggers`."""
@@ -195,7 +198,7 @@ def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dc
 
     return inpaint_pairs(cfg.data, dcgan, inpaint, dcgan_epochs, inpaint_epochs, batch_size, trainer, generators,
                          extra, source, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir,
-                         loggers, epochs_at, tumours)
+                         loggers, epochs_at, tumours, map_upsample, deform)
 
 
 STAGES = ("colon_frames", "brats_phantom", "brats_slice_cache", "brats_gan_pairs", "brats_inpaint_pairs")

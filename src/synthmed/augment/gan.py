@@ -263,7 +263,7 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
               pix2pix_epochs: int, batch_size: int, trainer: Mapping[str, Any], generators: Mapping[str, Any] | None,
               extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
               max_tries: int, data_dir: str | Path, loggers: list[Logger] | None = None,
-              epochs_at: int | None = None) -> Path:
+              epochs_at: int | None = None, map_upsample: str = "bilinear") -> Path:
     """The pairs file of `aug=gan` (the stage `brats_gan_pairs`): `extra` synthetic pairs sampled from the
     generators trained on the real training split of `data` (or loaded from `generators`; their epochs as
     `generator_epochs` gives them), found by the hash of what produced them or made first (under locks). The
@@ -279,7 +279,7 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
         epochs = generator_epochs({"dcgan": dcgan_epochs, "pix2pix": pix2pix_epochs}, len(slices["seg"]), epochs_at)
         given = given_generators(generators, list(configs))
         keys = generator_keys(configs, epochs, int(batch_size), seed, _digest(slices), given)
-        rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries)
+        rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample)
         config = {"generators": keys, "rule": rule}
         extra_meta: dict[str, Any] = {"labels": labels.convention()}
 
@@ -305,12 +305,21 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
     return folder / PAIRS_FILE
 
 
+MAP_UPSAMPLING = ("bilinear", "nearest")
+
+
 def sampling_rule(extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
-                  max_tries: int) -> dict[str, Any]:
-    """How many label maps to keep and which to drop as degenerate (part of the pairs' key)."""
-    return {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
+                  max_tries: int, map_upsample: str = "bilinear") -> dict[str, Any]:
+    """How many label maps to keep and which to drop as degenerate, and how the tumour generator's maps reach
+    the slices' size (`map_upsample`, see `sample_label_maps`): part of the pairs' key."""
+    if map_upsample not in MAP_UPSAMPLING:
+        raise ValueError(f"aug.pairs.map_upsample={map_upsample!r} must be one of {list(MAP_UPSAMPLING)}")
+    rule = {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
             "max_tumour_fraction": float(max_tumour_fraction), "max_tries": int(max_tries),
             "max_components": None if max_components is None else int(max_components)}
+    if map_upsample != "nearest":  # (nearest: the key, and so the cached pairs, of the runs before this knob)
+        rule["map_upsample"] = map_upsample
+    return rule
 
 
 def empty_pairs(slices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -358,8 +367,13 @@ def too_few_maps(regime: str, kept: int, rule: dict[str, Any], folder: Path) -> 
                         "aug.pairs.min_tumour_pixels / aug.pairs.max_tumour_fraction / aug.pairs.max_components")
 
 
-def sample_label_maps(tumour_gan: Any, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` label maps (count, size, size) int64 from the tumour generator, resized (nearest) to the slices."""
+def sample_label_maps(tumour_gan: Any, count: int, size: int, generator: torch.Generator,
+                      upsample: str = "bilinear") -> torch.Tensor:
+    """`count` label maps (count, size, size) int64 from the tumour generator at the slices' size. `bilinear`:
+    its class probabilities resized, then the argmax (smooth region edges); `nearest`: its labels resized (a
+    64 px map drawn at 128 px shows 2x2 blocks along every edge, which a painter then paints)."""
+    if upsample == "bilinear":
+        return tumour_gan.sample(count, generator=generator, size=size)
     maps = tumour_gan.sample(count, generator=generator)[:, None].float()
     return F.interpolate(maps, size=(size, size), mode="nearest-exact")[:, 0].long()
 
@@ -379,7 +393,7 @@ def keep_label_maps(tumour_gan: Any, brains: torch.Tensor, pool: torch.Tensor, r
         need = extra - sum(len(m) for m in kept_maps)
         if need <= 0:
             break
-        maps = sample_label_maps(tumour_gan, 2 * need, size, generator).cpu()
+        maps = sample_label_maps(tumour_gan, 2 * need, size, generator, rule.get("map_upsample", "nearest")).cpu()
         source = pool[torch.randint(len(pool), (len(maps),), generator=generator)]
         brain = brains[source]
         maps = place(maps, brain, generator)

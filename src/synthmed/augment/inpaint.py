@@ -18,6 +18,7 @@ painted slice). `GanAugmenter` loads it like the `aug=gan` pairs (the region sta
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,29 +36,70 @@ from synthmed.utils import atomic_path, config_hash, to_plain
 log = logging.getLogger(__name__)
 
 SOURCES = ("any", "tumour_free")
-TUMOURS = ("dcgan", "real")
+TUMOURS = ("dcgan", "real", "deformed")
 
 
 class RealTumours:
     """`aug.pairs.tumours=real`: the tumour maps of the real training slices, drawn at random, in the DCGAN's
     place (the same `sample` call). Only the painter is learnt: the painted regions hold real tumour shapes, so
     `brats_embed`'s region numbers measure the painter alone (with `dcgan`: the painter and the DCGAN's shapes);
-    as an augmentation it is a real tumour moved into another place and repainted there."""
+    as an augmentation it is a real tumour moved into another place and repainted there.
 
-    def __init__(self, seg: torch.Tensor) -> None:
+    `deform` (`aug.pairs.tumours=deformed`, the knobs of `aug.pairs.deform`): each drawn map is centred, flipped
+    at random, then rotated, scaled and elastically warped (MONAI's `Rand2DElastic`, nearest, so the labels stay
+    labels and their nesting stays): a new tumour shape, with the real maps' region structure and edges."""
+
+    def __init__(self, seg: torch.Tensor, deform: Mapping[str, Any] | None = None) -> None:
         self.maps = seg[(seg > 0).flatten(1).any(1)]
         if not len(self.maps):
             raise ValueError("aug.pairs.tumours=real: the real training split holds no slice with tumour")
+        self.warp = None
+        if deform is not None:
+            from monai.transforms import Rand2DElastic
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.maps[torch.randint(len(self.maps), (n,), generator=generator)]
+            low, high = (float(v) for v in deform["scale"])
+            if not 0 < low <= high:
+                raise ValueError(f"aug.pairs.deform.scale={[low, high]} must be 0 < low <= high")
+            self.warp = Rand2DElastic(spacing=float(deform["elastic_spacing"]),
+                                      magnitude_range=tuple(float(v) for v in deform["elastic_magnitude"]),
+                                      prob=1.0, rotate_range=math.radians(float(deform["rotate_deg"])),
+                                      scale_range=(low - 1.0, high - 1.0), mode="nearest", padding_mode="zeros")
+
+    def sample(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
+        if size is not None and size != self.maps.shape[-1]:
+            raise ValueError(f"aug.pairs.tumours=real: the real maps are {self.maps.shape[-1]} px, not {size}")
+        maps = self.maps[torch.randint(len(self.maps), (n,), generator=generator)]
+        if self.warp is None:
+            return maps
+        # the warp's own random stream, seeded from `generator`: the same seed gives the same shapes
+        self.warp.set_random_state(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        flips = torch.rand(n, 2, generator=generator) < 0.5
+        out = []
+        for label_map, (flip_rows, flip_cols) in zip(maps, flips.tolist(), strict=True):
+            label_map = centred(label_map)
+            if flip_rows:
+                label_map = label_map.flip(0)
+            if flip_cols:
+                label_map = label_map.flip(1)
+            warped = self.warp(label_map[None].float())
+            out.append(torch.as_tensor(np.asarray(warped))[0].round().long())
+        return torch.stack(out)
+
+
+def centred(label_map: torch.Tensor) -> torch.Tensor:
+    """The (H, W) map with its tumour's bounding box moved to the middle (turns and scaling then keep it in)."""
+    rows, cols = torch.nonzero(label_map > 0, as_tuple=True)
+    shift = ((label_map.shape[0] - 1) // 2 - (int(rows.min()) + int(rows.max())) // 2,
+             (label_map.shape[1] - 1) // 2 - (int(cols.min()) + int(cols.max())) // 2)
+    return torch.roll(label_map, shift, dims=(0, 1))
 
 
 def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dcgan_epochs: int,
                   inpaint_epochs: int, batch_size: int, trainer: Mapping[str, Any],
                   generators: Mapping[str, Any] | None, extra: int, source: str, min_tumour_pixels: int,
                   max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str | Path,
-                  loggers: list[Logger] | None = None, epochs_at: int | None = None, tumours: str = "dcgan") -> Path:
+                  loggers: list[Logger] | None = None, epochs_at: int | None = None, tumours: str = "dcgan",
+                  map_upsample: str = "bilinear", deform: Mapping[str, Any] | None = None) -> Path:
     """The pairs file of `aug=gan_inpaint`: `extra` real training slices with a DCGAN tumour painted in by the
     inpainter, both generators trained on the real training split of `data` (or loaded from `generators`; their
     epochs as `gan.generator_epochs` gives them), found
@@ -74,15 +116,21 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
         configs = {"dcgan": to_plain(dcgan), "inpaint": to_plain(inpaint)}
         epochs = gan.generator_epochs({"dcgan": dcgan_epochs, "inpaint": inpaint_epochs}, len(slices["seg"]),
                                       epochs_at)
-        if tumours == "real":  # no tumour generator to train or load
+        if tumours != "dcgan":  # no tumour generator to train or load
             del configs["dcgan"], epochs["dcgan"]
         given = gan.given_generators(generators, list(configs))
         keys = gan.generator_keys(configs, epochs, int(batch_size), seed, gan._digest(slices), given)
-        rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries),
+        rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries,
+                                    map_upsample if tumours == "dcgan" else "nearest"),  # real maps: at size already
                 "source": source}
         config = {"route": "inpaint", "generators": keys, "rule": rule}
         if tumours != "dcgan":  # (the DCGAN route's key, and so its cached pairs, as before this option)
             config["tumours"] = tumours
+        if tumours == "deformed":
+            if deform is None:
+                raise ValueError("aug.pairs.tumours=deformed needs aug.pairs.deform (rotate_deg, scale, "
+                                 "elastic_spacing, elastic_magnitude)")
+            config["deform"] = to_plain(deform)
         extra_meta: dict[str, Any] = {"labels": labels.convention()}
 
         pool = source_slices(slices["seg"], source)  # checked before anything is made
@@ -95,7 +143,8 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
             else:
                 modules = gan.load_generators(slices, seed, configs, keys, int(batch_size), trainer, given,
                                               Path(data_dir), list(loggers or []))
-                maps = modules["dcgan"] if tumours == "dcgan" else RealTumours(slices["seg"])
+                maps = (modules["dcgan"] if tumours == "dcgan" else
+                        RealTumours(slices["seg"], config.get("deform")))
                 pairs, counts = paint_pairs(maps, modules["inpaint"], slices, pool, seed, rule, out)
             with atomic_path(out / gan.PAIRS_FILE) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **pairs)

@@ -128,20 +128,31 @@ class TumourLabelGAN(pl.LightningModule):
         return hard + soft - soft.detach()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
-        """`n` tumour label maps (n, S, S) int64 with values 0 (background), 1 NCR/NET, 2 ED, 3 ET
+    def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 64,
+               size: int | None = None) -> torch.Tensor:
+        """`n` tumour label maps (n, size, size) int64 with values 0 (background), 1 NCR/NET, 2 ED, 3 ET
         (BraTS 0, 1, 2, 4), on the module's device. Runs the generator in eval mode (batch norm uses its
         running statistics, so a map does not depend on its batch-mates); the same seeded
-        `torch.Generator` gives the same maps, whatever `batch_size`. Restores the previous mode."""
+        `torch.Generator` gives the same maps, whatever `batch_size`. Restores the previous mode.
+
+        `size` (default: the generator's own `image_size`, S): the soft maps are resized bilinearly to it before
+        the argmax, so a map drawn at S = 64 and wanted at 128 gets smooth region edges, not the 2x2 blocks
+        of resizing the labels."""
+        size = int(size or self.hparams.image_size)
         was_training = self.generator.training
         self.generator.eval()
         try:
             z = self.noise(n, generator)
-            out = [self.maps_to_labels(self.generator(chunk)) for chunk in z.split(batch_size)]
+            out = [self.maps_to_labels(self._resized(self.generator(chunk), size)) for chunk in z.split(batch_size)]
         finally:
             self.generator.train(was_training)
-        size = self.hparams.image_size
         return torch.cat(out) if out else torch.empty(0, size, size, dtype=torch.long, device=self.device)
+
+    @staticmethod
+    def _resized(maps: torch.Tensor, size: int) -> torch.Tensor:
+        if maps.shape[-1] == size:
+            return maps
+        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
     # --- training -----------------------------------------------------------------------------
     def noise_std(self) -> float:
