@@ -9,6 +9,7 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -136,6 +137,23 @@ def test_dcgan_sample_labels_and_determinism(fitted_dcgan):
     assert set(a.unique().tolist()) <= {0, 1, 2, 3}
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert model.generator.training  # mode restored
+
+
+def test_dcgan_samples_at_a_larger_size_resize_the_probabilities_not_the_labels(fitted_dcgan):
+    """sample(size=2S): the class probabilities are resized bilinearly, then the argmax: the same maps as resizing
+    the labels (nearest) away from the edges, but the edges are drawn at the new size, not in 2x2 blocks."""
+    model = fitted_dcgan[0]
+    small = model.sample(6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(model.sample(6, generator=torch.Generator().manual_seed(3), size=32), small)
+    large = model.sample(6, generator=torch.Generator().manual_seed(3), size=64)
+    assert large.shape == (6, 64, 64) and set(large.unique().tolist()) <= {0, 1, 2, 3}
+    blocks = small.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    # a pixel whose 3x3 neighbourhood holds one label blends only probability vectors with that argmax: it keeps it
+    spread = F.max_pool2d(small[:, None].float(), 3, 1, 1) + F.max_pool2d(-small[:, None].float(), 3, 1, 1)
+    interior = (spread[:, 0] == 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert interior.any() and torch.equal(large[interior], blocks[interior])
+    quads = large.unfold(1, 2, 2).unfold(2, 2, 2).reshape(6, 32, 32, 4)
+    assert (quads != quads[..., :1]).any()  # some 2x2 block holds two labels: an edge finer than the DCGAN's pixel
 
 
 def test_dcgan_stabilisers_train_and_anneal(tmp_path):

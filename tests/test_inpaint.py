@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_aug_gan import DCGAN, TRAINER, compose_ci, data_config, folders
@@ -13,12 +14,13 @@ from test_brats_slices import DM_ARGS, TRANSFORM, make_dm, root  # noqa: F401  (
 
 from synthmed import artifacts
 from synthmed.augment.gan import CombinedAugmenter, GanAugmenter
-from synthmed.augment.inpaint import inpaint_pairs, place_inside
+from synthmed.augment.inpaint import RealTumours, centred, inpaint_pairs, place_inside
 from synthmed.models.inpaint import TumourInpainter, disc
 
 _CFG = compose_ci(["aug=gan_inpaint"])
 INPAINT = {**OmegaConf.to_container(_CFG.aug.pairs.inpaint, resolve=True), "image_size": 32}
 ITEM_KEYS = {"image", "seg", "brain", "subject", "slice"}
+DEFORM = OmegaConf.to_container(_CFG.aug.pairs.deform)
 
 
 def painter(**kw) -> TumourInpainter:
@@ -198,9 +200,42 @@ def test_real_tumours_are_moved_and_painted_without_a_tumour_generator(root, tmp
         painted = np.where(region, pairs["seg"][i], 0)
         assert painted.any() and shape_of(painted) in real_shapes, i  # a real tumour, whole (it fit the brain)
         assert np.array_equal(pairs["image"][i][:, ~region], real[int(source)]["image"].numpy()[:, ~region])
+    # deformed real tumours: new shapes (turned, scaled, warped), the same painter, still no DCGAN
+    with pytest.raises(ValueError, match="aug.pairs.tumours=deformed needs aug.pairs.deform"):
+        make_inpaint_pairs(root, tmp_path, tumours="deformed", extra=6)
+    deformed = dict(np.load(make_inpaint_pairs(root, tmp_path, tumours="deformed", deform=DEFORM, extra=6)))
+    assert {p.name for p in folders(tmp_path / "gan" / "generators")} == {"inpaint"}
+    shapes = [shape_of(np.where(deformed["region"][i, 0] > 0, deformed["seg"][i], 0)) for i in range(6)]
+    assert sum(shape not in real_shapes for shape in shapes) >= 3
+    for i, source in enumerate(deformed["source"]):
+        region = deformed["region"][i, 0] > 0
+        assert np.array_equal(deformed["image"][i][:, ~region], real[int(source)]["image"].numpy()[:, ~region])
     # the DCGAN route's pairs are another artefact
     make_inpaint_pairs(root, tmp_path, extra=6)
-    assert len(folders(tmp_path / "gan" / "inpaint_pairs")) == 2
+    assert len(folders(tmp_path / "gan" / "inpaint_pairs")) == 3
+
+
+def test_deformed_tumours_are_new_shapes_of_the_real_labels_and_repeat_with_the_seed():
+    """RealTumours with aug.pairs.deform: labels stay labels, the map is turned / scaled / warped (a new shape of
+    about the real size, the region nesting kept), and the seeded generator gives the same maps."""
+    size = 64
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ellipse = ((yy - 24) / 6.0) ** 2 + ((xx - 36) / 16.0) ** 2  # a long tumour off the middle: turns show
+    seg = torch.where(ellipse < 0.25, 1, torch.where(ellipse < 1, 2, 0)).long()[None].repeat(3, 1, 1)
+    tumours = RealTumours(seg, DEFORM)
+    a = tumours.sample(8, torch.Generator().manual_seed(0))
+    assert torch.equal(a, tumours.sample(8, torch.Generator().manual_seed(0)))
+    assert not torch.equal(a, tumours.sample(8, torch.Generator().manual_seed(1)))
+    assert a.shape == (8, size, size) and set(a.unique().tolist()) == {0, 1, 2}
+    area = int((seg[0] > 0).sum())
+    for label_map in a:
+        assert 0.4 * area < int((label_map > 0).sum()) < 2.0 * area
+        assert not torch.equal(centred(label_map), centred(seg[0]))
+        core = (label_map == 1).float()[None, None]  # NCR stays inside oedema: its 1-px ring is tumour
+        ring = (F.max_pool2d(core, 3, 1, 1)[0, 0] > 0) & (label_map == 0)
+        assert int(ring.sum()) <= 2
+    with pytest.raises(ValueError, match=r"aug.pairs.deform.scale"):
+        RealTumours(seg, {**DEFORM, "scale": [1.2, 0.9]})
 
 
 def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  # noqa: F811

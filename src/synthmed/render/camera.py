@@ -59,9 +59,13 @@ class Endoscope:
         hit = ray_cast(centre, direction)
         room = (hit[2] if hit else wanted + 1e3) - float(cfg["scene"]["min_wall_clearance_mm"])
         offset = max(0.0, min(wanted, room))
-        position = centre + direction * offset
-        forward = rotate(tangent, up_axis, math.radians(float(params["camera.yaw_deg"])))
+        axis = toward_wall(tangent, direction, float(params["camera.toward_wall_deg"]))
+        forward = rotate(axis, up_axis, math.radians(float(params["camera.yaw_deg"])))
         forward = rotate(forward, side, math.radians(float(params["camera.pitch_deg"])))
+        if float(params["camera.toward_wall_deg"]) > 0:
+            offset = keep_view_distance(centre, direction, offset, forward, ray_cast,
+                                        float(cfg["scene"]["min_view_distance_mm"]))
+        position = centre + direction * offset
         right = unit(np.cross(forward, up_axis))
         up = unit(np.cross(right, forward))
         roll = math.radians(float(params["camera.roll_deg"]))
@@ -101,6 +105,27 @@ class Endoscope:
 
 
 # ------------------------------------------------------------------------------ the fisheye model in numpy
+def toward_wall(tangent: np.ndarray, direction: np.ndarray, degrees: float) -> np.ndarray:
+    """The lumen's axis `tangent` turned by `degrees` toward `direction` (perpendicular to it: the side of the
+    wall the scope is moved to): 0 looks down the lumen, 90 straight at that wall."""
+    if not degrees:
+        return tangent
+    return unit(rotate(tangent, np.cross(tangent, direction), math.radians(degrees)))
+
+
+def keep_view_distance(centre: np.ndarray, direction: np.ndarray, offset: float, forward: np.ndarray,
+                       ray_cast: Callable, minimum: float) -> float:
+    """The offset (mm, from `centre` along `direction`), shrunk in steps of 0.6x (at most 8), at which the wall
+    straight ahead (`forward`) lies at least `minimum` mm from the lens: a scope turned toward a near wall, or
+    into a fold's ridge, would otherwise have the wall inside the near clip and see through it."""
+    for _ in range(8):
+        hit = ray_cast(centre + direction * offset, forward)
+        if hit is None or hit[2] >= minimum or offset <= 0:
+            break
+        offset *= 0.6
+    return offset
+
+
 def fisheye_focal_px(fov_deg: float, size: int) -> float:
     """Focal length in pixels of the equisolid fisheye (r = 2 f sin(theta / 2)) whose field of view `fov_deg`
     spans the `size` pixels of the frame's width (what `Endoscope.place` gives Blender's camera)."""

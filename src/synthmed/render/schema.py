@@ -82,6 +82,7 @@ class SceneConfig:
     near_clip_mm: float = MISSING
     far_clip_mm: float = MISSING
     min_wall_clearance_mm: float = MISSING
+    min_view_distance_mm: float = MISSING
     mucosa_bump_scale: float = MISSING
     mucosa_bump_distance: float = MISSING
     lesion_sink_mm: float = MISSING

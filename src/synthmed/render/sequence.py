@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.render.camera import camera_to_world, fisheye_project
+from synthmed.render.camera import camera_to_world, fisheye_project, toward_wall
 from synthmed.render.config import RenderConfigError
 from synthmed.render.lumen import centreline_frame
 from synthmed.render.nodes import rotate, unit
@@ -94,7 +94,9 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
             away = away / distance * max(0.0, min(distance, room))
         yaw = math.radians(float(params["camera.yaw_deg"]) + shake[3] * jitter_deg)
         pitch = math.radians(float(params["camera.pitch_deg"]) + shake[4] * jitter_deg)
-        forward = rotate(rotate(tangent, up_axis, yaw), side, pitch)
+        axis = toward_wall(tangent, side * math.cos(angle) + up_axis * math.sin(angle),
+                           float(params["camera.toward_wall_deg"]))
+        forward = rotate(rotate(axis, up_axis, yaw), side, pitch)
         right = unit(np.cross(forward, up_axis))
         up = unit(np.cross(right, forward))
         roll = math.radians(float(params["camera.roll_deg"]) + k * float(params["sequence.roll_deg"]))
