@@ -174,6 +174,18 @@ SCRIPT = textwrap.dedent("""
          "lesion.behind_fold": 1, "lesion.fold_gap": 0.2}
     scene.pose(p)
     out["behind_fold_z"] = float(scene.lesions.objects["sessile"].matrix_world.translation.z)
+    # close-ups: the scope moved up and turned toward that wall; turned nearly onto it, it is moved back
+    for name, change in (("lumen_view", {}),
+                         ("wall_view", {"camera.view": "wall", "camera.offset": 0.6, "camera.offset_angle_deg": 90.0,
+                                        "camera.toward_wall_deg": 50.0}),
+                         ("wall_too_close", {"camera.view": "wall", "camera.offset": 0.75,
+                                             "camera.offset_angle_deg": 90.0, "camera.toward_wall_deg": 88.0})):
+        p = {**base, **change}
+        r = scene.render(p, 1)
+        d = np.asarray(r["depth"])
+        c = d.shape[0] // 2
+        out[name] = {"centre_depth": float(d[c - 1:c + 1, c - 1:c + 1].min()),
+                     "median_depth": float(np.median(d[d < 1e9])), "offset_mm": float(r["derived"]["camera.offset_mm"])}
     scene.close()
     print(json.dumps(out))
 """)
@@ -199,3 +211,9 @@ def test_rendered_variety_and_hard_negatives():
     # the view ray lands at some z; the next ridge beyond it is at a multiple of 30 mm, the lesion 0.2 x 30 past it
     z = out["behind_fold_z"]
     assert (z % 30.0) == pytest.approx(6.0, abs=1.5), z
+    # a wall view sees the near wall (half the lumen view's depth at most), never nearer than
+    # scene.min_view_distance_mm (6) straight ahead: a scope turned nearly onto the wall is moved back
+    lumen, wall, close = out["lumen_view"], out["wall_view"], out["wall_too_close"]
+    assert wall["median_depth"] < 0.5 * lumen["median_depth"], (wall, lumen)
+    assert wall["offset_mm"] == pytest.approx(0.6 * 18.0, abs=1.0), wall  # far enough already: where it was put
+    assert close["offset_mm"] < 0.75 * 18.0 - 1.0 and close["centre_depth"] >= 0.9 * 6.0, close

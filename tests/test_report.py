@@ -66,6 +66,15 @@ def test_paired_stats_on_hand_made_differences():
     assert math.isnan(paired_stats([0.02, 0.02])["p"])  # no spread: nothing to test
 
 
+def test_a_regimes_own_sub_key_still_pairs_with_the_baseline():
+    """aug=gan_inpaint aug.pairs.tumours=deformed against aug=none (which has no aug.pairs): paired by seed."""
+    jobs = [{"status": "ok", "overrides": {"aug": aug, "seed": seed, **({"aug.pairs.tumours": "deformed"} if aug != "none" else {})},
+             "test": {"test/iou": iou}, "report": REPORT} for (aug, seed), iou in IOU.items()]
+    (row,) = paired_differences(jobs, ["aug", "aug.pairs.tumours"], ["test/iou"])
+    assert row["aug"] == "gan" and row["aug.pairs.tumours"] == "deformed"
+    assert row["test/iou"]["n"] == 3 and row["test/iou"]["diff"] == pytest.approx(0.06)
+
+
 def test_table_paired_differences_reference_and_curves(tmp_path):
     for num, ((aug, seed), iou) in enumerate(IOU.items()):
         write_job(tmp_path, num, {"aug": aug, "seed": seed}, iou)

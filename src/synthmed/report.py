@@ -109,7 +109,8 @@ def _baseline(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
 def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """For every row, the paired difference of each metric against the baseline (`report.baseline`, e.g.
     `{aug: none}`): each job paired with the baseline job of the same seed and the same values of the other swept
-    keys (e.g. the same data.num_train_slices), summarised by `paired_stats`."""
+    keys (e.g. the same data.num_train_slices; not the keys under a baseline key, such as aug.pairs.tumours, which
+    only the row's regime has), summarised by `paired_stats`."""
     baseline = _baseline(jobs)
     if not baseline or not all(k in keys for k in baseline):
         return []
@@ -122,7 +123,9 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
         return job["overrides"].get("seed", job.get("metrics", {}).get("seed"))
 
     base_jobs = [j for j in ok if all(str(j["overrides"].get(k)) == str(v) for k, v in baseline.items())]
-    others = [k for k in keys if k not in baseline]
+    # a key under a baseline key (aug.pairs.tumours under aug) is part of the row's regime, which the baseline
+    # regime has no value for: it is not a setting the pair must share
+    others = [k for k in keys if k not in baseline and not any(k.startswith(f"{b}.") for b in baseline)]
     out = []
     for row in dict.fromkeys(row_of(j) for j in ok):
         members = [j for j in ok if row_of(j) == row]
