@@ -1,9 +1,10 @@
-"""Render the figures of docs/render.md into docs/gallery/ (small PNGs, < 1 MB in all).
+"""Render the figures of docs/render.md into docs/gallery/ (small PNGs, about 2 MB in all).
 
     python scripts/make_gallery.py [--frames 8] [--resolution 256] [--out docs/gallery]
 
 gallery.png     frames of the default config (lesion forced present), mask outlines in green
 varied.png      frames of render=varied (lesion forced present), mask outlines in green
+closeup.png     frames of render=varied seen from a wall view (camera.view=wall: the scope turned toward a near wall)
 pairs.png       frame | mask pairs
 height.png      one scene, lesion height increasing left to right (per-frame overrides)
 vessels.png     one scene, vascular density increasing left to right
@@ -44,9 +45,11 @@ def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
 
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a 256-colour palette keeps the docs small (< 1 MB for all figures)
-    Image.fromarray(arr).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True)
+    # a 256-colour palette keeps the docs small; mapped onto it with dithering (Pillow dithers only onto a given
+    # palette), so the smooth walls show no bands of flat colour
+    image = Image.fromarray(arr)
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
     print(f"{path}  {path.stat().st_size // 1024} KiB")
 
 
@@ -101,6 +104,12 @@ def main() -> None:
     _save(out / "varied.png", np.concatenate([_row(tiles[:half]), np.full((4, rows[0].shape[1], 3), 255, np.uint8),
                                               _row(tiles[half:] + [np.full_like(tiles[0], 255)] * (2 * half - args.frames))]
                                              if args.frames > half else [_row(tiles)], 0))
+    close = render_dataset(_config([*base, "render=varied", f"render.num_frames={args.frames}"],
+                                   {"lesion.present": 1, "camera.view": "wall"}), tmp / "closeup", progress=True)
+    tiles = [_load(close, i)[0] for i in range(args.frames)]
+    _save(out / "closeup.png", np.concatenate([_row(tiles[:half]), np.full((4, rows[0].shape[1], 3), 255, np.uint8),
+                                               _row(tiles[half:] + [np.full_like(tiles[0], 255)] * (2 * half - args.frames))]
+                                              if args.frames > half else [_row(tiles)], 0))
     raw = [_load(root, i, outline_mask=False) for i in range(min(3, args.frames))]
     _save(out / "pairs.png", _row([t for img, m in raw for t in (img, m)]))
     # sweeps: a fixed, visible sessile lesion, one varied factor
