@@ -310,8 +310,7 @@ MAP_UPSAMPLING = ("bilinear", "nearest")
 
 def sampling_rule(extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
                   max_tries: int, map_upsample: str = "bilinear") -> dict[str, Any]:
-    """How many label maps to keep and which to drop as degenerate, and how the tumour generator's maps reach
-    the slices' size (`map_upsample`, see `sample_label_maps`): part of the pairs' key."""
+    """How many maps to keep, which to drop as degenerate, how they reach the slices' size: part of the pairs' key."""
     if map_upsample not in MAP_UPSAMPLING:
         raise ValueError(f"aug.pairs.map_upsample={map_upsample!r} must be one of {list(MAP_UPSAMPLING)}")
     rule = {"extra": int(extra), "min_tumour_pixels": int(min_tumour_pixels),
@@ -369,9 +368,8 @@ def too_few_maps(regime: str, kept: int, rule: dict[str, Any], folder: Path) -> 
 
 def sample_label_maps(tumour_gan: Any, count: int, size: int, generator: torch.Generator,
                       upsample: str = "bilinear") -> torch.Tensor:
-    """`count` label maps (count, size, size) int64 from the tumour generator at the slices' size. `bilinear`:
-    its class probabilities resized, then the argmax (smooth region edges); `nearest`: its labels resized (a
-    64 px map drawn at 128 px shows 2x2 blocks along every edge, which a painter then paints)."""
+    """`count` label maps (count, size, size) int64 from the tumour generator at the slices' size. `bilinear`: its
+    class probabilities resized, then the argmax (smooth edges); `nearest`: its labels resized (2x2 blocks at 2x)."""
     if upsample == "bilinear":
         return tumour_gan.sample(count, generator=generator, size=size)
     maps = tumour_gan.sample(count, generator=generator)[:, None].float()
