@@ -8,7 +8,8 @@ closeup.png     frames of render=varied seen from a wall view (camera.view=wall:
 pairs.png       frame | mask pairs
 height.png      one scene, lesion height increasing left to right (per-frame overrides)
 vessels.png     one scene, vascular density increasing left to right
-morphology.png  one scene, one lesion per Paris class: pedunculated, sessile, flat elevated, flat, depressed
+morphology.png  one scene, one lesion per Paris class: pedunculated, sessile, sessile multi-lobed, flat elevated,
+                flat, depressed
 colour.png      one scene, lesion colour from paler than the mucosa through the same colour to redder
 surface.png     one scene, surface patterns: smooth, pits, villous, vascular, and a mucus cap
 negatives.png   frames without a lesion: bubbles, debris, a fluid pool, a reddened patch, motion blur, defocus
@@ -124,6 +125,7 @@ def main() -> None:
              "endoscope.exposure_ev": 0.0}  # the lesion near the edge of the view: close to the lens, large
     kinds = [{"lesion.type": "pedunculated", "lesion.height_mm": 11.0, "lesion.size_mm": 9.0},
              {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.plateau": 0.2},
+             {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.lobes": 0.12, "lesion.lobe_cells": 1.6},
              {"lesion.type": "flat_elevated", "lesion.height_mm": 1.8, "lesion.plateau": 0.6, "lesion.size_mm": 14.0},
              {"lesion.type": "flat", "lesion.height_mm": 0.8, "lesion.plateau": 0.7, "lesion.size_mm": 14.0},
              {"lesion.type": "depressed", "lesion.height_mm": 1.8, "lesion.depression": 0.5, "lesion.plateau": 0.4}]

@@ -203,6 +203,8 @@ def test_real_tumours_are_moved_and_painted_without_a_tumour_generator(root, tmp
     # deformed real tumours: new shapes (turned, scaled, warped), the same painter, still no DCGAN
     with pytest.raises(ValueError, match="aug.pairs.tumours=deformed needs aug.pairs.deform"):
         make_inpaint_pairs(root, tmp_path, tumours="deformed", extra=6)
+    with pytest.raises(ValueError, match="aug.pairs.map_upsample='bicubic'"):  # a typo fails on every route
+        make_inpaint_pairs(root, tmp_path, tumours="deformed", deform=DEFORM, map_upsample="bicubic")
     deformed = dict(np.load(make_inpaint_pairs(root, tmp_path, tumours="deformed", deform=DEFORM, extra=6)))
     assert {p.name for p in folders(tmp_path / "gan" / "generators")} == {"inpaint"}
     shapes = [shape_of(np.where(deformed["region"][i, 0] > 0, deformed["seg"][i], 0)) for i in range(6)]
@@ -236,6 +238,10 @@ def test_deformed_tumours_are_new_shapes_of_the_real_labels_and_repeat_with_the_
         assert int(ring.sum()) <= 2
     with pytest.raises(ValueError, match=r"aug.pairs.deform.scale"):
         RealTumours(seg, {**DEFORM, "scale": [1.2, 0.9]})
+    with pytest.raises(ValueError, match=r"aug.pairs.tumours=deformed: the real maps are 64 px, not 32"):
+        tumours.sample(2, size=32)
+    with pytest.raises(ValueError, match=r"aug.pairs.tumours=real: the real training split holds no slice"):
+        RealTumours(torch.zeros_like(seg))
 
 
 def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  # noqa: F811

@@ -152,6 +152,12 @@ SCRIPT = textwrap.dedent("""
                  lesion__depression=depression, lesion__redness=0.0)
         m = f["mask"] > 0
         out[kind]["changed_inside"] = float(np.abs(f["image"].astype(int) - empty["image"].astype(int))[m].mean()) if m.any() else 0.0
+    # multi-lobed: the same sessile lesion creased into lobes
+    for name, lobes in (("smooth_dome", 0.0), ("lobed_dome", 0.12)):
+        f = shot(name, lesion__present=1, lesion__type="sessile", lesion__size_mm=10.0, lesion__height_mm=4.0,
+                 lesion__redness=0.0, lesion__lobes=lobes, lesion__lobe_cells=2.5, lesion__lobulation=0.0)
+        out[name]["image"] = f["image"].astype(int).tolist()
+        out[name]["mask"] = (f["mask"] > 0).tolist()
     colours = {}
     for name, redness in (("pale", -1.0), ("same", 0.0), ("red", 1.0)):
         f = shot(name, lesion__present=1, lesion__type="sessile", lesion__size_mm=10.0, lesion__height_mm=4.0,
@@ -167,7 +173,9 @@ SCRIPT = textwrap.dedent("""
                                         "clutter__red_patch_angle_deg": 270.0, "clutter__red_patch_size_mm": 20.0,
                                         "clutter__red_patch_redness": 1.0})):
         f = shot(name, **change)
-        out[name]["changed_pixels"] = int((np.abs(f["image"].astype(int) - empty["image"].astype(int)).sum(-1) > 30).sum())
+        diff = (f["image"].astype(int) - empty["image"].astype(int)).sum(-1)
+        out[name]["changed_pixels"] = int((np.abs(diff) > 30).sum())
+        out[name]["brighter_share"] = float((diff > 30).sum() / max(1, (np.abs(diff) > 30).sum()))
         out[name]["mask_pixels"] = int((f["mask"] > 0).sum())
     # behind a fold: the lesion moves to just beyond the next ridge (ridges at k x 30 mm)
     p = {**base, "lesion.present": 1, "lesion.type": "sessile", "lesion.size_mm": 8.0, "lesion.height_mm": 3.0,
@@ -186,6 +194,17 @@ SCRIPT = textwrap.dedent("""
         c = d.shape[0] // 2
         out[name] = {"centre_depth": float(d[c - 1:c + 1, c - 1:c + 1].min()),
                      "median_depth": float(np.median(d[d < 1e9])), "offset_mm": float(r["derived"]["camera.offset_mm"])}
+    # a sequence turned nearly onto the wall keeps the wall ahead out of the near clip too
+    from synthmed.render.sequence import camera_path
+    poses = camera_path({**base, "camera.view": "wall", "camera.offset": 0.75, "camera.offset_angle_deg": 90.0,
+                         "camera.toward_wall_deg": 88.0}, cfg, 4, scene.ray_cast, seed=0)
+    out["sequence_ahead_mm"] = [float(scene.ray_cast(pose.position, pose.forward)[2]) for pose in poses]
+    # a tall lesion straight ahead of a close-up would hold the lens: not placed; a flat one is
+    wall = {"camera.view": "wall", "camera.offset": 0.6, "camera.offset_angle_deg": 90.0, "camera.toward_wall_deg": 50.0,
+            "lesion.present": 1, "lesion.view_offaxis": 0.0, "lesion.tilt_deg": 0.0}
+    for name, kind, height in (("tall_close", "pedunculated", 16.0), ("flat_close", "flat", 0.8)):
+        r = scene.render({**base, **wall, "lesion.type": kind, "lesion.height_mm": height, "lesion.size_mm": 10.0}, 1)
+        out[name] = {"placed": r["derived"]["lesion.placed"], "distance": r["derived"]["lesion.distance_mm"]}
     scene.close()
     print(json.dumps(out))
 """)
@@ -200,6 +219,15 @@ def test_rendered_variety_and_hard_negatives():
     for kind in LESION_TYPES:  # every Paris class renders, in the mask, and changes the pixels it covers
         assert out[kind]["label"] == 1, (kind, out[kind])
         assert out[kind]["changed_inside"] > 2.0, (kind, out[kind])
+    # lobes crease the dome: its pixels change, while the outline (mask) stays nearly the same
+    smooth, lobed = out["smooth_dome"], out["lobed_dome"]
+    m = np.array(smooth["mask"]) & np.array(lobed["mask"])
+    assert lobed["label"] == 1 and m.sum() > 0.7 * np.array(smooth["mask"]).sum(), (smooth["visible"], lobed["visible"])
+    assert np.abs(np.array(lobed["image"]) - np.array(smooth["image"]))[m].mean() > 3.0
+    assert min(out["sequence_ahead_mm"]) >= 0.9 * 6.0, out["sequence_ahead_mm"]
+    # a lens that would sit inside a tall lesion gets none; a flat one on the same wall is placed
+    assert out["tall_close"]["placed"] == 0 and out["tall_close"]["distance"] == -1.0, out["tall_close"]
+    assert out["flat_close"]["placed"] == 1 and out["flat_close"]["distance"] > 0, out["flat_close"]
     # same colour as the mucosa's sits between paler and redder
     r = out["redness_ratio"]
     assert r["pale"] < r["same"] < r["red"], r
@@ -207,6 +235,8 @@ def test_rendered_variety_and_hard_negatives():
         assert out[name]["changed_pixels"] > 10, (name, out[name])  # of 64 x 64, seen obliquely on the wall
         assert out[name]["mask_pixels"] == 0 and out[name]["label"] == 0, (name, out[name])
     assert out["bubbles"]["derived"]["clutter.bubbles_placed"] > 0
+    # a bubble lightens what it covers (a lit film at its rim, the light's glint), never a black ring
+    assert out["bubbles"]["brighter_share"] > 0.7, out["bubbles"]
     assert out["debris"]["derived"]["clutter.debris_placed"] > 0
     # the view ray lands at some z; the next ridge beyond it is at a multiple of 30 mm, the lesion 0.2 x 30 past it
     z = out["behind_fold_z"]

@@ -51,8 +51,9 @@ class RealTumours:
 
     def __init__(self, seg: torch.Tensor, deform: Mapping[str, Any] | None = None) -> None:
         self.maps = seg[(seg > 0).flatten(1).any(1)]
+        self.name = "real" if deform is None else "deformed"  # the aug.pairs.tumours value, for the errors
         if not len(self.maps):
-            raise ValueError("aug.pairs.tumours=real: the real training split holds no slice with tumour")
+            raise ValueError(f"aug.pairs.tumours={self.name}: the real training split holds no slice with tumour")
         self.warp = None
         if deform is not None:
             from monai.transforms import Rand2DElastic
@@ -67,7 +68,7 @@ class RealTumours:
 
     def sample(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
         if size is not None and size != self.maps.shape[-1]:
-            raise ValueError(f"aug.pairs.tumours=real: the real maps are {self.maps.shape[-1]} px, not {size}")
+            raise ValueError(f"aug.pairs.tumours={self.name}: the real maps are {self.maps.shape[-1]} px, not {size}")
         maps = self.maps[torch.randint(len(self.maps), (n,), generator=generator)]
         if self.warp is None:
             return maps
@@ -108,6 +109,8 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
         raise ValueError(f"aug.pairs.source={source!r} must be one of {list(SOURCES)}")
     if tumours not in TUMOURS:
         raise ValueError(f"aug.pairs.tumours={tumours!r} must be one of {list(TUMOURS)}")
+    if map_upsample not in gan.MAP_UPSAMPLING:  # checked on every route, though only the DCGAN's maps are resized
+        raise ValueError(f"aug.pairs.map_upsample={map_upsample!r} must be one of {list(gan.MAP_UPSAMPLING)}")
     since = time.time()
     with gan._global_rng_untouched():
         datamodule = gan.real_training_split(data)

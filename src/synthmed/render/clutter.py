@@ -47,22 +47,29 @@ class Clutter:
         self._build_debris_shape(shape_graph)
         self.bubbles = [self._sphere(scene, f"bubble{k}", self.bubble_material, 16, 8)
                         for k in range(int(shader["clutter_max_bubbles"]))]
+        for bubble in self.bubbles:
+            bubble.visible_shadow = False  # a see-through film casts no shadow worth its noise
         self.debris = [self._sphere(scene, f"debris{k}", self.debris_material, 12, 6, shape_tree)
                        for k in range(int(shader["clutter_max_debris"]))]
         self.fluid = self._plane(scene)
 
     # ------------------------------------------------------------------------------ materials and meshes
     def _bubble_material(self):
-        """Clear where the bubble faces the lens, a bright glossy rim where it turns away (Fresnel)."""
+        """Clear where the bubble faces the lens; toward its rim (Fresnel) a thin film lit as if it faced the lens,
+        so the rim is bright where the wall round it is lit and fades with the tip light's distance (direct light
+        only: a mirror rim would reflect the dark lumen, a black ring); a glossy coat adds the light's glint."""
         shader = self.cfg["shader"]
         material, graph = new_material(self.bpy, "bubble")
         fresnel = graph.node("ShaderNodeFresnel", {"IOR": float(shader["bubble_ior"])}).outputs[0]
+        film = graph.node("ShaderNodeBsdfDiffuse", {"Color": (*(float(shader["bubble_film"]),) * 3, 1.0),
+                                                    "Normal": graph.node("ShaderNodeNewGeometry").outputs["Incoming"]})
         glossy = graph.node("ShaderNodeBsdfGlossy", {"Color": (1.0, 1.0, 1.0, 1.0),
                                                      "Roughness": float(shader["bubble_roughness"])})
         clear = graph.node("ShaderNodeBsdfTransparent", {"Color": (1.0, 1.0, 1.0, 1.0)})
         rim = graph.math("MINIMUM", graph.math("MULTIPLY", fresnel, float(shader["bubble_rim_gain"])), 1.0)
-        mixed = graph.node("ShaderNodeMixShader", {0: rim, 1: clear.outputs[0], 2: glossy.outputs[0]})
-        graph.connect(mixed.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        body = graph.node("ShaderNodeMixShader", {0: rim, 1: clear.outputs[0], 2: film.outputs[0]})
+        coated = graph.node("ShaderNodeAddShader", {0: body.outputs[0], 1: glossy.outputs[0]})
+        graph.connect(coated.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
         return material
 
     def _build_debris_material(self, graph: NodeGraph) -> None:

@@ -48,7 +48,8 @@ class Lesions:
     def _build_shape(self, graph: NodeGraph) -> None:
         """The model's upper half (z > 0, unit frame): its top flattened (z -> z ** plateau_power), its centre
         sunk (depressed lesions: by `depression` x (1 - r^2 / rim^2)^2 inside the rim), then pushed along its
-        normals by a seeded noise (lobes: `lobe_scale` noise cells per unit, +-`lobulation`)."""
+        normals by a seeded noise (lobes: `lobe_scale` noise cells per unit, +-`lobulation`). A multi-lobed model
+        (`lobes` > 0) is subdivided first and creased along the edges of Voronoi cells (`lobe_cells` per unit)."""
         shader, knob = self.cfg["shader"], self.shape_inputs
         group_in, group_out = graph.node("NodeGroupInput"), graph.node("NodeGroupOutput")
         position = graph.node("GeometryNodeInputPosition").outputs[0]
@@ -63,15 +64,29 @@ class Lesions:
         top = graph.math("SUBTRACT", flat_top, sink)
         new_z = graph.math("ADD", graph.math("MULTIPLY", top, above_wall),
                            graph.math("MULTIPLY", z, graph.math("SUBTRACT", 1.0, above_wall)))
+        # multi-lobed (`lobes` > 0): the mesh subdivided, then creased along the edges of a Voronoi field of
+        # `lobe_cells` cells per unit, so the surface parts into rounded lobes; 0 leaves the mesh as it is
+        finer = graph.node("GeometryNodeSubdivideMesh", {"Mesh": group_in.outputs[0], "Level": knob["lesion.lobe_level"]})
         reshaped = graph.node("GeometryNodeSetPosition", {
-            "Geometry": group_in.outputs[0], "Position": graph.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: new_z})})
+            "Geometry": finer.outputs[0], "Position": graph.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: new_z})})
+        cells = graph.node("ShaderNodeTexVoronoi", {"Vector": graph.seeded(position, knob["lesion.seed"]),
+                                                    "Scale": knob["lesion.lobe_cells"],
+                                                    "Randomness": float(shader["lesion_lobe_randomness"])},
+                           voronoi_dimensions="3D", feature="DISTANCE_TO_EDGE")
+        inside = graph.math("SUBTRACT", 1.0, graph.math("MINIMUM", graph.math(
+            "DIVIDE", cells.outputs["Distance"], float(shader["lesion_lobe_crease"])), 1.0))
+        crease = graph.math("MULTIPLY", graph.math("MULTIPLY", inside, inside), graph.math("MULTIPLY", knob["lesion.lobes"], -1.0))
+        creased = graph.node("GeometryNodeSetPosition", {
+            "Geometry": reshaped.outputs[0],
+            "Offset": graph.vector_math("SCALE", graph.node("GeometryNodeInputNormal").outputs[0],
+                                        scale=graph.math("MULTIPLY", crease, above_wall))})
         noise = graph.noise(graph.seeded(position, knob["lesion.seed"]), knob["lesion.lobe_scale"],
                             float(shader["lesion_shape_noise_detail"]))
         # noise 0..1 -> +-lobulation
         amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise, 0.5), graph.math("MULTIPLY", knob["lesion.lobulation"], 2.0))
         shift = graph.vector_math("SCALE", graph.node("GeometryNodeInputNormal").outputs[0],
                                   scale=graph.math("MULTIPLY", amount, above_wall))
-        moved = graph.node("GeometryNodeSetPosition", {"Geometry": reshaped.outputs[0], "Offset": shift})
+        moved = graph.node("GeometryNodeSetPosition", {"Geometry": creased.outputs[0], "Offset": shift})
         smooth = graph.node("GeometryNodeSetShadeSmooth", {"Mesh": moved.outputs[0], "Shade Smooth": True})
         graph.connect(smooth.outputs[0], group_out.inputs[0])
 
@@ -87,7 +102,13 @@ class Lesions:
         mottle = graph.math("MULTIPLY", graph.map_range(noise, low, high),
                             graph.math("MULTIPLY", knob["lesion.texture_strength"], float(shader["lesion_mottle_gain"])))
         colour = graph.mix_colour(mottle, knob.rgb("lesion.colour"), knob.rgb("lesion.colour_dark"))
-        # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model
+        # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model, its lookup
+        # warped by a noise of twice the cells' frequency (`lesion_pattern_warp` cells), so cells are not polygons
+        warp = graph.node("ShaderNodeTexNoise", {"Vector": seeded, "Scale": graph.math("MULTIPLY", knob["lesion.pattern_scale_obj"], 2.0),
+                                                 "Detail": 1.0}, noise_dimensions="3D").outputs["Color"]
+        warp = graph.vector_math("SCALE", graph.vector_math("SUBTRACT", warp, (0.5, 0.5, 0.5)), scale=graph.math(
+            "DIVIDE", float(shader["lesion_pattern_warp"]), knob["lesion.pattern_scale_obj"]))
+        seeded = graph.vector_math("ADD", seeded, warp)
         cells = graph.node("ShaderNodeTexVoronoi", {"Vector": seeded, "Scale": knob["lesion.pattern_scale_obj"],
                                                     "Randomness": float(shader["lesion_pattern_randomness"])},
                            voronoi_dimensions="3D", feature="F1")
@@ -204,6 +225,14 @@ class Lesions:
         base = location - normal * float(self.cfg["scene"]["lesion_sink_mm"])  # never floats above the wall
         lesion.matrix_world = (Matrix.Translation(base.tolist()) @ orientation.to_matrix().to_4x4() @ spin
                                @ Matrix.Diagonal((*scale, 1.0)))
+        # a lens inside (or against) the lesion would see its inside, or a white blur: a tall lesion on the near
+        # wall of a close-up is not placed, as if its ray had missed (the model's unit frame: a dome lies within
+        # the unit sphere, the pedunculated model within the sphere of radius 0.5 round (0, 0, 0.5))
+        local = np.array(lesion.matrix_world.inverted() @ Vector(np.asarray(camera_position, float).tolist()))
+        if params["lesion.type"] == "pedunculated":
+            local = (local - np.array([0.0, 0.0, 0.5])) / 0.5
+        if np.linalg.norm(local) < float(self.cfg["shader"]["lesion_lens_clearance"]):
+            return {"lesion.placed": 0, "lesion.distance_mm": -1.0}
         lesion.hide_render = False
         return {"lesion.placed": 1, "lesion.distance_mm": float(np.linalg.norm(location - camera_position))}
 
@@ -251,5 +280,6 @@ def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str,
         "lesion.vascular": strength * (surface == "vascular"),
         "lesion.plateau_power": 1.0 - float(shader["lesion_plateau_gain"]) * float(params["lesion.plateau"]) if dome else 1.0,
         "lesion.depression": float(params["lesion.depression"]) if dome else 0.0,
+        "lesion.lobe_level": int(shader["lesion_lobe_subdivisions"]) if float(params["lesion.lobes"]) > 0 else 0,
     }
     return values, colours

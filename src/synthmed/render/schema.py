@@ -155,8 +155,12 @@ class ShaderConfig:
     subsurface_scale: float = MISSING
     # lesions
     lesion_shape_noise_detail: float = MISSING
+    lesion_lobe_subdivisions: int = MISSING
+    lesion_lobe_crease: float = MISSING
+    lesion_lobe_randomness: float = MISSING
     lesion_plateau_gain: float = MISSING
     lesion_depression_rim: float = MISSING
+    lesion_lens_clearance: float = MISSING
     lesion_noise_detail: float = MISSING
     lesion_noise_roughness: float = MISSING
     lesion_mottle_edges: list[float] = MISSING
@@ -167,6 +171,7 @@ class ShaderConfig:
     lesion_pale: ColourShift = field(default_factory=ColourShift)
     lesion_red: ColourShift = field(default_factory=ColourShift)
     lesion_pattern_randomness: float = MISSING
+    lesion_pattern_warp: float = MISSING
     lesion_pit_radius: float = MISSING
     lesion_pit_darkening: float = MISSING
     lesion_ridge_width: float = MISSING
@@ -200,6 +205,7 @@ class ShaderConfig:
     bubble_ior: float = MISSING
     bubble_roughness: float = MISSING
     bubble_rim_gain: float = MISSING
+    bubble_film: float = MISSING
     bubble_sink: float = MISSING
     debris_texture_scale: float = MISSING
     debris_texture_detail: float = MISSING

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.render.camera import camera_to_world, fisheye_project, toward_wall
+from synthmed.render.camera import camera_to_world, fisheye_project, keep_view_distance, toward_wall
 from synthmed.render.config import RenderConfigError
 from synthmed.render.lumen import centreline_frame
 from synthmed.render.nodes import rotate, unit
@@ -68,7 +68,9 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
     the centreline's moving frame) plus a shake (normal, sd jitter_mm per axis), never closer to the wall
     than `scene.min_wall_clearance_mm` (`ray_cast(origin, direction)` finds the wall). It looks along the
     centreline's tangent turned by camera.yaw_deg / pitch_deg plus a shake (normal, sd jitter_deg) and
-    rolled by camera.roll_deg + k x roll_deg. The shakes are drawn from `seed` (the sequence's)."""
+    rolled by camera.roll_deg + k x roll_deg. The shakes are drawn from `seed` (the sequence's). A scope turned
+    toward the wall (camera.toward_wall_deg) is moved back toward the centreline until the wall straight ahead
+    is `scene.min_view_distance_mm` away, as a still frame's is."""
     last = float(params["camera.axial_mm"]) + (length - 1) * float(params["sequence.step_mm"])
     if last >= float(cfg["scene"]["tube_length_mm"]):
         raise RenderConfigError(
@@ -97,6 +99,10 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
         axis = toward_wall(tangent, side * math.cos(angle) + up_axis * math.sin(angle),
                            float(params["camera.toward_wall_deg"]))
         forward = rotate(rotate(axis, up_axis, yaw), side, pitch)
+        distance = float(np.linalg.norm(away))
+        if float(params["camera.toward_wall_deg"]) > 0 and distance > 0:  # the wall ahead kept out of the near clip
+            away = away / distance * keep_view_distance(centre, away / distance, distance, forward, ray_cast,
+                                                        float(cfg["scene"]["min_view_distance_mm"]))
         right = unit(np.cross(forward, up_axis))
         up = unit(np.cross(right, forward))
         roll = math.radians(float(params["camera.roll_deg"]) + k * float(params["sequence.roll_deg"]))
