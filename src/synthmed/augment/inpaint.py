@@ -109,8 +109,12 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
         raise ValueError(f"aug.pairs.source={source!r} must be one of {list(SOURCES)}")
     if tumours not in TUMOURS:
         raise ValueError(f"aug.pairs.tumours={tumours!r} must be one of {list(TUMOURS)}")
-    if map_upsample not in gan.MAP_UPSAMPLING:  # checked on every route, though only the DCGAN's maps are resized
-        raise ValueError(f"aug.pairs.map_upsample={map_upsample!r} must be one of {list(gan.MAP_UPSAMPLING)}")
+    # checked before any work, on every route (a typo fails), though only the DCGAN's maps are resized: real maps
+    # are at the slices' size already, and their key keeps no map_upsample
+    rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample),
+            "source": source}
+    if tumours != "dcgan":
+        rule.pop("map_upsample", None)
     since = time.time()
     with gan._global_rng_untouched():
         datamodule = gan.real_training_split(data)
@@ -123,9 +127,6 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
             del configs["dcgan"], epochs["dcgan"]
         given = gan.given_generators(generators, list(configs))
         keys = gan.generator_keys(configs, epochs, int(batch_size), seed, gan._digest(slices), given)
-        rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries,
-                                    map_upsample if tumours == "dcgan" else "nearest"),  # real maps: at size already
-                "source": source}
         config = {"route": "inpaint", "generators": keys, "rule": rule}
         if tumours != "dcgan":  # (the DCGAN route's key, and so its cached pairs, as before this option)
             config["tumours"] = tumours

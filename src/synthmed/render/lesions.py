@@ -69,8 +69,8 @@ class Lesions:
         finer = graph.node("GeometryNodeSubdivideMesh", {"Mesh": group_in.outputs[0], "Level": knob["lesion.lobe_level"]})
         reshaped = graph.node("GeometryNodeSetPosition", {
             "Geometry": finer.outputs[0], "Position": graph.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: new_z})})
-        cells = graph.node("ShaderNodeTexVoronoi", {"Vector": graph.seeded(position, knob["lesion.seed"]),
-                                                    "Scale": knob["lesion.lobe_cells"],
+        seeded = graph.seeded(position, knob["lesion.seed"])
+        cells = graph.node("ShaderNodeTexVoronoi", {"Vector": seeded, "Scale": knob["lesion.lobe_cells"],
                                                     "Randomness": float(shader["lesion_lobe_randomness"])},
                            voronoi_dimensions="3D", feature="DISTANCE_TO_EDGE")
         inside = graph.math("SUBTRACT", 1.0, graph.math("MINIMUM", graph.math(
@@ -80,7 +80,7 @@ class Lesions:
             "Geometry": reshaped.outputs[0],
             "Offset": graph.vector_math("SCALE", graph.node("GeometryNodeInputNormal").outputs[0],
                                         scale=graph.math("MULTIPLY", crease, above_wall))})
-        noise = graph.noise(graph.seeded(position, knob["lesion.seed"]), knob["lesion.lobe_scale"],
+        noise = graph.noise(seeded, knob["lesion.lobe_scale"],
                             float(shader["lesion_shape_noise_detail"]))
         # noise 0..1 -> +-lobulation
         amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise, 0.5), graph.math("MULTIPLY", knob["lesion.lobulation"], 2.0))
