@@ -307,11 +307,12 @@ def test_generators_depend_on_their_cache_key_not_on_the_callers_rng(root, tmp_p
     assert np.array_equal(images_a, images_b)
 
 
-def ci_datamodule(brats_root, data_dir, aug: str):
+def ci_datamodule(brats_root, data_dir, aug: str, *overrides: str):
     """The brats_seg experiment's datamodule at scale=ci, composed from the real configs, its artefacts
     resolved as the runner does (the pairs stage trains the generators with the configured trainer)."""
     # all the training slices of the small test cohort (fewer than scale=ci's num_train_slices)
-    cfg = compose_ci([f"aug={aug}", f"data.root={brats_root}", f"paths.data_dir={data_dir}", "data.num_train_slices=null"])
+    cfg = compose_ci([f"aug={aug}", f"data.root={brats_root}", f"paths.data_dir={data_dir}", "data.num_train_slices=null",
+                      *overrides])
     artifacts.resolve(cfg, context={"loggers": []})
     dm = instantiate(cfg.data)
     dm.setup("fit")

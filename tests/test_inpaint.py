@@ -122,7 +122,8 @@ def test_placement_keeps_the_whole_tumour_in_the_brain():
 def make_inpaint_pairs(brats_root, tmp_path, data_dir=None, data=None, **kw):
     args = dict(dcgan=DCGAN, inpaint=INPAINT, dcgan_epochs=1, inpaint_epochs=1, batch_size=4, trainer=TRAINER,
                 generators=None, extra=5, source="any", min_tumour_pixels=0, max_tumour_fraction=1.0,
-                max_components=None, max_tries=20, data_dir=str(data_dir or tmp_path))
+                max_components=None, max_tries=20, data_dir=str(data_dir or tmp_path), tumours="dcgan",
+                map_upsample="bilinear", deform=None)  # the DCGAN route unless a test says otherwise
     args.update(kw)
     return inpaint_pairs(data or data_config(brats_root, tmp_path), **args)
 
@@ -201,6 +202,8 @@ def test_real_tumours_are_moved_and_painted_without_a_tumour_generator(root, tmp
         assert painted.any() and shape_of(painted) in real_shapes, i  # a real tumour, whole (it fit the brain)
         assert np.array_equal(pairs["image"][i][:, ~region], real[int(source)]["image"].numpy()[:, ~region])
     # deformed real tumours: new shapes (turned, scaled, warped), the same painter, still no DCGAN
+    with pytest.raises(ValueError, match=r"aug.generators.dcgan: aug.pairs.tumours=deformed paints no DCGAN maps"):
+        make_inpaint_pairs(root, tmp_path, tumours="deformed", deform=DEFORM, generators={"dcgan": str(tmp_path)})
     with pytest.raises(ValueError, match="aug.pairs.tumours=deformed needs aug.pairs.deform"):
         make_inpaint_pairs(root, tmp_path, tumours="deformed", extra=6)
     with pytest.raises(ValueError, match="aug.pairs.map_upsample='bicubic'"):  # a typo fails on every route
@@ -245,14 +248,15 @@ def test_deformed_tumours_are_new_shapes_of_the_real_labels_and_repeat_with_the_
 
 
 def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  # noqa: F811
-    """aug=gan and aug=gan_inpaint of one seed, in one data dir (real configs at scale=ci): one DCGAN artefact,
-    trained by the first and found by the second; gan_inpaint also resolves as a part of a combined regime."""
+    """aug=gan and aug=gan_inpaint aug.pairs.tumours=dcgan of one seed, in one data dir (real configs at scale=ci):
+    one DCGAN artefact, trained by the first and found by the second; gan_inpaint also resolves as a part of a
+    combined regime."""
     from test_aug_gan import ci_datamodule
 
     gan, _ = ci_datamodule(root, tmp_path, "gan")
     (dcgan,) = folders(tmp_path / "gan" / "generators" / "dcgan")
     stamp = (dcgan / "artifact.yaml").stat().st_mtime_ns
-    inpaint, cfg = ci_datamodule(root, tmp_path, "gan_inpaint")
+    inpaint, cfg = ci_datamodule(root, tmp_path, "gan_inpaint", "aug.pairs.tumours=dcgan")
     assert folders(tmp_path / "gan" / "generators" / "dcgan") == [dcgan]
     assert (dcgan / "artifact.yaml").stat().st_mtime_ns == stamp  # found, not retrained
     assert len(folders(tmp_path / "gan" / "generators" / "inpaint")) == 1
@@ -266,6 +270,7 @@ def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  
     combined = compose_ci(["aug=gan_transform", f"data.root={root}", f"paths.data_dir={tmp_path}",
                            "data.num_train_slices=null"])
     combined.aug.parts.gan = aug_node("gan_inpaint")  # the part named gan now holds the inpainting regime
+    combined.aug.parts.gan.pairs.tumours = "dcgan"
     assert "aug.parts.gan.pairs" in artifacts.resolve(combined, context={"loggers": []})
     assert combined.aug.parts.gan.pairs == str(pairs / "pairs.npz")
     dm = instantiate(combined.data)
@@ -279,10 +284,11 @@ def aug_node(regime: str):
 
 
 def test_brats_seg_with_gan_inpaint_end_to_end(tmp_path):
-    """`python -m synthmed experiment=brats_seg aug=gan_inpaint scale=ci logger=csv`: pairs with regions, the
-    generators' losses in the run's CSV log, metrics.json."""
+    """`python -m synthmed experiment=brats_seg aug=gan_inpaint scale=ci logger=csv`: by default deformed real tumour
+    maps (no DCGAN is trained), pairs with regions, the painter's losses in the run's CSV log, metrics.json."""
     import json
 
+    import yaml
     from conftest import run_synthmed
     from test_brats_discovery import write_subject
 
@@ -295,8 +301,10 @@ def test_brats_seg_with_gan_inpaint_end_to_end(tmp_path):
     arrays = dict(np.load(pairs / "pairs.npz"))
     assert {"image", "seg", "brain", "region"} <= set(arrays) and arrays["region"].shape[1] == 1
     assert not (arrays["region"] > arrays["brain"]).any()
-    assert {p.name for p in folders(tmp_path / "data" / "gan" / "generators")} == {"dcgan", "inpaint"}
+    assert {p.name for p in folders(tmp_path / "data" / "gan" / "generators")} == {"inpaint"}
+    assert yaml.safe_load((pairs / "artifact.yaml").read_text())["config"]["tumours"] == "deformed"
     metrics = json.loads(next((tmp_path / "outputs").rglob("metrics.json")).read_text())
     assert "test/iou_wt" in json.dumps(metrics)
     headers = [set(f.read_text().splitlines()[0].split(",")) for f in (tmp_path / "outputs").rglob("metrics.csv")]
-    assert any({"gan/dcgan/train/d_loss", "gan/inpaint/train/g_l1", "train/loss_epoch"} <= h for h in headers)
+    assert any({"gan/inpaint/train/g_l1", "train/loss_epoch"} <= h for h in headers)
+    assert not any("gan/dcgan/train/d_loss" in h for h in headers)

@@ -140,6 +140,13 @@ def test_data_efficiency_pairs_within_the_same_real_slices(tmp_path):
     assert points["values"]["aug=gan"][0]["mean"] == pytest.approx(0.42)
     assert set(points["diffs"]) == {"aug=gan", "aug=transform"}  # the baseline has no difference with itself
     assert [p["diff"] for p in points["diffs"]["aug=transform"]] == pytest.approx([0.04, 0.02])
+    # a regime's own sub-key (only gan sets aug.pairs.tumours): the other lines are not labelled with it, empty
+    for job in jobs:
+        if job["overrides"]["aug"] == "gan":
+            job["overrides"]["aug.pairs.tumours"] = "deformed"
+    keys, metrics, summary = summarise(jobs)
+    points = efficiency_points(summary, keys, "data.num_train_slices", "test/iou", paired_differences(jobs, keys, metrics))
+    assert set(points["values"]) == {"aug=none", "aug=gan aug.pairs.tumours=deformed", "aug=transform"}
 
 
 def test_the_curve_follows_whichever_listed_key_is_swept(tmp_path):

@@ -189,16 +189,17 @@ def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dc
                         batch_size: int, trainer: Mapping[str, Any], generators: Any, extra: int, source: str,
                         min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
                         max_tries: int, data_dir: str, cfg: Any, loggers: list[Any] | None = None,
-                        epochs_at: int | None = None, tumours: str = "dcgan", map_upsample: str = "bilinear",
-                        deform: Mapping[str, Any] | None = None) -> Path:
-    """The pairs file of `aug=gan_inpaint`: DCGAN tumours placed into real training slices and painted in by the
-    inpainter, both generators (each its own artefact; the DCGAN shared with `aug=gan`) trained by the job's
-    `trainer` on the real training split of the job's data config (`cfg.data`), logging to the run's `loggers`."""
+                        epochs_at: int | None = None, *, tumours: str, map_upsample: str,
+                        deform: Mapping[str, Any] | None) -> Path:
+    """The pairs file of `aug=gan_inpaint`: tumour maps (`tumours`: deformed real ones, or DCGAN samples) placed into
+    real training slices and painted in by the inpainter, the generators (each its own artefact; the DCGAN shared
+    with `aug=gan`) trained by the job's `trainer` on the real training split of the job's data config (`cfg.data`),
+    logging to the run's `loggers`. The last three have no default here: conf/aug/gan_inpaint.yaml holds it."""
     from synthmed.augment.inpaint import inpaint_pairs
 
     return inpaint_pairs(cfg.data, dcgan, inpaint, dcgan_epochs, inpaint_epochs, batch_size, trainer, generators,
                          extra, source, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir,
-                         loggers, epochs_at, tumours, map_upsample, deform)
+                         loggers, epochs_at, tumours=tumours, map_upsample=map_upsample, deform=deform)
 
 
 STAGES = ("colon_frames", "brats_phantom", "brats_slice_cache", "brats_gan_pairs", "brats_inpaint_pairs")

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from synthmed.report_jobs import collect_jobs, collect_sweeps, config_value, record_sweeps
-from synthmed.report_plots import plot_bars, plot_curves, plot_efficiency
+from synthmed.report_plots import group_label, plot_bars, plot_curves, plot_efficiency
 from synthmed.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -224,19 +224,16 @@ def efficiency_points(rows: list[dict[str, Any]], keys: list[str], x_key: str, m
     the same `x_key` value. Rows whose `x_key` is not a number (null: all slices) or without a finished job are left out."""
     others = [k for k in keys if k != x_key]
 
-    def line(row: dict[str, Any]) -> str:
-        return " ".join(f"{k}={row[k]}" for k in others) or "all"
-
     values: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         x, mean = _number(row[x_key]), row.get(f"{metric} mean", math.nan)
         if x is not None and row["n"] and not math.isnan(mean):
-            values.setdefault(line(row), []).append({"x": x, "mean": mean, "std": row[f"{metric} std"], "n": row["n"]})
+            values.setdefault(group_label(row, others), []).append({"x": x, "mean": mean, "std": row[f"{metric} std"], "n": row["n"]})
     differences: dict[str, list[dict[str, Any]]] = {}
     for entry in diffs or []:
         x = _number(entry[x_key])
         if x is not None and metric in entry:
-            differences.setdefault(line(entry), []).append({"x": x, **entry[metric]})
+            differences.setdefault(group_label(entry, others), []).append({"x": x, **entry[metric]})
     for points in (*values.values(), *differences.values()):
         points.sort(key=lambda p: p["x"])
     return {"values": values, "diffs": differences}

@@ -10,6 +10,11 @@ from typing import Any
 from synthmed.utils import atomic_path
 
 
+def group_label(values: dict[str, Any], keys: list[str]) -> str:
+    """A row's or job's name in plots: `key=value` for each of `keys` it has (aug=none has no aug.pairs.*), or "all"."""
+    return " ".join(f"{k}={values[k]}" for k in keys if values.get(k, "") != "") or "all"
+
+
 def plot_efficiency(points: dict[str, dict[str, list[dict[str, Any]]]], x_key: str, x_label: str | None,
                      metric: str, baseline: str, path: Path) -> None:
     """`efficiency_points` drawn: the metric against `x_key` per line (mean ± std over seeds), and beside it the
@@ -63,7 +68,7 @@ def plot_curves(jobs, keys, path: Path) -> None:
     axis = "step" if all(job.get("compare_at") == "step" for job in with_curves) else "epoch"
     groups: dict[str, list[list[dict[str, float]]]] = {}
     for job in with_curves:
-        label = " ".join(f"{k}={job['overrides'].get(k, '')}" for k in keys) or "all"
+        label = group_label(job["overrides"], keys)
         groups.setdefault(label, []).append(job["curve"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for label, curves in groups.items():
@@ -92,7 +97,7 @@ def plot_bars(rows, keys, metrics, jobs, path: Path) -> None:
     shown = [preferred] if preferred else metrics[:4]
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(1.6 + 1.4 * max(1, len(rows)) * max(1, len(shown)), 3.6),
                              dpi=110, squeeze=False)
-    labels = [" ".join(f"{k}={row[k]}" for k in keys) or "all" for row in rows]
+    labels = [group_label(row, keys) for row in rows]
     for ax, metric in zip(axes[0], shown or [None], strict=False):
         if metric is None:
             ax.text(0.5, 0.5, "no finished job", ha="center", va="center")

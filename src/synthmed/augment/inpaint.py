@@ -1,11 +1,13 @@
 """`aug=gan_inpaint`: synthetic tumours painted into real anatomy (the stage `brats_inpaint_pairs`).
 
-1. The real training split of the job's data config (as `aug=gan`), and two generators trained on it, each
-   its own artefact (`synthmed.augment.gan.load_generators`): the DCGAN tumour generator (the very artefact
-   `aug=gan` uses for the same seed) and the tumour painter (`TumourInpainter`).
-2. Label maps sampled from the DCGAN (resized to the slices), each placed into the brain of a real training
-   slice (`source`: any slice, or only those without tumour) at a random shift that keeps every tumour pixel
-   inside the brain; maps failing the degeneracy rule of `aug=gan` are dropped.
+1. The real training split of the job's data config (as `aug=gan`), and the generators trained on it, each
+   its own artefact (`synthmed.augment.gan.load_generators`): the tumour painter (`TumourInpainter`), and with
+   `tumours=dcgan` the DCGAN tumour generator (the very artefact `aug=gan` uses for the same seed).
+2. Tumour label maps (`tumours`): by default the real split's own maps, each flipped, turned, scaled and warped
+   into a new shape (`RealTumours` with `deform`); or sampled from the DCGAN (resized to the slices); or the real
+   ones as they are (`real`). Each is placed into the brain of a real training slice (`source`: any slice, or
+   only those without tumour) at a random shift that keeps every tumour pixel inside the brain; maps failing the
+   degeneracy rule of `aug=gan` are dropped.
 3. Region = the placed tumour dilated by the painter's `dilate` pixels, inside the brain. The new label is the
    real one outside the region and the synthetic map inside it; the painter repaints the region, every pixel
    outside it stays the real slice's.
@@ -99,16 +101,20 @@ def inpaint_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], inpaint: Ma
                   inpaint_epochs: int, batch_size: int, trainer: Mapping[str, Any],
                   generators: Mapping[str, Any] | None, extra: int, source: str, min_tumour_pixels: int,
                   max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str | Path,
-                  loggers: list[Logger] | None = None, epochs_at: int | None = None, tumours: str = "dcgan",
-                  map_upsample: str = "bilinear", deform: Mapping[str, Any] | None = None) -> Path:
-    """The pairs file of `aug=gan_inpaint`: `extra` real training slices with a DCGAN tumour painted in by the
-    inpainter, both generators trained on the real training split of `data` (or loaded from `generators`; their
+                  loggers: list[Logger] | None = None, epochs_at: int | None = None, *, tumours: str,
+                  map_upsample: str, deform: Mapping[str, Any] | None) -> Path:
+    """The pairs file of `aug=gan_inpaint`: `extra` real training slices with a tumour painted in by the inpainter
+    (`tumours`: the real split's maps deformed or moved, or DCGAN samples), the generators trained on the real
+    training split of `data` (or loaded from `generators`; their
     epochs as `gan.generator_epochs` gives them), found
     by the hash of what produced them or made first (under locks). The global RNGs are left as they were."""
     if source not in SOURCES:
         raise ValueError(f"aug.pairs.source={source!r} must be one of {list(SOURCES)}")
     if tumours not in TUMOURS:
         raise ValueError(f"aug.pairs.tumours={tumours!r} must be one of {list(TUMOURS)}")
+    if tumours != "dcgan" and "dcgan" in (to_plain(generators) or {}):
+        raise ValueError(f"aug.generators.dcgan: aug.pairs.tumours={tumours} paints no DCGAN maps (the generators "
+                         f"of this regime are ['inpaint']; aug.pairs.tumours=dcgan uses a DCGAN)")
     # checked before any work, on every route (a typo fails), though only the DCGAN's maps are resized: real maps
     # are at the slices' size already, and their key keeps no map_upsample
     rule = {**gan.sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample),

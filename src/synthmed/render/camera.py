@@ -50,27 +50,8 @@ class Endoscope:
 
     def _aim(self, params: Mapping[str, Any], ray_cast: Callable):
         """The pose `pose` gives the camera: (position, right, up, forward, offset in mm)."""
-        cfg = self.cfg
         centre, tangent, side = centreline_frame(params, float(params["camera.axial_mm"]))
-        up_axis = np.cross(side, tangent)
-        angle = math.radians(float(params["camera.offset_angle_deg"]))
-        direction = side * math.cos(angle) + up_axis * math.sin(angle)
-        wanted = float(params["camera.offset"]) * float(params["tube.radius_mm"])
-        hit = ray_cast(centre, direction)
-        room = (hit[2] if hit else wanted + 1e3) - float(cfg["scene"]["min_wall_clearance_mm"])
-        offset = max(0.0, min(wanted, room))
-        axis = toward_wall(tangent, direction, float(params["camera.toward_wall_deg"]))
-        forward = rotate(axis, up_axis, math.radians(float(params["camera.yaw_deg"])))
-        forward = rotate(forward, side, math.radians(float(params["camera.pitch_deg"])))
-        if float(params["camera.toward_wall_deg"]) > 0:
-            offset = keep_view_distance(centre, direction, offset, forward, ray_cast,
-                                        float(cfg["scene"]["min_view_distance_mm"]))
-        position = centre + direction * offset
-        right = unit(np.cross(forward, up_axis))
-        up = unit(np.cross(right, forward))
-        roll = math.radians(float(params["camera.roll_deg"]))
-        right, up = rotate(right, forward, roll), rotate(up, forward, roll)
-        return position, right, up, forward, offset
+        return scope_pose(params, self.cfg["scene"], centre, tangent, side, ray_cast)
 
     def place(self, params: Mapping[str, Any], position: np.ndarray, right: np.ndarray, up: np.ndarray,
               forward: np.ndarray) -> None:
@@ -102,6 +83,43 @@ class Endoscope:
         warmth = float(params["light.warmth"])
         self.light.data.color = tuple(1.0 - float(t) * warmth for t in tint)
         self.light.data.energy = float(params["light.power_w"]) * float(optics["light_power_scale"])
+
+
+def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.ndarray, tangent: np.ndarray,
+               side: np.ndarray, ray_cast: Callable, shift_mm: np.ndarray | None = None, turn_deg: tuple = (0.0, 0.0),
+               roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The scope's pose at the centreline point `centre` (its `tangent` and `side` axes), for a still frame and for
+    each frame of a sequence: (position, right, up, forward, offset from the centreline in mm).
+
+    The scope is moved off the centreline by camera.offset x tube.radius_mm toward camera.offset_angle_deg (plus
+    `shift_mm`, a sequence's shake), never closer to the wall than `scene.min_wall_clearance_mm`
+    (`ray_cast(origin, direction)` finds the wall). It looks along the tangent turned camera.toward_wall_deg
+    toward that wall, then yawed and pitched (camera.yaw_deg / pitch_deg plus `turn_deg`) and rolled
+    (camera.roll_deg plus `roll_deg`). A scope turned toward the wall is moved back toward the centreline until the
+    wall straight ahead is `scene.min_view_distance_mm` away."""
+    up_axis = np.cross(side, tangent)
+    angle = math.radians(float(params["camera.offset_angle_deg"]))
+    direction = side * math.cos(angle) + up_axis * math.sin(angle)
+    wanted = float(params["camera.offset"]) * float(params["tube.radius_mm"])
+    away, distance = direction, wanted
+    if shift_mm is not None:
+        shifted = direction * wanted + shift_mm
+        distance = float(np.linalg.norm(shifted))
+        away = shifted / distance if distance > 0 else direction
+    hit = ray_cast(centre, away)
+    room = (hit[2] if hit else distance + 1e3) - float(scene["min_wall_clearance_mm"])
+    offset = max(0.0, min(distance, room))
+    axis = toward_wall(tangent, direction, float(params["camera.toward_wall_deg"]))
+    forward = rotate(axis, up_axis, math.radians(float(params["camera.yaw_deg"]) + turn_deg[0]))
+    forward = rotate(forward, side, math.radians(float(params["camera.pitch_deg"]) + turn_deg[1]))
+    if float(params["camera.toward_wall_deg"]) > 0:  # the wall ahead kept out of the near clip
+        offset = keep_view_distance(centre, away, offset, forward, ray_cast, float(scene["min_view_distance_mm"]))
+    position = centre + away * offset
+    right = unit(np.cross(forward, up_axis))
+    up = unit(np.cross(right, forward))
+    roll = math.radians(float(params["camera.roll_deg"]) + roll_deg)
+    right, up = rotate(right, forward, roll), rotate(up, forward, roll)
+    return position, right, up, forward, offset
 
 
 # ------------------------------------------------------------------------------ the fisheye model in numpy

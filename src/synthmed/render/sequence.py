@@ -11,7 +11,6 @@ Conventions (camera axes, pixel coordinates) are those of `synthmed.render.camer
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -21,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.render.camera import camera_to_world, fisheye_project, keep_view_distance, toward_wall
+from synthmed.render.camera import camera_to_world, fisheye_project, scope_pose
 from synthmed.render.config import RenderConfigError
 from synthmed.render.lumen import centreline_frame
-from synthmed.render.nodes import rotate, unit
+from synthmed.render.nodes import unit
 from synthmed.utils import atomic_path
 
 FLOW_UNKNOWN = 1e10  # Middlebury's "unknown flow" value: readers drop |flow| > 1e9
@@ -78,36 +77,16 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
             f"{float(params['sequence.step_mm']):.2f} the camera would leave the lumen (axial {last:.0f} mm, "
             f"scene.tube_length_mm {float(cfg['scene']['tube_length_mm']):.0f}): shorten the sequences or the steps")
     rng = np.random.default_rng([int(seed), zlib.crc32(b"sequence.jitter")])
-    clearance = float(cfg["scene"]["min_wall_clearance_mm"])
-    angle = math.radians(float(params["camera.offset_angle_deg"]))
-    wanted = float(params["camera.offset"]) * float(params["tube.radius_mm"])
     jitter_mm, jitter_deg = float(params["sequence.jitter_mm"]), float(params["sequence.jitter_deg"])
     poses = []
     for k in range(length):
         shake = rng.normal(0.0, 1.0, 5)  # drawn whatever the sizes: the stream never depends on them
         axial = float(params["camera.axial_mm"]) + k * float(params["sequence.step_mm"])
         centre, tangent, side = centreline_frame(params, axial)
-        up_axis = np.cross(side, tangent)
-        away = (side * math.cos(angle) + up_axis * math.sin(angle)) * wanted + shake[:3] * jitter_mm
-        distance = float(np.linalg.norm(away))
-        if distance > 0:
-            hit = ray_cast(centre, away / distance)
-            room = (hit[2] if hit else distance + 1e3) - clearance
-            away = away / distance * max(0.0, min(distance, room))
-        yaw = math.radians(float(params["camera.yaw_deg"]) + shake[3] * jitter_deg)
-        pitch = math.radians(float(params["camera.pitch_deg"]) + shake[4] * jitter_deg)
-        axis = toward_wall(tangent, side * math.cos(angle) + up_axis * math.sin(angle),
-                           float(params["camera.toward_wall_deg"]))
-        forward = rotate(rotate(axis, up_axis, yaw), side, pitch)
-        distance = float(np.linalg.norm(away))
-        if float(params["camera.toward_wall_deg"]) > 0 and distance > 0:  # the wall ahead kept out of the near clip
-            away = away / distance * keep_view_distance(centre, away / distance, distance, forward, ray_cast,
-                                                        float(cfg["scene"]["min_view_distance_mm"]))
-        right = unit(np.cross(forward, up_axis))
-        up = unit(np.cross(right, forward))
-        roll = math.radians(float(params["camera.roll_deg"]) + k * float(params["sequence.roll_deg"]))
-        right, up = unit(rotate(right, forward, roll)), unit(rotate(up, forward, roll))
-        poses.append(CameraPose(centre + away, right, up, unit(forward), axial, float(np.linalg.norm(away))))
+        position, right, up, forward, offset = scope_pose(
+            params, cfg["scene"], centre, tangent, side, ray_cast, shift_mm=shake[:3] * jitter_mm,
+            turn_deg=(shake[3] * jitter_deg, shake[4] * jitter_deg), roll_deg=k * float(params["sequence.roll_deg"]))
+        poses.append(CameraPose(position, unit(right), unit(up), unit(forward), axial, offset))
     return poses
 
 
