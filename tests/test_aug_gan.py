@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_brats_slices import DM_ARGS, make_cache, make_dm, root  # noqa: F401  (root is a fixture)
@@ -113,6 +114,21 @@ def test_each_generator_is_its_own_artefact(root, tmp_path):  # noqa: F811
     assert (dcgan / "artifact.yaml").stat().st_mtime_ns == stamp  # found, not remade
     assert len(folders(tmp_path / "gan" / "generators" / "pix2pix")) == 2
     assert len(folders(tmp_path / "gan" / "pairs")) == 2
+
+
+def test_tissue_conditioned_pairs_keep_the_real_slices_own_tumour(root, tmp_path):  # noqa: F811
+    """aug.pairs.pix2pix.anatomy=tissue: pix2pix is given the tissue of the real slice each map is put into, so that
+    slice's own tumour is in the pair too: labelled (the DCGAN's map on top) and drawn."""
+    path = make_pairs(root, tmp_path, extra=4, pix2pix={**PIX2PIX, "anatomy": "tissue"})
+    (pix2pix,) = folders(tmp_path / "gan" / "generators" / "pix2pix")
+    assert yaml.safe_load((pix2pix / "artifact.yaml").read_text())["config"]["config"]["anatomy"] == "tissue"
+    pairs = dict(np.load(path))
+    real = make_dm(root, tmp_path, image_size=32).real_train
+    real = [real[i] for i in range(len(real))]
+    for seg, brain in zip(pairs["seg"], pairs["brain"], strict=True):
+        sources = [it for it in real if np.array_equal(it["brain"].numpy(), brain)]
+        assert sources and any(((it["seg"].numpy() > 0) <= (seg > 0)).all() for it in sources)
+    assert any((it["seg"] > 0).any() for it in real)  # (there are real tumours to keep)
 
 
 def test_a_smaller_real_set_trains_the_generators_more_epochs(root, tmp_path):  # noqa: F811

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from synthmed.models.nets.dcgan import TumourLabelDiscriminator
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator
+from synthmed.models.pix2pix import tissue_classes
 from synthmed.utils import compose_config
 
 
@@ -339,6 +340,57 @@ def test_pix2pix_conditioning_channels():
     assert cond[0, :3, 0, 0].sum() == 0 and torch.all(cond[0, 3] == 0.5)
     with pytest.raises(ValueError, match="0..3"):
         model.condition(torch.full((1, 2, 2), 4), torch.ones(1, 1, 2, 2))
+
+
+def test_tissue_classes_are_dark_to_bright_inside_the_brain_and_outside_the_tumour():
+    """Three intensity bands inside a brain, a tumour across them: each band is one class, ordered by intensity
+    whatever the band order, the tumour and the background in none; the same input gives the same classes."""
+    size = 32
+    image = torch.zeros(2, size, size)
+    image[0, :, :12], image[0, :, 12:22], image[0, :, 22:] = 3.0, -1.0, 1.0  # bright, dark, middle
+    image[1] = image[0].flip(-1) + 0.05 * torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    brain = torch.zeros(2, 1, size, size)
+    brain[..., 2:30, 2:30] = 1
+    seg = torch.zeros(2, size, size, dtype=torch.long)
+    seg[:, 10:14, 10:24] = 2
+    classes = tissue_classes(image, brain, seg, 3)
+    assert classes.shape == (2, 3, size, size)
+    inside = (brain[:, 0] > 0) & (seg == 0)
+    assert torch.equal(classes.sum(1), inside.float())  # one class inside, none in the tumour or outside
+    label = classes.argmax(1)
+    assert (label[0, 5, 2:12] == 2).all() and (label[0, 5, 12:22] == 0).all() and (label[0, 5, 22:30] == 1).all()
+    assert (label[1, 5, 20:30] == 2).all() and (label[1, 5, 10:20] == 0).all() and (label[1, 5, 2:10] == 1).all()
+    assert torch.equal(classes, tissue_classes(image, brain, seg, 3))
+
+
+def test_pix2pix_with_tissue_conditioning(tmp_path):
+    """anatomy=tissue: the generator also sees the tissue classes of the slice its mask comes from (t1's, the
+    modality the config picks), trains, and refuses to run without that slice; bad knobs name their key."""
+    model = from_config("pix2pix", image_size=32, g_channels=4, d_channels=4, anatomy="tissue")
+    assert model.hparams.anatomy_modality == 1  # t1 in data.modalities [flair, t1, t1ce, t2]
+    batch = next(iter(loader(32)))
+    cond = model.condition(batch["seg"], batch["brain"], batch["image"])
+    assert cond.shape == (4, 7, 32, 32)
+    assert torch.equal(cond[:, 4:], tissue_classes(batch["image"][:, 1], batch["brain"], batch["seg"], 3))
+    assert model.translate(batch["seg"], batch["brain"], image=batch["image"]).shape == (4, 4, 32, 32)
+    with pytest.raises(ValueError, match="model.anatomy=tissue reads the tissue classes from a real slice"):
+        model.translate(batch["seg"], batch["brain"])
+    first = model.generator.down[0].weight  # (out, in, k, k): the input channels 4..6 are the tissue classes
+    before, tissue_weights = snapshot(model.generator), first[:, 4:].detach().clone()
+    trainer(tmp_path, limit_val_batches=0).fit(model, loader(32))
+    assert all_changed(model.generator, before) and not torch.equal(first[:, 4:].detach(), tissue_weights)
+    hparams = dict(model.hparams)
+    with pytest.raises(ValueError, match="model.anatomy='atlas' must be one of"):
+        type(model)(**{**hparams, "anatomy": "atlas"})
+    with pytest.raises(ValueError, match="model.anatomy_modality=-1, which must index one of the 4 modalities"):
+        type(model)(**{**hparams, "anatomy_modality": -1})  # what ${index:...} gives when there is no t1
+    from omegaconf import OmegaConf
+
+    found = OmegaConf.create({"m": ["flair", "t1"], "i": "${index:${m},t1,-1}", "j": "${index:${m},t2,-1}",
+                              "k": "${index:${m},t2}"})
+    assert found.i == 1 and found.j == -1
+    with pytest.raises(Exception, match=r"'t2' is not in \['flair', 't1'\]"):
+        _ = found.k
 
 
 def test_patchgan_receptive_field_is_70():

@@ -9,13 +9,12 @@ The pairs are an artefact made by the stage `brats_gan_pairs` (`gan_pairs` here)
    (`TumourLabelGAN`, `BrainSliceTranslator`) trained by the job's configured trainer (`trainer=gpu` trains
    them on the GPU) with the run's loggers under the metric prefixes `gan/<kind>`; or loaded from
    `aug.generators`.
-3. Sample label maps, resize them to slice size, put each inside the brain mask of a real training
-   slice, drop degenerate ones (`min_tumour_pixels`, `max_tumour_fraction`, `max_components`), translate
-   with pix2pix; `<data_dir>/gan/pairs/<hash>/pairs.npz` (+ `pairs.png`, a look at them).
+3. Sample label maps, resize them to slice size, put each inside the brain mask of a real training slice, drop
+   degenerate ones (`min_tumour_pixels`, `max_tumour_fraction`, `max_components`), translate with pix2pix (given
+   that slice's tissue classes too with `anatomy=tissue`); `<data_dir>/gan/pairs/<hash>/pairs.npz` + `pairs.png`.
 
 `GanAugmenter` only loads the pairs file it is given (`aug.pairs`); the inpainting route (`aug=gan_inpaint`,
-`synthmed.augment.inpaint`) reuses the generator artefacts, the rule and the augmenter.
-"""
+`synthmed.augment.inpaint`) reuses the generator artefacts, the rule and the augmenter."""
 
 from __future__ import annotations
 
@@ -418,10 +417,12 @@ def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor
     brains = data["brain"]  # (N, 1, H, W)
     seg, source, dropped = keep_label_maps(tumour_gan, brains, torch.arange(len(brains)), rule, generator,
                                            _inside_brain, "gan", folder)
-    brain = brains[source]
+    brain, real = brains[source], data["image"][source]  # the real slices the maps are put into
+    if getattr(getattr(translator, "hparams", None), "anatomy", "mask") == "tissue":  # their anatomy is kept, so
+        seg = torch.where(seg > 0, seg, data["seg"][source])  # is their own tumour: labelled, and drawn as tumour
     with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
-        images = torch.cat([translator.translate(s, b, generator=generator)
-                            for s, b in zip(seg.split(64), brain.split(64), strict=True)])
+        images = torch.cat([translator.translate(s, b, generator=generator, image=x) for s, b, x in
+                            zip(seg.split(64), brain.split(64), real.split(64), strict=True)])
     images = images.cpu() * brain  # background stays background, as in the real z-scored slices
     pairs = {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
              "brain": brain.numpy().astype(np.float32)}

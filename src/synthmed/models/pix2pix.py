@@ -8,6 +8,12 @@ mask pins the anatomy's extent, so the output is a plausible whole brain with th
 puts it, and the pair (map, image) stays consistent for segmentation training. Masks are cheap to get
 at synthesis time: take the brain mask of a real slice and place a sampled tumour inside it.
 
+With `anatomy="tissue"` the conditioning also holds the slice's tissue classes (`tissue_classes` one-hot
+channels, dark to bright in the modality `anatomy_modality`: CSF, grey and white matter in T1), read from the
+real slice whose brain mask is used, as Shin et al. (2018) condition on brain tissue labels plus tumour labels.
+The generator then draws the modalities of a given anatomy instead of guessing it from the outline: the mask
+alone leaves ventricles, sulci and the grey/white border one-to-many, and L1 averages them away.
+
 Losses (as in pix2pix): adversarial loss on a 70x70 PatchGAN that judges (condition, image) pairs,
 `gan_mode="vanilla"` (binary cross-entropy on logits, the paper's choice, default) or `"lsgan"`
 (least squares), plus `l1_weight` (lambda = 100) times the L1 distance to the real image. The
@@ -26,6 +32,32 @@ from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator, unet_depth
 
 GAN_MODES = ("vanilla", "lsgan")
+ANATOMY = ("mask", "tissue")
+
+
+@torch.no_grad()
+def tissue_classes(image: torch.Tensor, brain: torch.Tensor, seg: torch.Tensor, classes: int,
+                   iterations: int = 10) -> torch.Tensor:
+    """(B, H, W) intensities of one modality, brain masks (B, 1, H, W) or (B, H, W), labels (B, H, W) ->
+    (B, classes, H, W) one-hot tissue classes, ordered dark to bright: per slice a 1-D k-means (centres started
+    at the `(k + 0.5) / classes` quantiles, `iterations` Lloyd steps) of the pixels inside the brain and outside
+    the tumour. Pixels outside the brain or in the tumour belong to no class. Deterministic."""
+    inside = (brain.reshape(seg.shape) > 0) & (seg == 0)
+    out = torch.zeros(seg.shape[0], classes, *seg.shape[1:], dtype=torch.float32, device=image.device)
+    start = torch.tensor([(k + 0.5) / classes for k in range(classes)], device=image.device)
+    for b in range(seg.shape[0]):
+        values = image[b][inside[b]].float()
+        if values.numel() < classes:
+            continue
+        centres = torch.quantile(values, start)
+        for _ in range(iterations):
+            nearest = (values[:, None] - centres[None]).abs().argmin(1)
+            centres = torch.stack([values[nearest == k].mean() if (nearest == k).any() else centres[k]
+                                   for k in range(classes)])
+        order = torch.argsort(centres)
+        nearest = (values[:, None] - centres[order][None]).abs().argmin(1)
+        out[b].permute(1, 2, 0)[inside[b]] = F.one_hot(nearest, classes).float()
+    return out
 
 
 def check_gan_mode(gan_mode: str) -> None:
@@ -106,13 +138,23 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         lr: float,
         betas: tuple[float, float] | list[float],
         num_val_images: int,
+        anatomy: str,
+        anatomy_modality: int,
+        tissue_classes: int,
     ) -> None:
         super().__init__()
         check_gan_mode(gan_mode)
+        if anatomy not in ANATOMY:
+            raise ValueError(f"model.anatomy={anatomy!r} must be one of {list(ANATOMY)}")
+        if anatomy == "tissue" and not 0 <= anatomy_modality < out_channels:
+            raise ValueError(f"model.anatomy=tissue reads the classes from model.anatomy_modality={anatomy_modality}, "
+                             f"which must index one of the {out_channels} modalities (by default t1's: -1 when "
+                             f"data.modalities holds no t1)")
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
-        in_channels = (1 if binary else 3) + 1  # tumour channels + brain mask
+        in_channels = (1 if binary else 3) + 1 + (tissue_classes if anatomy == "tissue" else 0)  # tumour, brain,
+        # and the tissue classes
         self.generator = BrainUNetGenerator(
             in_channels,
             out_channels,
@@ -130,9 +172,10 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         )
 
     # --- conditioning -------------------------------------------------------------------------
-    def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    def condition(self, label_map: torch.Tensor, brain: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """labels (B, H, W) in 0..3 + brain mask (B, 1, H, W) -> (B, 4, H, W) (NCR, ED, ET, brain);
-        (B, 2, H, W) (tumour, brain) if binary."""
+        (B, 2, H, W) (tumour, brain) if binary; then, with `anatomy="tissue"`, the tissue classes of `image`
+        (B, M, H, W), the real slice the brain mask comes from, outside the tumour of `label_map`."""
         if label_map.ndim != 3:
             raise ValueError(f"label map must be (B, H, W), got shape {tuple(label_map.shape)}")
         if brain.ndim == 3:
@@ -142,7 +185,13 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
                 f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}"
             )
         tumour = region_channels(label_map, self.hparams.binary)
-        return torch.cat([tumour, brain.float()], dim=1)
+        parts = [tumour, brain.float()]
+        if self.hparams.anatomy == "tissue":
+            if image is None:
+                raise ValueError("model.anatomy=tissue reads the tissue classes from a real slice: pass its image")
+            parts.append(tissue_classes(image[:, self.hparams.anatomy_modality], brain, label_map,
+                                        self.hparams.tissue_classes))
+        return torch.cat(parts, dim=1)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         """Conditioning (B, C, H, W) -> images (B, out_channels, H, W)."""
@@ -150,8 +199,9 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
 
     @torch.no_grad()
     def translate(self, label_map: torch.Tensor, brain: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32.
+                  generator: torch.Generator | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+        """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32; `image`: the
+        real slices the masks come from (read with `anatomy="tissue"`).
 
         Eval mode (dropout off, batch norm on running statistics) under no_grad: deterministic.
         Inputs are moved to the module's device; the previous train/eval mode is restored. `generator` is
@@ -160,7 +210,8 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         was_training = self.generator.training
         self.generator.eval()
         try:
-            cond = self.condition(label_map.to(self.device), brain.to(self.device))
+            cond = self.condition(label_map.to(self.device), brain.to(self.device),
+                                  None if image is None else image.to(self.device))
             return self.generator(cond)
         finally:
             self.generator.train(was_training)
@@ -172,7 +223,7 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         return adversarial_loss(logits, real, self.hparams.gan_mode)
 
     def _sample_grid(self, seg: torch.Tensor, brain: torch.Tensor, image: torch.Tensor) -> np.ndarray:
-        return translation_grid(seg, image, self.translate(seg, brain))
+        return translation_grid(seg, image, self.translate(seg, brain, image=image))
 
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].float()
@@ -180,7 +231,7 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
             raise ValueError(
                 f"batch['image'] must be (B, {self.hparams.out_channels}, H, W) (model.out_channels), got {tuple(image.shape)}"
             )
-        return self.condition(batch["seg"], batch["brain"]), image
+        return self.condition(batch["seg"], batch["brain"], image), image
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()

@@ -99,10 +99,11 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
 
     @torch.no_grad()
     def translate(self, label_map: torch.Tensor, brain: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
         """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32.
 
-        One z per slice, drawn from `generator` (the same seeded generator gives the same images; another
+        `image` (the real slices the masks come from) is not read: SPADE draws the anatomy from z. One z per slice,
+        drawn from `generator` (the same seeded generator gives the same images; another
         seed, other brains for the same maps) or from the global RNG when None. Eval mode (batch norm on
         running statistics, so a slice does not depend on its batch-mates) under no_grad. Inputs are moved
         to the module's device; the previous train/eval mode is restored."""
