@@ -1,7 +1,9 @@
-"""Real brain slices beside each synthesis route's, from a `brats_embed` multirun (one job a route):
+"""Real brain slices beside each synthesis route's, from `brats_embed` runs (one job a route):
 
     python -m synthmed -m experiment=brats_embed scale=cpu aug=gan,gan_spade,gan_inpaint
-    python scripts/make_routes_figure.py <sweep dir> [--out docs/figures/routes_real_vs_synthetic_cpu.png]
+    python scripts/make_routes_figure.py <sweep dir> [<run dir> ...] [--out docs/figures/routes_real_vs_synthetic_cpu.png]
+
+Each argument is a multirun's dir (its jobs, in order) or one run's dir.
 
 One row of real training slices, then one row a route (FLAIR, the first modality), titled with its two-sample
 accuracy (inside the painted region for a route that paints into real slices, whose outline is drawn).
@@ -31,8 +33,9 @@ def _job(job_dir: Path) -> dict:
     config.data.root, config.data.cache = metrics["artifacts"]["data.root"], metrics["artifacts"]["data.cache"]
     config.data.aug = None  # the data module without its augmenter: the real training split
     data = OmegaConf.to_container(config.data, resolve=True)
-    return {"aug": str(config.aug.name), "pairs": metrics["artifacts"]["aug.pairs"], "test": metrics["test"],
-            "data": data}
+    anatomy = OmegaConf.select(config, "aug.pairs.pix2pix.anatomy", default=None)
+    name = "gan_tissue" if anatomy == "tissue" else str(config.aug.name)  # aug=gan_tissue, or aug=gan + its knob
+    return {"aug": name, "pairs": metrics["artifacts"]["aug.pairs"], "test": metrics["test"], "data": data}
 
 
 def _window(image: np.ndarray) -> np.ndarray:
@@ -42,7 +45,7 @@ def _window(image: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("dirs", type=Path, nargs="+", help="brats_embed multirun dirs or run dirs")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/routes_real_vs_synthetic_cpu.png"))
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
@@ -54,14 +57,18 @@ def main() -> None:
 
     from synthmed.augment.gan import real_training_split
 
-    jobs = [_job(d) for d in sorted(p.parent for p in args.sweep_dir.glob("*/metrics.json"))]
-    if not jobs:
-        raise FileNotFoundError(f"{args.sweep_dir}: no job dirs with metrics.json (a brats_embed multirun?)")
+    found = [[d] if (d / "metrics.json").is_file() else sorted(p.parent for p in d.glob("*/metrics.json"))
+             for d in args.dirs]
+    for d, dirs in zip(args.dirs, found, strict=True):
+        if not dirs:
+            raise FileNotFoundError(f"{d}: no metrics.json in it or in its job dirs (a brats_embed run or multirun?)")
+    jobs = [_job(d) for dirs in found for d in dirs]
     real = real_training_split(jobs[0]["data"]).real_train
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(real), args.columns, replace=False)
     rows = [("real", [real[int(i)]["image"].numpy()[0] for i in picks], None)]
-    names = {"gan": "pix2pix (aug=gan)", "gan_spade": "SPADE (aug=gan_spade)", "gan_inpaint": "painted (aug=gan_inpaint)"}
+    names = {"gan": "pix2pix (aug=gan)", "gan_tissue": "pix2pix given tissue classes (aug=gan_tissue)",
+             "gan_spade": "SPADE (aug=gan_spade)", "gan_inpaint": "painted (aug=gan_inpaint)"}
     for job in jobs:
         pairs = np.load(job["pairs"])
         idx = rng.choice(len(pairs["seg"]), args.columns, replace=False)

@@ -46,7 +46,7 @@ def data_config(brats_root, data_dir, image_size=32):
 def make_pairs(brats_root, tmp_path, data_dir=None, loggers=None, **kw):
     args = dict(dcgan=DCGAN, pix2pix=PIX2PIX, dcgan_epochs=1, pix2pix_epochs=1, batch_size=4, trainer=TRAINER,
                 generators=None, extra=5, min_tumour_pixels=0, max_tumour_fraction=1.0, max_components=None,
-                max_tries=20, data_dir=str(data_dir or tmp_path))
+                max_tries=20, data_dir=str(data_dir or tmp_path), translate_norm="batch")
     args.update(kw)
     return gan_pairs(data_config(brats_root, tmp_path), **args, loggers=loggers)
 
@@ -129,6 +129,24 @@ def test_tissue_conditioned_pairs_keep_the_real_slices_own_tumour(root, tmp_path
         sources = [it for it in real if np.array_equal(it["brain"].numpy(), brain)]
         assert sources and any(((it["seg"].numpy() > 0) <= (seg > 0)).all() for it in sources)
     assert any((it["seg"] > 0).any() for it in real)  # (there are real tumours to keep)
+    # aug=gan_tissue: this route by name; the same tumour generator and knobs as aug=gan
+    tissue, gan = compose_ci(["aug=gan_tissue"]).aug, _GAN.aug
+    assert tissue.name == "gan_tissue" and tissue.pairs.pix2pix.anatomy == "tissue"
+    assert tissue.pairs.pix2pix.anatomy_modality == 1 and gan.pairs.pix2pix.anatomy == "mask"
+    assert tissue.pairs.dcgan == gan.pairs.dcgan and (tissue.pairs.translate_norm, gan.pairs.translate_norm) == (
+        "batch", "running")
+
+
+def test_translate_norm_picks_the_batch_norm_of_synthesis_and_keys_the_pairs(root, tmp_path):  # noqa: F811
+    """aug.pairs.translate_norm: batch and running draw other images from the same generators (two pair artefacts,
+    one pix2pix), a typo fails naming the key."""
+    batch = dict(np.load(make_pairs(root, tmp_path, extra=4)))
+    running = dict(np.load(make_pairs(root, tmp_path, extra=4, translate_norm="running")))
+    assert len(folders(tmp_path / "gan" / "generators" / "pix2pix")) == 1
+    assert len(folders(tmp_path / "gan" / "pairs")) == 2
+    assert np.array_equal(batch["seg"], running["seg"]) and not np.allclose(batch["image"], running["image"])
+    with pytest.raises(ValueError, match="aug.pairs.translate_norm='train' must be one of"):
+        make_pairs(root, tmp_path, extra=4, translate_norm="train")
 
 
 def test_a_smaller_real_set_trains_the_generators_more_epochs(root, tmp_path):  # noqa: F811

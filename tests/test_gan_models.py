@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -391,6 +392,32 @@ def test_pix2pix_with_tissue_conditioning(tmp_path):
     assert found.i == 1 and found.j == -1
     with pytest.raises(Exception, match=r"'t2' is not in \['flair', 't1'\]"):
         _ = found.k
+
+
+def test_batch_statistics_normalise_with_the_batch_and_leave_the_running_averages():
+    """translate(batch_stats=True): batch norm on the batch's own statistics (what a train-mode batch norm gives),
+    dropout still off (the same input, the same images), running averages and every layer's mode unchanged."""
+    model = from_config("pix2pix", image_size=32, g_channels=4, d_channels=4)
+    for m in model.generator.modules():  # running averages far from any batch's statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(3.0)
+    buffers = {k: v.clone() for k, v in model.generator.named_buffers()}
+    labels, brain = torch.randint(0, 4, (4, 32, 32)), torch.ones(4, 1, 32, 32)
+    running = model.translate(labels, brain)
+    batch = model.translate(labels, brain, batch_stats=True)
+    assert not torch.allclose(running, batch)
+    assert torch.equal(batch, model.translate(labels, brain, batch_stats=True))  # dropout off: deterministic
+    assert all(torch.equal(v, buffers[k]) for k, v in model.generator.named_buffers())
+    assert model.generator.training and all(m.training for m in model.generator.modules())
+    reference = copy.deepcopy(model.generator).train()
+    for m in reference.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(batch, reference(model.condition(labels, brain)))
+    model.eval()
+    model.translate(labels, brain, batch_stats=True)
+    assert not any(m.training for m in model.generator.modules())  # eval mode given back too
 
 
 def test_patchgan_receptive_field_is_70():

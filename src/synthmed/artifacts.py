@@ -174,15 +174,16 @@ def brats_gan_pairs(dcgan: Mapping[str, Any], pix2pix: Mapping[str, Any], dcgan_
                     batch_size: int, trainer: Mapping[str, Any], generators: Any, extra: int, min_tumour_pixels: int,
                     max_tumour_fraction: float, max_components: int | None, max_tries: int, data_dir: str,
                     cfg: Any, loggers: list[Any] | None = None, epochs_at: int | None = None,
-                    map_upsample: str = "bilinear") -> Path:
+                    map_upsample: str = "bilinear", *, translate_norm: str) -> Path:
     """The synthetic pairs file of `aug=gan`: the generators (their own artefact) trained by the job's `trainer`
     on the real training split of the job's data config (`cfg.data`, resolved before), logging to the run's
-    `loggers`, then sampled. `epochs_at`: the split size the epochs are counted at (`generator_epochs`)."""
+    `loggers`, then sampled. `epochs_at`: the split size the epochs are counted at (`generator_epochs`);
+    `translate_norm` (no default here: conf/aug/gan.yaml holds it): the brain generator's batch norm at synthesis."""
     from synthmed.augment.gan import gan_pairs
 
     return gan_pairs(cfg.data, dcgan, pix2pix, dcgan_epochs, pix2pix_epochs, batch_size, trainer, generators, extra,
                      min_tumour_pixels, max_tumour_fraction, max_components, max_tries, data_dir, loggers, epochs_at,
-                     map_upsample)
+                     map_upsample, translate_norm=translate_norm)
 
 
 def brats_inpaint_pairs(dcgan: Mapping[str, Any], inpaint: Mapping[str, Any], dcgan_epochs: int, inpaint_epochs: int,

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import Logger
+
 log = logging.getLogger(__name__)
 
 # the metadata file an artefact writes last: synthmed.artifacts' own, or the renderer's dataset.yaml
@@ -123,3 +125,49 @@ def log_checkpoint(loggers: Iterable[Any], path: str | None, name: str, metadata
 
 def _kind(stage: str) -> str:
     return "model" if "generator" in stage or stage in ("brats_dcgan", "brats_pix2pix") else "dataset"
+
+
+class PrefixedLogger(Logger):
+    """One of the run's loggers seen through a metric prefix (`gan/dcgan/train/d_loss`), so a generator trained
+    inside a run logs beside the U-Net's curves without mixing into them. It never finalises the run's logger."""
+
+    def __init__(self, inner: Logger, prefix: str) -> None:
+        super().__init__()
+        self.inner, self.prefix = inner, prefix
+
+    @property
+    def name(self) -> str | None:
+        return self.inner.name
+
+    @property
+    def version(self) -> int | str | None:
+        return self.inner.version
+
+    @property
+    def save_dir(self) -> str | None:
+        return getattr(self.inner, "save_dir", None)
+
+    @property
+    def experiment(self) -> Any:
+        return self.inner.experiment
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics({f"{self.prefix}/{key}": value for key, value in metrics.items()}, step)
+
+    @property
+    def forwards_images(self) -> bool:  # read by synthmed.visual.log_image
+        return type(self.inner).__name__ == "WandbLogger"
+
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        """Pictures (a generator's sample grids) to the run's W&B logger, under the prefix."""
+        if self.forwards_images:
+            self.inner.log_image(key=f"{self.prefix}/{key}", images=images, step=step, **kwargs)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the run logs its whole config (the generators' included) itself
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        self.inner.save()  # the run's logger stays open for the U-Net

@@ -56,7 +56,7 @@ def log_image(trainer: Any, key: str, image: Any, step: int | None = None, capti
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(path)
     for logger in getattr(trainer, "loggers", []) or []:
-        # W&B loggers, and loggers that forward pictures to a run's W&B logger (augment.gan.PrefixedLogger: a
+        # W&B loggers, and loggers that forward pictures to a run's W&B logger (tracking.PrefixedLogger: a
         # generator trained inside a U-Net job shows its samples in that job's run, under its prefix)
         if type(logger).__name__ == "WandbLogger" or getattr(logger, "forwards_images", False):
             extra = {"caption": [caption]} if caption else {}

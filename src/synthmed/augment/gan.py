@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from synthmed.augment.base import Augmenter
 from synthmed.data.brats import labels
+from synthmed.tracking import PrefixedLogger
 from synthmed.utils import atomic_path, config_hash, to_plain
 
 log = logging.getLogger(__name__)
@@ -86,52 +87,6 @@ def _global_rng_untouched() -> Iterator[None]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-
-
-class PrefixedLogger(Logger):
-    """One of the run's loggers seen through a metric prefix (`gan/dcgan/train/d_loss`), so a generator trained
-    inside a run logs beside the U-Net's curves without mixing into them. It never finalises the run's logger."""
-
-    def __init__(self, inner: Logger, prefix: str) -> None:
-        super().__init__()
-        self.inner, self.prefix = inner, prefix
-
-    @property
-    def name(self) -> str | None:
-        return self.inner.name
-
-    @property
-    def version(self) -> int | str | None:
-        return self.inner.version
-
-    @property
-    def save_dir(self) -> str | None:
-        return getattr(self.inner, "save_dir", None)
-
-    @property
-    def experiment(self) -> Any:
-        return self.inner.experiment
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.inner.log_metrics({f"{self.prefix}/{key}": value for key, value in metrics.items()}, step)
-
-    @property
-    def forwards_images(self) -> bool:  # read by synthmed.visual.log_image
-        return type(self.inner).__name__ == "WandbLogger"
-
-    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
-        """Pictures (a generator's sample grids) to the run's W&B logger, under the prefix."""
-        if self.forwards_images:
-            self.inner.log_image(key=f"{self.prefix}/{key}", images=images, step=step, **kwargs)
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the run logs its whole config (the generators' included) itself
-
-    def save(self) -> None:
-        self.inner.save()
-
-    def finalize(self, status: str) -> None:
-        self.inner.save()  # the run's logger stays open for the U-Net
 
 
 def generator_trainer_config(trainer: Mapping[str, Any], epochs: int) -> dict[str, Any]:
@@ -262,7 +217,7 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
               pix2pix_epochs: int, batch_size: int, trainer: Mapping[str, Any], generators: Mapping[str, Any] | None,
               extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
               max_tries: int, data_dir: str | Path, loggers: list[Logger] | None = None,
-              epochs_at: int | None = None, map_upsample: str = "bilinear") -> Path:
+              epochs_at: int | None = None, map_upsample: str = "bilinear", *, translate_norm: str) -> Path:
     """The pairs file of `aug=gan` (the stage `brats_gan_pairs`): `extra` synthetic pairs sampled from the
     generators trained on the real training split of `data` (or loaded from `generators`; their epochs as
     `generator_epochs` gives them), found by the hash of what produced them or made first (under locks). The
@@ -279,7 +234,11 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
         given = given_generators(generators, list(configs))
         keys = generator_keys(configs, epochs, int(batch_size), seed, _digest(slices), given)
         rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample)
+        if translate_norm not in TRANSLATE_NORMS:
+            raise ValueError(f"aug.pairs.translate_norm={translate_norm!r} must be one of {list(TRANSLATE_NORMS)}")
         config = {"generators": keys, "rule": rule}
+        if translate_norm != "running":  # (running: the key, and so the cached pairs, of the runs before this knob)
+            config["translate_norm"] = translate_norm
         extra_meta: dict[str, Any] = {"labels": labels.convention()}
 
         def make(out: Path) -> None:
@@ -289,7 +248,8 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
             else:
                 modules = load_generators(slices, seed, configs, keys, int(batch_size), trainer, given,
                                           Path(data_dir), list(loggers or []))
-                pairs, counts = _sample_pairs(modules["dcgan"], modules["pix2pix"], slices, seed, rule, out)
+                pairs, counts = _sample_pairs(modules["dcgan"], modules["pix2pix"], slices, seed, rule, out,
+                                              batch_stats=translate_norm == "batch")
             with atomic_path(out / PAIRS_FILE) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **pairs)
             if len(pairs["seg"]):
@@ -305,6 +265,7 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
 
 
 MAP_UPSAMPLING = ("bilinear", "nearest")
+TRANSLATE_NORMS = ("batch", "running")  # the brain generator's batch norm at synthesis (models.pix2pix.batch_statistics)
 
 
 def sampling_rule(extra: int, min_tumour_pixels: int, max_tumour_fraction: float, max_components: int | None,
@@ -411,8 +372,8 @@ def _inside_brain(maps: torch.Tensor, brains: torch.Tensor, generator: torch.Gen
     return maps * (brains[:, 0] > 0)
 
 
-def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int,
-                  rule: dict[str, Any], folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor], seed: int, rule: dict[str, Any],
+                  folder: Path, batch_stats: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     generator = torch.Generator().manual_seed(seed)
     brains = data["brain"]  # (N, 1, H, W)
     seg, source, dropped = keep_label_maps(tumour_gan, brains, torch.arange(len(brains)), rule, generator,
@@ -421,8 +382,8 @@ def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor
     if getattr(getattr(translator, "hparams", None), "anatomy", "mask") == "tissue":  # their anatomy is kept, so
         seg = torch.where(seg > 0, seg, data["seg"][source])  # is their own tumour: labelled, and drawn as tumour
     with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
-        images = torch.cat([translator.translate(s, b, generator=generator, image=x) for s, b, x in
-                            zip(seg.split(64), brain.split(64), real.split(64), strict=True)])
+        images = torch.cat([translator.translate(s, b, generator=generator, image=x, batch_stats=batch_stats)
+                            for s, b, x in zip(seg.split(64), brain.split(64), real.split(64), strict=True)])
     images = images.cpu() * brain  # background stays background, as in the real z-scored slices
     pairs = {"image": images.numpy().astype(np.float32), "seg": seg.numpy().astype(np.int64),
              "brain": brain.numpy().astype(np.float32)}

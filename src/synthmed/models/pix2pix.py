@@ -22,10 +22,14 @@ discriminator loss is halved, which slows D relative to G as in the paper.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from synthmed.data.brats.labels import colourise
 from synthmed.models.dcgan import region_channels
@@ -33,6 +37,25 @@ from synthmed.models.nets.pix2pix import BrainUNetGenerator, PatchDiscriminator,
 
 GAN_MODES = ("vanilla", "lsgan")
 ANATOMY = ("mask", "tissue")
+
+
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module, on: bool = True) -> Iterator[None]:
+    """With `on`, the batch norm layers of `module` normalise with the statistics of the batch at hand, as pix2pix
+    does at test time, instead of their running averages, and leave those untouched; every other layer keeps its
+    mode (dropout off in eval). A generator trained with dropout before batch norm shifts the running averages
+    away from what dropout-free activations give: the modalities' levels come out wrong (docs/gan.md)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if on else []
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:  # training without tracking: batch statistics, and the running buffers neither read nor written
+        m.train()
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, (training, tracking) in zip(norms, saved, strict=True):
+            m.train(training)
+            m.track_running_stats = tracking
 
 
 @torch.no_grad()
@@ -198,10 +221,11 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         return self.generator(cond)
 
     @torch.no_grad()
-    def translate(self, label_map: torch.Tensor, brain: torch.Tensor,
-                  generator: torch.Generator | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+    def translate(self, label_map: torch.Tensor, brain: torch.Tensor, generator: torch.Generator | None = None,
+                  image: torch.Tensor | None = None, batch_stats: bool = False) -> torch.Tensor:
         """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32; `image`: the
-        real slices the masks come from (read with `anatomy="tissue"`).
+        real slices the masks come from (read with `anatomy="tissue"`); `batch_stats`: batch norm on the
+        statistics of these B slices (`batch_statistics`), not its running averages.
 
         Eval mode (dropout off, batch norm on running statistics) under no_grad: deterministic.
         Inputs are moved to the module's device; the previous train/eval mode is restored. `generator` is
@@ -212,7 +236,8 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         try:
             cond = self.condition(label_map.to(self.device), brain.to(self.device),
                                   None if image is None else image.to(self.device))
-            return self.generator(cond)
+            with batch_statistics(self.generator, batch_stats):
+                return self.generator(cond)
         finally:
             self.generator.train(was_training)
 

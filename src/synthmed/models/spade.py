@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.spade import MultiScaleDiscriminator, SpadeGenerator
-from synthmed.models.pix2pix import SampleGrids, translation_grid
+from synthmed.models.pix2pix import SampleGrids, batch_statistics, translation_grid
 
 
 class SpadeTranslator(SampleGrids, pl.LightningModule):
@@ -98,9 +98,10 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         return self.generator(cond, self.noise(cond.shape[0]) if z is None else z)
 
     @torch.no_grad()
-    def translate(self, label_map: torch.Tensor, brain: torch.Tensor,
-                  generator: torch.Generator | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
-        """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32.
+    def translate(self, label_map: torch.Tensor, brain: torch.Tensor, generator: torch.Generator | None = None,
+                  image: torch.Tensor | None = None, batch_stats: bool = False) -> torch.Tensor:
+        """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32; `batch_stats`:
+        batch norm on the statistics of these B slices (`pix2pix.batch_statistics`).
 
         `image` (the real slices the masks come from) is not read: SPADE draws the anatomy from z. One z per slice,
         drawn from `generator` (the same seeded generator gives the same images; another
@@ -111,7 +112,9 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         self.generator.eval()
         try:
             cond = self.condition(label_map.to(self.device), brain.to(self.device))
-            return self.generator(cond, self.noise(cond.shape[0], generator))
+            noise = self.noise(cond.shape[0], generator)
+            with batch_statistics(self.generator, batch_stats):
+                return self.generator(cond, noise)
         finally:
             self.generator.train(was_training)
 
