@@ -176,8 +176,8 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
-        in_channels = (1 if binary else 3) + 1 + (tissue_classes if anatomy == "tissue" else 0)  # tumour, brain,
-        # and the tissue classes
+        # tumour channels, brain mask, and the tissue classes
+        in_channels = (1 if binary else 3) + 1 + (tissue_classes if anatomy == "tissue" else 0)
         self.generator = BrainUNetGenerator(
             in_channels,
             out_channels,
