@@ -147,6 +147,7 @@ def test_translate_norm_picks_the_batch_norm_of_synthesis_and_keys_the_pairs(roo
     assert np.array_equal(batch["seg"], running["seg"]) and not np.allclose(batch["image"], running["image"])
     with pytest.raises(ValueError, match="aug.pairs.translate_norm='train' must be one of"):
         make_pairs(root, tmp_path, extra=4, translate_norm="train")
+    assert len(folders(tmp_path / "gan" / "pairs")) == 2  # nothing made
 
 
 def test_a_smaller_real_set_trains_the_generators_more_epochs(root, tmp_path):  # noqa: F811

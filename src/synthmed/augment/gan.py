@@ -225,6 +225,9 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
     import time
 
     since = time.time()
+    rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample)
+    if translate_norm not in TRANSLATE_NORMS:  # both checked before the data are loaded
+        raise ValueError(f"aug.pairs.translate_norm={translate_norm!r} must be one of {list(TRANSLATE_NORMS)}")
     with _global_rng_untouched():
         datamodule = real_training_split(data)
         slices = _training_slices(datamodule.real_train)
@@ -233,9 +236,6 @@ def gan_pairs(data: Mapping[str, Any], dcgan: Mapping[str, Any], pix2pix: Mappin
         epochs = generator_epochs({"dcgan": dcgan_epochs, "pix2pix": pix2pix_epochs}, len(slices["seg"]), epochs_at)
         given = given_generators(generators, list(configs))
         keys = generator_keys(configs, epochs, int(batch_size), seed, _digest(slices), given)
-        rule = sampling_rule(extra, min_tumour_pixels, max_tumour_fraction, max_components, max_tries, map_upsample)
-        if translate_norm not in TRANSLATE_NORMS:
-            raise ValueError(f"aug.pairs.translate_norm={translate_norm!r} must be one of {list(TRANSLATE_NORMS)}")
         config = {"generators": keys, "rule": rule}
         if translate_norm != "running":  # (running: the key, and so the cached pairs, of the runs before this knob)
             config["translate_norm"] = translate_norm
@@ -379,7 +379,7 @@ def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor
     seg, source, dropped = keep_label_maps(tumour_gan, brains, torch.arange(len(brains)), rule, generator,
                                            _inside_brain, "gan", folder)
     brain, real = brains[source], data["image"][source]  # the real slices the maps are put into
-    if getattr(getattr(translator, "hparams", None), "anatomy", "mask") == "tissue":  # their anatomy is kept, so
+    if translator.hparams.get("anatomy") == "tissue":  # their anatomy is kept (pix2pix's knob; SPADE has none), so
         seg = torch.where(seg > 0, seg, data["seg"][source])  # is their own tumour: labelled, and drawn as tumour
     with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
         images = torch.cat([translator.translate(s, b, generator=generator, image=x, batch_stats=batch_stats)
