@@ -60,6 +60,7 @@ def test_run_writes_metrics_csv_and_wandb(frames_dir, tmp_path):
     assert metrics["status"] == "ok" and metrics["seed"] == 0 and metrics["scale"] == "ci"
     if pin_cpu_isa({}).get("ATEN_CPU_CAPABILITY") and "ATEN_CPU_CAPABILITY" not in os.environ:
         assert metrics["cpu_kernels"] == "AVX2"  # the entry point pinned torch's kernels (an AVX2 host)
+    assert isinstance(metrics["cpu_model"], str) and metrics["cpu_model"] not in ("", "unknown")
     assert set(metrics["test"]) >= {"test/acc", "test/auroc", "test/f1", "test/loss"}
     assert "val/loss" in metrics["best_val"] and metrics["wall_time_s"] > 0
     assert f"data.root={frames_dir}" in metrics["overrides"]

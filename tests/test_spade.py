@@ -187,6 +187,36 @@ def test_sample_grid_without_validation(tmp_path):
     assert grid.shape == (4 * 34 - 2, 13 * 34 - 2, 3)
 
 
+def test_tissue_conditioning_modulates_every_layer_and_needs_the_real_slice(tmp_path):
+    """anatomy=tissue (as pix2pix's): the conditioning adds the tissue classes of the slice the mask comes from
+    (t1's), every modulation sees them and learns from them, the grid draws them, and without that slice the
+    generator refuses; a bad modality index names its key."""
+    from PIL import Image
+
+    from synthmed.models.pix2pix import tissue_classes
+
+    model = small(image_size=32, anatomy="tissue")
+    assert model.hparams.anatomy_modality == 1  # t1 in data.modalities [flair, t1, t1ce, t2]
+    batch = next(iter(loader(32)))
+    cond = model.condition(batch["seg"], batch["brain"], batch["image"])
+    assert cond.shape == (4, 7, 32, 32)
+    assert torch.equal(cond[:, 4:], tissue_classes(batch["image"][:, 1], batch["brain"], batch["seg"], 3))
+    mods = [m for m in model.generator.modules() if isinstance(m, SpatialModulation)]
+    assert mods and all(m.shared[0].in_channels == 7 for m in mods)
+    with pytest.raises(ValueError, match="model.anatomy=tissue reads the tissue classes from a real slice"):
+        model.translate(batch["seg"], batch["brain"])
+    rng = torch.Generator().manual_seed(0)
+    out = model.translate(batch["seg"], batch["brain"], generator=rng, image=batch["image"], batch_stats=True)
+    assert out.shape == (4, 4, 32, 32) and torch.isfinite(out).all()
+    tissue_weights = mods[0].shared[0].weight[:, 4:].detach().clone()
+    trainer(tmp_path, steps=2, limit_val_batches=0).fit(model, loader(32))
+    assert not torch.equal(mods[0].shared[0].weight[:, 4:].detach(), tissue_weights)
+    assert np.asarray(Image.open(tmp_path / "images" / "samples_spade_grid_0000.png")).shape == (4 * 34 - 2,
+                                                                                               13 * 34 - 2, 3)
+    with pytest.raises(ValueError, match="model.anatomy_modality=4, which must index one of the 4 modalities"):
+        small(image_size=32, anatomy="tissue", anatomy_modality=4)
+
+
 def test_feature_matching_gradients_pull_the_fakes_towards_real():
     """With the discriminator fixed, a few generator steps on the feature-matching loss alone reduce it."""
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from synthmed import __version__, artifacts, tracking
-from synthmed.utils import atomic_write_json, atomic_write_text, git_commit, to_plain
+from synthmed.utils import atomic_write_json, atomic_write_text, cpu_model, git_commit, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ def run(cfg: DictConfig) -> float | None:
             "scale": cfg.scale.name,
             "threads": torch.get_num_threads(),
             "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 when pinned (utils.pin_cpu_isa)
+            "cpu_model": cpu_model(),  # where it ran: other CPU models may round differently (docs/running.md)
             "overrides": overrides,
             "git_commit": git_commit(),
             "synthmed_version": __version__,

@@ -201,6 +201,20 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else platform's), for the run record: runs on CPUs of other models can
+    round differently even with torch's kernels pinned (docs/running.md), so a record says where it ran."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = (), output_dir: str | os.PathLike | None = None) -> Any:
     """The config `python -m synthmed <overrides>` would run, composed from the shipped `synthmed.conf`
     (for tests, benchmarks and scripts). With `output_dir`, Hydra's runtime node is set too, so

@@ -379,7 +379,7 @@ def _sample_pairs(tumour_gan: Any, translator: Any, data: dict[str, torch.Tensor
     seg, source, dropped = keep_label_maps(tumour_gan, brains, torch.arange(len(brains)), rule, generator,
                                            _inside_brain, "gan", folder)
     brain, real = brains[source], data["image"][source]  # the real slices the maps are put into
-    if translator.hparams.get("anatomy") == "tissue":  # their anatomy is kept (pix2pix's knob; SPADE has none), so
+    if translator.hparams.anatomy == "tissue":  # their anatomy is kept (model.anatomy), so
         seg = torch.where(seg > 0, seg, data["seg"][source])  # is their own tumour: labelled, and drawn as tumour
     with torch.no_grad():  # the seeded generator: a brain generator that draws noise (SPADE) draws it from there
         images = torch.cat([translator.translate(s, b, generator=generator, image=x, batch_stats=batch_stats)

@@ -83,6 +83,41 @@ def tissue_classes(image: torch.Tensor, brain: torch.Tensor, seg: torch.Tensor, 
     return out
 
 
+def check_anatomy(anatomy: str, anatomy_modality: int, out_channels: int) -> None:
+    """The `anatomy` knobs of a brain generator (pix2pix, SPADE), checked before anything is built."""
+    if anatomy not in ANATOMY:
+        raise ValueError(f"model.anatomy={anatomy!r} must be one of {list(ANATOMY)}")
+    if anatomy == "tissue" and not 0 <= anatomy_modality < out_channels:
+        raise ValueError(f"model.anatomy=tissue reads the classes from model.anatomy_modality={anatomy_modality}, "
+                         f"which must index one of the {out_channels} modalities (by default t1's: -1 when "
+                         f"data.modalities holds no t1)")
+
+
+def condition_channels(binary: bool, anatomy: str, classes: int) -> int:
+    """Channels of a brain generator's conditioning: tumour (1 if binary, else NCR/ED/ET), the brain mask, and
+    with `anatomy="tissue"` the tissue classes."""
+    return (1 if binary else 3) + 1 + (classes if anatomy == "tissue" else 0)
+
+
+def brain_condition(label_map: torch.Tensor, brain: torch.Tensor, image: torch.Tensor | None, hp) -> torch.Tensor:
+    """labels (B, H, W) in 0..3 + brain mask (B, 1, H, W) -> (B, 4, H, W) (NCR, ED, ET, brain); (B, 2, H, W)
+    (tumour, brain) if `hp.binary`; then, with `hp.anatomy="tissue"`, the tissue classes of `image` (B, M, H, W),
+    the real slice the brain mask comes from, outside the tumour of `label_map`. `hp`: a brain generator's hparams
+    (binary, anatomy, anatomy_modality, tissue_classes)."""
+    if label_map.ndim != 3:
+        raise ValueError(f"label map must be (B, H, W), got shape {tuple(label_map.shape)}")
+    if brain.ndim == 3:
+        brain = brain.unsqueeze(1)
+    if brain.shape[0] != label_map.shape[0] or brain.shape[-2:] != label_map.shape[-2:]:
+        raise ValueError(f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}")
+    parts = [region_channels(label_map, hp.binary), brain.float()]
+    if hp.anatomy == "tissue":
+        if image is None:
+            raise ValueError("model.anatomy=tissue reads the tissue classes from a real slice: pass its image")
+        parts.append(tissue_classes(image[:, hp.anatomy_modality], brain, label_map, hp.tissue_classes))
+    return torch.cat(parts, dim=1)
+
+
 def check_gan_mode(gan_mode: str) -> None:
     if gan_mode not in GAN_MODES:
         raise ValueError(f"model.gan_mode must be 'vanilla' or 'lsgan', got {gan_mode!r}")
@@ -167,17 +202,12 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
     ) -> None:
         super().__init__()
         check_gan_mode(gan_mode)
-        if anatomy not in ANATOMY:
-            raise ValueError(f"model.anatomy={anatomy!r} must be one of {list(ANATOMY)}")
-        if anatomy == "tissue" and not 0 <= anatomy_modality < out_channels:
-            raise ValueError(f"model.anatomy=tissue reads the classes from model.anatomy_modality={anatomy_modality}, "
-                             f"which must index one of the {out_channels} modalities (by default t1's: -1 when "
-                             f"data.modalities holds no t1)")
+        check_anatomy(anatomy, anatomy_modality, out_channels)
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
         # tumour channels, brain mask, and the tissue classes
-        in_channels = (1 if binary else 3) + 1 + (tissue_classes if anatomy == "tissue" else 0)
+        in_channels = condition_channels(binary, anatomy, tissue_classes)
         self.generator = BrainUNetGenerator(
             in_channels,
             out_channels,
@@ -196,25 +226,8 @@ class BrainSliceTranslator(SampleGrids, pl.LightningModule):
 
     # --- conditioning -------------------------------------------------------------------------
     def condition(self, label_map: torch.Tensor, brain: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """labels (B, H, W) in 0..3 + brain mask (B, 1, H, W) -> (B, 4, H, W) (NCR, ED, ET, brain);
-        (B, 2, H, W) (tumour, brain) if binary; then, with `anatomy="tissue"`, the tissue classes of `image`
-        (B, M, H, W), the real slice the brain mask comes from, outside the tumour of `label_map`."""
-        if label_map.ndim != 3:
-            raise ValueError(f"label map must be (B, H, W), got shape {tuple(label_map.shape)}")
-        if brain.ndim == 3:
-            brain = brain.unsqueeze(1)
-        if brain.shape[0] != label_map.shape[0] or brain.shape[-2:] != label_map.shape[-2:]:
-            raise ValueError(
-                f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}"
-            )
-        tumour = region_channels(label_map, self.hparams.binary)
-        parts = [tumour, brain.float()]
-        if self.hparams.anatomy == "tissue":
-            if image is None:
-                raise ValueError("model.anatomy=tissue reads the tissue classes from a real slice: pass its image")
-            parts.append(tissue_classes(image[:, self.hparams.anatomy_modality], brain, label_map,
-                                        self.hparams.tissue_classes))
-        return torch.cat(parts, dim=1)
+        """The generator's input: tumour channels, brain mask (and tissue classes of `image`): `brain_condition`."""
+        return brain_condition(label_map, brain, image, self.hparams)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         """Conditioning (B, C, H, W) -> images (B, out_channels, H, W)."""

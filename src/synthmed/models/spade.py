@@ -6,7 +6,9 @@ three changes aimed at what pix2pix gets wrong (blurred brains without gyri or v
 1. The conditioning (one-hot NCR/ED/ET + brain mask) modulates every generator layer through
    spatially-adaptive normalisation instead of entering once at the input (`nets/spade.py`).
 2. The generator starts from noise z, so the anatomy the conditioning leaves open is drawn, one brain per
-   z, instead of averaged: the same map and mask with two seeds give two brains.
+   z, instead of averaged: the same map and mask with two seeds give two brains. With `anatomy="tissue"` the
+   conditioning also holds the tissue classes of the real slice the mask comes from (as pix2pix's, and as in
+   SPADE's own use: semantic label maps in, images out), and z draws the texture of a given anatomy.
 3. No L1-dominated loss (L1 to one real image is what turns a one-to-many answer into a blur). G is trained
    by the hinge loss of a multi-scale PatchGAN plus feature matching (L1 between the discriminator's
    intermediate features of real and synthetic slices, `fm_weight`), with an optional small pixel L1
@@ -28,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.dcgan import region_channels
 from synthmed.models.nets.spade import MultiScaleDiscriminator, SpadeGenerator
-from synthmed.models.pix2pix import SampleGrids, batch_statistics, translation_grid
+from synthmed.models.pix2pix import (SampleGrids, batch_statistics, brain_condition, check_anatomy,
+                                     condition_channels, translation_grid)
 
 
 class SpadeTranslator(SampleGrids, pl.LightningModule):
@@ -63,12 +65,16 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         betas: tuple[float, float] | list[float],
         num_val_images: int,
         sample_seed: int,
+        anatomy: str,
+        anatomy_modality: int,
+        tissue_classes: int,
     ) -> None:
         super().__init__()
+        check_anatomy(anatomy, anatomy_modality, out_channels)
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
-        in_channels = (1 if binary else 3) + 1  # tumour channels + brain mask
+        in_channels = condition_channels(binary, anatomy, tissue_classes)  # tumour, brain mask (, tissue classes)
         self.generator = SpadeGenerator(image_size, in_channels, out_channels, latent_dim, g_channels, max_channels,
                                         norm)
         # D judges the pair: conditioning and image stacked along channels
@@ -76,17 +82,10 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
                                                      max_channels, image_size)
 
     # --- conditioning and sampling ------------------------------------------------------------
-    def condition(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        """labels (B, H, W) in 0..3 + brain mask (B, 1, H, W) -> (B, 4, H, W) (NCR, ED, ET, brain);
-        (B, 2, H, W) (tumour, brain) if binary. The same channels as `BrainSliceTranslator.condition`."""
-        if label_map.ndim != 3:
-            raise ValueError(f"label map must be (B, H, W), got shape {tuple(label_map.shape)}")
-        if brain.ndim == 3:
-            brain = brain.unsqueeze(1)
-        if brain.shape[0] != label_map.shape[0] or brain.shape[-2:] != label_map.shape[-2:]:
-            raise ValueError(f"brain mask {tuple(brain.shape)} does not match label map {tuple(label_map.shape)}")
-        tumour = region_channels(label_map, self.hparams.binary)
-        return torch.cat([tumour, brain.float()], dim=1)
+    def condition(self, label_map: torch.Tensor, brain: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning: tumour channels, brain mask (and with `anatomy="tissue"` the tissue classes of `image`,
+        the real slice the mask comes from), as pix2pix's (`pix2pix.brain_condition`)."""
+        return brain_condition(label_map, brain, image, self.hparams)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I), (n, latent_dim), from `generator` (on its device) or the global RNG, on the module's device."""
@@ -103,7 +102,8 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         """labels (B, H, W) int64 in 0..3 + brain mask (B, 1, H, W) -> images (B, M, H, W) float32; `batch_stats`:
         batch norm on the statistics of these B slices (`pix2pix.batch_statistics`).
 
-        `image` (the real slices the masks come from) is not read: SPADE draws the anatomy from z. One z per slice,
+        `image` (the real slices the masks come from) is read only with `anatomy="tissue"`: otherwise SPADE draws
+        the anatomy from z. One z per slice,
         drawn from `generator` (the same seeded generator gives the same images; another
         seed, other brains for the same maps) or from the global RNG when None. Eval mode (batch norm on
         running statistics, so a slice does not depend on its batch-mates) under no_grad. Inputs are moved
@@ -111,7 +111,8 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         was_training = self.generator.training
         self.generator.eval()
         try:
-            cond = self.condition(label_map.to(self.device), brain.to(self.device))
+            cond = self.condition(label_map.to(self.device), brain.to(self.device),
+                                  None if image is None else image.to(self.device))
             noise = self.noise(cond.shape[0], generator)
             with batch_statistics(self.generator, batch_stats):
                 return self.generator(cond, noise)
@@ -134,7 +135,7 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         if image.ndim != 4 or image.shape[1] != self.hparams.out_channels:
             raise ValueError(f"batch['image'] must be (B, {self.hparams.out_channels}, H, W) (model.out_channels), "
                              f"got {tuple(image.shape)}")
-        return self.condition(batch["seg"], batch["brain"]), image
+        return self.condition(batch["seg"], batch["brain"], image), image
 
     def _finite(self, **losses: torch.Tensor) -> None:
         """A diverged GAN stops here, with the loss and the learning rates named, before it steps on NaNs
@@ -190,8 +191,8 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         """One row per example: label map | real modalities | synthetic (z_1) | synthetic (z_2), two draws
         from the fixed noise of `sample_seed`: the grid shows the same z every epoch, and how much z changes."""
         rng = torch.Generator().manual_seed(self.hparams.sample_seed)
-        first = self.translate(labels, brain, generator=rng)
-        second = self.translate(labels, brain, generator=rng)
+        first = self.translate(labels, brain, generator=rng, image=real)
+        second = self.translate(labels, brain, generator=rng, image=real)
         grid = translation_grid(labels, real, first)
         other = translation_grid(labels, real, second)
         m, w, pad = real.shape[1], real.shape[-1], 2
