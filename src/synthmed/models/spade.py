@@ -103,11 +103,10 @@ class SpadeTranslator(SampleGrids, pl.LightningModule):
         batch norm on the statistics of these B slices (`pix2pix.batch_statistics`).
 
         `image` (the real slices the masks come from) is read only with `anatomy="tissue"`: otherwise SPADE draws
-        the anatomy from z. One z per slice,
-        drawn from `generator` (the same seeded generator gives the same images; another
-        seed, other brains for the same maps) or from the global RNG when None. Eval mode (batch norm on
-        running statistics, so a slice does not depend on its batch-mates) under no_grad. Inputs are moved
-        to the module's device; the previous train/eval mode is restored."""
+        the anatomy from z. One z per slice, drawn from `generator` (the same seeded generator gives the same
+        images; another seed, other brains for the same maps) or from the global RNG when None. Eval mode under
+        no_grad: batch norm on running statistics (a slice does not depend on its batch-mates) unless `batch_stats`.
+        Inputs are moved to the module's device; the previous train/eval mode is restored."""
         was_training = self.generator.training
         self.generator.eval()
         try:
