@@ -1,11 +1,12 @@
-"""Training images/s of the tumour generator (DCGAN) and the two brain generators (pix2pix of `aug=gan`,
-SPADE of `aug=gan_spade`), and synthesis pairs/s (sample label maps + translate them, with each brain
+"""Training images/s of the tumour generator (DCGAN), the two brain generators (pix2pix of `aug=gan`,
+SPADE of `aug=gan_spade`) and the tumour painter of `aug=gan_inpaint` (on whole slices, and on `--window` px
+around each region, `aug.pairs.inpaint.window`), and synthesis pairs/s (sample label maps + translate them, with each brain
 generator), at the sizes of a scale. Prints one JSON line a scale.
 
 Batches are label maps with random elliptic tumours inside a disc-shaped brain, and random images:
 throughput does not depend on what the pixels show.
 
-    python benchmarks/gan_throughput.py --scales cpu paper [--steps 6]
+    python benchmarks/gan_throughput.py --scales cpu paper [--steps 6] [--window 64]
 """
 
 from __future__ import annotations
@@ -42,22 +43,26 @@ def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str,
     return items
 
 
-def generators(scale: str):
-    """The generators exactly as `aug=gan` and `aug=gan_spade` build them at `scale` (composed config,
-    aug.pairs.*): the tumour generator, pix2pix, SPADE."""
+def generators(scale: str, window: int):
+    """The generators exactly as `aug=gan`, `aug=gan_spade` and `aug=gan_inpaint` build them at `scale` (composed
+    config, aug.pairs.*): the tumour generator, pix2pix, SPADE, the painter on whole slices and on windows."""
     from hydra.utils import instantiate
 
     from synthmed.utils import compose_config
 
     cfg = compose_config(["experiment=brats_seg", "aug=gan", f"scale={scale}"])
     spade = compose_config(["experiment=brats_seg", "aug=gan_spade", f"scale={scale}"])
-    return instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix), instantiate(spade.aug.pairs.pix2pix)
+    painters = [compose_config(["experiment=brats_seg", "aug=gan_inpaint", f"scale={scale}",
+                                f"aug.pairs.inpaint.window={w}"]).aug.pairs.inpaint for w in ("null", window)]
+    return (instantiate(cfg.aug.pairs.dcgan), instantiate(cfg.aug.pairs.pix2pix), instantiate(spade.aug.pairs.pix2pix),
+            *(instantiate(p) for p in painters))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", nargs="+", default=["cpu", "paper"])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--window", type=int, default=64, help="the painter's window, px")
     args = parser.parse_args()
     for scale in args.scales:
         s = yaml.safe_load((SCALES / f"{scale}.yaml").read_text())
@@ -65,10 +70,12 @@ def main() -> None:
         result = {"benchmark": "gan_throughput", "scale": scale, "threads": torch.get_num_threads(),
                   "batch_size": bs, "dcgan_size": gan["dcgan_size"], "slice_size": size}
         torch.manual_seed(0)
-        dcgan, pix2pix, spade = generators(scale)  # the generators of this scale, from the real configs
+        dcgan, pix2pix, spade, painter, windowed = generators(scale, args.window)  # from the real configs
         result["pix2pix_upsample"] = pix2pix.hparams.upsample
+        result["inpaint_window"] = args.window
         items = batches(args.steps + 1, size, bs)
-        for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix), ("spade", spade)):
+        for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix), ("spade", spade), ("inpaint", painter),
+                             ("inpaint_window", windowed)):
             timer = StepTimer()
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = L.Trainer(max_steps=args.steps + 1, accelerator="cpu", logger=False, callbacks=[timer],
@@ -78,6 +85,8 @@ def main() -> None:
                 trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=bs))
             gaps = [g for epoch in timer.gaps for g in epoch]  # the first step (warm-up) has no gap
             result[f"{name}_train_images_per_s"] = round(bs / statistics.median(gaps), 2)
+        result["inpaint_window_speedup"] = round(result["inpaint_window_train_images_per_s"]
+                                                 / result["inpaint_train_images_per_s"], 2)
         n = 4 * bs
         brains = torch.stack([it["brain"] for it in items[:n]])
         start = time.perf_counter()
@@ -86,10 +95,12 @@ def main() -> None:
         with torch.no_grad():
             pix2pix.translate(labels * brains[:, 0].long(), brains)
         result["synthesis_pairs_per_s"] = round(n / (time.perf_counter() - start), 2)
-        start = time.perf_counter()  # the same with SPADE as the brain generator (its noise seeded)
+        start = time.perf_counter()  # the same with SPADE as aug=gan_spade draws (its noise seeded)
         labels = dcgan.sample(n, generator=torch.Generator().manual_seed(0))
         labels = torch.nn.functional.interpolate(labels[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].long()
-        spade.translate(labels * brains[:, 0].long(), brains, generator=torch.Generator().manual_seed(0))
+        images = torch.stack([it["image"] for it in items[:n]])  # the real slices (aug=gan_spade: tissue classes)
+        spade.translate(labels * brains[:, 0].long(), brains, generator=torch.Generator().manual_seed(0), image=images,
+                        batch_stats=True)
         result["spade_synthesis_pairs_per_s"] = round(n / (time.perf_counter() - start), 2)
         print(json.dumps(result), flush=True)
 

@@ -15,7 +15,7 @@ from test_brats_slices import DM_ARGS, TRANSFORM, make_dm, root  # noqa: F401  (
 from synthmed import artifacts
 from synthmed.augment.gan import CombinedAugmenter, GanAugmenter
 from synthmed.augment.inpaint import RealTumours, centred, inpaint_pairs, place_inside
-from synthmed.models.inpaint import TumourInpainter, disc
+from synthmed.models.inpaint import TumourInpainter, crop, disc, window_corners
 
 _CFG = compose_ci(["aug=gan_inpaint"])
 INPAINT = {**OmegaConf.to_container(_CFG.aug.pairs.inpaint, resolve=True), "image_size": 32}
@@ -84,6 +84,49 @@ def test_painting_leaves_every_pixel_outside_the_region_real(tmp_path):
     other = torch.zeros_like(region)
     other[:, :, 18:26, 8:14] = 1
     assert_outside_is_real(module.paint(batch["image"], batch["seg"], batch["brain"], other), batch["image"], other)
+
+
+def test_window_trains_and_paints_on_a_crop_around_each_region(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    items = blob_slices(size=64)  # tumours within 3 px of their centre, dilated by 4: 15 px boxes
+    batch = batch_of(items)
+    module = painter(image_size=64, window=32)
+    seen = []
+    module.generator.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
+    region = module.region(batch["seg"], batch["brain"])
+    corners = window_corners(region, 32)
+    assert (corners >= 0).all() and (corners <= 32).all()
+    # each window holds its whole region
+    assert torch.equal(crop(region, corners, 32).sum((1, 2, 3)), region.sum((1, 2, 3)))
+    painted = module.paint(batch["image"], batch["seg"], batch["brain"], region)
+    assert seen == [(32, 32)]
+    assert_outside_is_real(painted, batch["image"], region)
+    assert not torch.equal(painted, batch["image"])
+    # the window painted is the generator's output on the cropped condition, composited there
+    module.generator.eval()
+    with torch.no_grad():
+        parts = [crop(t, corners, 32) for t in (batch["image"], batch["seg"], batch["brain"], region)]
+        expected = module.composite(module.generator(module.condition(*parts)), parts[0], parts[3])
+    assert torch.equal(crop(painted, corners, 32), expected)
+    # a region larger than the window: that slice is painted whole, the others in their windows
+    big = region.clone()
+    big[0, 0, 8:56, 8:56] = batch["brain"][0, 0, 8:56, 8:56]
+    assert window_corners(big, 32)[0].tolist() == [-1, -1]
+    seen.clear()
+    repainted = module.paint(batch["image"], batch["seg"], batch["brain"], big)
+    assert sorted(seen) == [(32, 32), (64, 64)]
+    assert_outside_is_real(repainted, batch["image"], big)
+    assert torch.equal(repainted[1:], painted[1:]) and not torch.equal(repainted[0], painted[0])
+    # training: every generator step sees the windows
+    seen.clear()
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, DataLoader(items, batch_size=3, shuffle=True))
+    assert set(seen) == {(32, 32)} and len(seen) >= 2
+    with pytest.raises(ValueError, match="model.window=64"):
+        TumourInpainter(**{**{k: v for k, v in INPAINT.items() if k != "_target_"}, "window": 64})  # > 32 px
 
 
 def test_region_is_the_dilated_tumour_inside_the_brain():

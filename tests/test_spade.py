@@ -30,7 +30,9 @@ def spade(scale: str = "ci", **kw) -> SpadeTranslator:
     cfg = compose_config(["experiment=brats_seg", "aug=gan_spade", f"scale={scale}"])
     args = OmegaConf.to_container(cfg.aug.pairs.pix2pix, resolve=True)
     assert args.pop("_target_") == "synthmed.models.spade.SpadeTranslator"
-    return SpadeTranslator(**{**args, **kw})  # called directly: a bad value raises its own error, unwrapped
+    # the mask-only generator unless a test asks for the tissue classes (aug=gan_spade's default, which needs the
+    # real slice to translate)
+    return SpadeTranslator(**{**args, "anatomy": "mask", **kw})  # called directly: a bad value raises its own error
 
 
 def small(**kw) -> SpadeTranslator:
@@ -285,6 +287,9 @@ def test_configs_put_spade_in_the_brain_generator_slot():
         assert node["name"] == "gan_spade" and generator["_target_"] == "synthmed.models.spade.SpadeTranslator"
         assert generator["image_size"] == size and generator["g_channels"] == cfg.scale.gan.spade_channels
         assert node["pairs"]["pix2pix_epochs"] == cfg.scale.gan.spade_epochs
+        # the measured schedule (docs/gan.md): the tissue classes, a firm L1, each batch's statistics at synthesis
+        assert (generator["anatomy"], generator["l1_weight"], node["pairs"]["translate_norm"]) == ("tissue", 100.0,
+                                                                                                   "batch")
         assert node["pairs"]["dcgan"] == OmegaConf.to_container(
             compose_config(["experiment=brats_seg", "aug=gan", f"scale={scale}"]).aug.pairs.dcgan, resolve=True)
     # the same generator by one override of aug=gan (sized as pix2pix there), and in brats_embed

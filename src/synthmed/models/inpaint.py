@@ -17,6 +17,12 @@ Losses: L1 to the real image inside the region (`l1_weight`, normalised by the r
 adversarial loss of a PatchGAN that judges (condition, composite) against (condition, real), `gan_mode`
 vanilla (BCE on logits) or lsgan; D's loss halved as in pix2pix. The networks are pix2pix's
 (`nets/pix2pix.py`), the decoder with `upsample` (resize by default: no checkerboard stripes).
+
+Window (`window`, px; null: the whole slice): the painter trains and paints on a `window` x `window` crop around
+each region (centred on its bounding box, inside the slice), the U-Net as deep as the window needs. Only the region
+changes, so painting the window is painting the slice; the compute falls with the window's area. A batch whose
+region does not fit in the window is trained on whole slices (the U-Net is convolutional), and such a slice is
+painted whole.
 """
 
 from __future__ import annotations
@@ -35,6 +41,32 @@ def disc(radius: int) -> torch.Tensor:
     """(2r+1, 2r+1) float kernel: 1 on the pixels within `radius` of the centre (Euclidean)."""
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     return ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2 + 1e-6).float()
+
+
+def window_corners(region: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 1, H, W) 0/1 regions -> (B, 2) long: the top-left corner (row, column) of a `size` x `size` window
+    centred on each region's bounding box and moved inside the slice (an empty region: the slice's centre).
+    Row -1 where the bounding box is larger than the window (the slice is then taken whole)."""
+    height, width = region.shape[-2:]
+    corners = []
+    for mask in region[:, 0] > 0:
+        rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+        if len(rows) == 0:
+            corners.append(((height - size) // 2, (width - size) // 2))
+            continue
+        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if bottom - top > size or right - left > size:
+            corners.append((-1, -1))
+            continue
+        corners.append((min(max((top + bottom) // 2 - size // 2, 0), height - size),
+                        min(max((left + right) // 2 - size // 2, 0), width - size)))
+    return torch.tensor(corners, dtype=torch.long).reshape(-1, 2)
+
+
+def crop(tensor: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, ..., H, W) -> (B, ..., size, size): each item's window at its corner (`window_corners`)."""
+    return torch.stack([item[..., y:y + size, x:x + size] for item, (y, x) in zip(tensor, corners.tolist(),
+                                                                                     strict=True)])
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -70,11 +102,15 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         lr: float,
         betas: tuple[float, float] | list[float],
         num_val_images: int,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         check_gan_mode(gan_mode)
         if int(dilate) < 0:
             raise ValueError(f"model.dilate={dilate} must be >= 0 (pixels the region reaches beyond the tumour)")
+        if window is not None and not 8 <= int(window) <= int(image_size):
+            raise ValueError(f"model.window={window} must be null (whole slices) or from 8 to the slice size "
+                             f"model.image_size={image_size} (pixels of the square painted around each region)")
         betas = tuple(float(b) for b in betas)  # a YAML list arrives as ListConfig; keep hparams plain
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -83,7 +119,7 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         self.generator = BrainUNetGenerator(
             in_channels,
             out_channels,
-            num_downs=unet_depth(image_size),
+            num_downs=unet_depth(window or image_size),
             base_channels=g_channels,
             max_channels=max_channels,
             norm=norm,
@@ -94,7 +130,14 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         # D judges the composite beside its condition (where the region is, what the label says, what is real)
         self.discriminator = PatchDiscriminator(in_channels + out_channels, d_channels, num_layers=3, norm=norm)
 
-    # --- region, condition, composite -------------------------------------------------------------
+    # --- region, condition, composite, window ------------------------------------------------------
+    def _window(self, region: torch.Tensor) -> torch.Tensor | None:
+        """Corners of the windows of `region` (`window_corners`), or None: no window, or the slices are smaller."""
+        size = self.hparams.get("window")
+        if size is None or int(size) >= min(region.shape[-2:]):
+            return None
+        return window_corners(region, int(size))
+
     def region(self, label_map: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """labels (B, H, W) + brain (B, 1, H, W) -> (B, 1, H, W) float 0/1: the tumour dilated by `dilate`
         pixels, inside the brain."""
@@ -144,8 +187,29 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         self.generator.eval()
         try:
             image, region = image.to(self.device).float(), region.to(self.device).float()
-            cond = self.condition(image, label_map.to(self.device), brain.to(self.device), region)
-            return self.composite(self.generator(cond), image, region)
+            label_map, brain = label_map.to(self.device), brain.to(self.device)
+            if brain.ndim == 3:
+                brain = brain.unsqueeze(1)
+            self.condition(image, label_map, brain, region)  # the shapes checked on the whole slices
+            corners = self._window(region)
+            if corners is None:
+                return self.composite(self.generator(self.condition(image, label_map, brain, region)), image, region)
+            painted = image.clone()
+            fits = corners[:, 0] >= 0
+            for chosen, size in ((fits, int(self.hparams.window)), (~fits, None)):
+                index = torch.nonzero(chosen).flatten()
+                if len(index) == 0:
+                    continue
+                parts = [t[index.to(t.device)] for t in (image, label_map, brain, region)]
+                if size is None:  # regions larger than the window: the whole slice
+                    painted[index] = self.composite(self.generator(self.condition(*parts)), parts[0], parts[3])
+                    continue
+                where = corners[index]
+                parts = [crop(t, where, size) for t in parts]
+                out = self.composite(self.generator(self.condition(*parts)), parts[0], parts[3])
+                for k, (i, (y, x)) in enumerate(zip(index.tolist(), where.tolist(), strict=True)):
+                    painted[i, :, y:y + size, x:x + size] = out[k]
+            return painted
         finally:
             self.generator.train(was_training)
 
@@ -166,9 +230,17 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
         return ((fake - real).abs() * inside).sum() / inside.sum().clamp(min=1.0)
 
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        real = batch["image"].float()
-        region = self.region(batch["seg"], batch["brain"])
-        return self.condition(real, batch["seg"], batch["brain"], region), real, region
+        """(condition, real, region) of a batch: on each slice's window (`window`) when every region fits in
+        one, else on the whole slices."""
+        real, seg, brain = batch["image"].float(), batch["seg"], batch["brain"]
+        if brain.ndim == 3:
+            brain = brain.unsqueeze(1)
+        region = self.region(seg, brain)
+        corners = self._window(region)
+        if corners is not None and bool((corners[:, 0] >= 0).all()):
+            size = int(self.hparams.window)
+            real, seg, brain, region = (crop(t, corners, size) for t in (real, seg, brain, region))
+        return self.condition(real, seg, brain, region), real, region
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
