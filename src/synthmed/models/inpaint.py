@@ -148,6 +148,14 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
     def condition(self, image: torch.Tensor, label_map: torch.Tensor, brain: torch.Tensor,
                   region: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W): tumour one-hot, brain, region, and the real image zeroed inside the region."""
+        brain = self.check_shapes(image, label_map, brain, region)
+        region = (region > 0).float()
+        tumour = region_channels(label_map, self.hparams.binary)
+        return torch.cat([tumour, brain.float(), region, image.float() * (1.0 - region)], dim=1)
+
+    def check_shapes(self, image: torch.Tensor, label_map: torch.Tensor, brain: torch.Tensor,
+                     region: torch.Tensor) -> torch.Tensor:
+        """One clear error for inputs whose shapes do not match; returns the brain mask as (B, 1, H, W)."""
         out = self.hparams.out_channels
         if image.ndim != 4 or image.shape[1] != out:
             raise ValueError(f"image must be (B, {out}, H, W) (model.out_channels), got {tuple(image.shape)}")
@@ -160,9 +168,7 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
             if tuple(mask.shape) != (image.shape[0], 1, *image.shape[-2:]):
                 raise ValueError(f"{name} must be (B, 1, H, W) matching image {tuple(image.shape)}, got "
                                  f"{tuple(mask.shape)}")
-        region = (region > 0).float()
-        tumour = region_channels(label_map, self.hparams.binary)
-        return torch.cat([tumour, brain.float(), region, image.float() * (1.0 - region)], dim=1)
+        return brain
 
     @staticmethod
     def composite(fake: torch.Tensor, real: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -182,15 +188,14 @@ class TumourInpainter(SampleGrids, pl.LightningModule):
 
         Eval mode (dropout off, batch norm on running statistics) under no_grad: deterministic. Inputs are
         moved to the module's device; the previous mode is restored. `generator` is unused (nothing is drawn
-        at synthesis); accepted so every synthesis route is called alike."""
+        at synthesis); accepted so every synthesis route is called alike. With `window`, each slice is painted on
+        its window (`window_corners`) and pasted back, a slice whose region does not fit in one on the whole slice."""
         was_training = self.generator.training
         self.generator.eval()
         try:
             image, region = image.to(self.device).float(), region.to(self.device).float()
-            label_map, brain = label_map.to(self.device), brain.to(self.device)
-            if brain.ndim == 3:
-                brain = brain.unsqueeze(1)
-            self.condition(image, label_map, brain, region)  # the shapes checked on the whole slices
+            label_map = label_map.to(self.device)
+            brain = self.check_shapes(image, label_map, brain.to(self.device), region)  # on the whole slices
             corners = self._window(region)
             if corners is None:
                 return self.composite(self.generator(self.condition(image, label_map, brain, region)), image, region)
