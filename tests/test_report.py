@@ -234,3 +234,17 @@ def test_several_sweeps_read_as_one_study(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:  # several sweeps and nowhere to write
         main([str(study), str(later)])
     assert err.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_two_sweeps_of_one_seed_in_a_row_are_an_error_not_a_pool(tmp_path, capsys):
+    """Two sweeps of the same regime and seeds whose settings differ only in a default (no override names it):
+    pooled they would count each seed twice; the report refuses, naming the jobs and the row."""
+    before, after, out = tmp_path / "before", tmp_path / "after", tmp_path / "both"
+    for sweep, shift in ((before, 0.0), (after, 0.02)):
+        for num, ((aug, seed), iou) in enumerate(IOU.items()):
+            write_job(sweep, num, {"aug": aug, "seed": seed}, iou + shift)
+    assert main([str(before), str(after), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "jobs before/0 and after/0 both give seed 0 to the row aug=none" in err
+    assert not (out / "summary.csv").exists()
+    assert main([str(before), "--out", str(out)]) == 0  # each alone reports as before

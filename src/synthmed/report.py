@@ -61,9 +61,27 @@ def _steps(members: list[dict[str, Any]]) -> int | str:
     return steps[0] if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
+def _seed_of(job: dict[str, Any]) -> Any:
+    return job["overrides"].get("seed", job.get("metrics", {}).get("seed"))
+
+
+def _one_job_a_seed(keys: list[str], values: tuple, ok: list[dict[str, Any]]) -> None:
+    """A row's finished jobs must be distinct seeds: two of one seed ran under settings no override tells apart
+    (two days' defaults), and pooled they would count the seed twice in the mean, the n and the paired test."""
+    seen: dict[Any, str] = {}
+    for job in ok:
+        seed = _seed_of(job)
+        if seed in seen:
+            row = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "(one row)"
+            raise ValueError(f"jobs {seen[seed]} and {job['job']} both give seed {seed} to the row {row}: they differ in "
+                             f"something no override names (a changed default?). Report them apart")
+        seen[seed] = job["job"]
+
+
 def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """Group jobs by swept keys other than seed: `(group keys, metric names, rows)`. A row holds its keys, `n`
-    (finished jobs), `failed`, `steps` (the optimiser steps they took) and `<metric> mean` / `<metric> std`."""
+    (finished jobs), `failed`, `steps` (the optimiser steps they took) and `<metric> mean` / `<metric> std`.
+    Two finished jobs of one seed in a row are an error (`_one_job_a_seed`)."""
     keys = [k for k in swept_keys(jobs) if k not in SEED_KEYS]
     metrics = sorted({m for job in jobs for m in job["test"]})
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -72,6 +90,7 @@ def summarise(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
     rows = []
     for values, members in groups.items():
         ok = [j for j in members if j["status"] == "ok"]
+        _one_job_a_seed(keys, values, ok)
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row.update(n=len(ok), failed=len(members) - len(ok), steps=_steps(members))
         if "protocol" not in keys:  # the protocol the row's jobs ran under (protocol=...), when they have one
@@ -119,9 +138,6 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
     def row_of(job):
         return tuple(job["overrides"].get(k, "") for k in keys)
 
-    def seed_of(job):
-        return job["overrides"].get("seed", job.get("metrics", {}).get("seed"))
-
     base_jobs = [j for j in ok if all(str(j["overrides"].get(k)) == str(v) for k, v in baseline.items())]
     # a key under a baseline key (aug.pairs.tumours under aug) is part of the row's regime, which the baseline
     # regime has no value for: it is not a setting the pair must share
@@ -135,7 +151,7 @@ def paired_differences(jobs: list[dict[str, Any]], keys: list[str], metrics: lis
         for metric in metrics:
             pairs = []
             for job in members:
-                match = [b for b in base_jobs if seed_of(b) == seed_of(job)
+                match = [b for b in base_jobs if _seed_of(b) == _seed_of(job)
                          and all(b["overrides"].get(k) == job["overrides"].get(k) for k in others)]
                 if match and job["test"].get(metric) is not None and match[0]["test"].get(metric) is not None:
                     pairs.append(float(job["test"][metric]) - float(match[0]["test"][metric]))
@@ -423,7 +439,7 @@ def log_summary_to_wandb(sweep_dir: Path, project: str, name: str) -> None:
             [j["job"], " ".join(f"{k}={v}" for k, v in j["overrides"].items()), j["status"], j.get("error", "")] for j in failed])
         # one row a finished job: a W&B chart of a metric per regime with one point per seed
         logged["seeds"] = wandb.Table(columns=["job", *keys, "seed", *metrics], data=[
-            [j["job"], *(j["overrides"].get(k, "") for k in keys), j["overrides"].get("seed", j.get("metrics", {}).get("seed")),
+            [j["job"], *(j["overrides"].get(k, "") for k in keys), _seed_of(j),
              *(j["test"].get(m) for m in metrics)] for j in jobs if j["status"] == "ok"])
         diffs = paired_differences(jobs, keys, metrics)
         logged["paired_differences"] = wandb.Table(
