@@ -1,4 +1,5 @@
-"""The worked examples run top to bottom at scale=ci."""
+"""The worked examples run top to bottom at scale=ci (slow: `pytest -m slow`; the runner they call is tested at
+scale=ci elsewhere, and these two cost ~95 s of CI's 20-minute budget)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
