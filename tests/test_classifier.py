@@ -98,6 +98,22 @@ def test_freeze_features_trains_only_the_head():
     assert trained == {id(p) for p in model.net.head.parameters()}
 
 
+def test_scheduler_knob_decays_the_lr_per_epoch():
+    assert isinstance(make().configure_optimizers(), torch.optim.Adam)  # the study: a constant lr, no scheduler
+    sched = "{_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _partial_: true, T_max: 4}"
+    cfg = compose_config(["experiment=colon_cls", f"model.scheduler={sched}"])
+    config = instantiate(cfg.model).configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(cfg.model.lr) and lrs == sorted(lrs, reverse=True)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at T_max
+
+
 def test_pretrained_round_trip_and_errors(tmp_path):
     source, target = make(), make()
     path = tmp_path / "weights.ckpt"

@@ -31,6 +31,8 @@ class LesionClassifier(SplitMetricsModule):
     (`forward_with_mask`) and the frame's lesion mask, max-pooled to the head's cells, wherever batches carry a
     `"mask"` (rendered and Kvasir-SEG frames): the net is told where the lesion is, not only whether, which is
     what lets it learn on frames where no colour gives the lesion away (docs/render.md).
+
+    `scheduler` (not in the study), a partial torch LR scheduler taking the optimiser, is stepped once per epoch.
     """
 
     MAX_ERRORS_SHOWN = 16
@@ -46,6 +48,7 @@ class LesionClassifier(SplitMetricsModule):
         table_images: int,
         predictions_file: str,
         mask_weight: float,
+        scheduler: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -55,9 +58,9 @@ class LesionClassifier(SplitMetricsModule):
         if float(mask_weight) > 0 and getattr(net, "mask_head", None) is None:
             raise ValueError(f"model.mask_weight={mask_weight} trains the net's mask head, but it has none: set "
                              "model.net.mask_head=true")
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.predictions_file = predictions_file
-        self.net, self.optimizer_factory = net, optimizer
+        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.num_classes = net.head[-1].out_features if hasattr(net, "head") else 2
         task = "binary" if self.num_classes == 2 else "multiclass"
         kwargs = {"task": task} if task == "binary" else {"task": task, "num_classes": self.num_classes}
@@ -254,6 +257,10 @@ class LesionClassifier(SplitMetricsModule):
         fig.tight_layout()
         log_image(self.trainer, "test/confusion_matrix", fig)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        return self.optimizer_factory(params=params, lr=self.hparams.lr)
+        optimizer = self.optimizer_factory(params=params, lr=self.hparams.lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}
