@@ -6,7 +6,11 @@ generator), at the sizes of a scale. Prints one JSON line a scale.
 Batches are label maps with random elliptic tumours inside a disc-shaped brain, and random images:
 throughput does not depend on what the pixels show.
 
-    python benchmarks/gan_throughput.py --scales cpu paper [--steps 6] [--window 64]
+`--trainer gpu` trains where and how `trainer=gpu` does (conf/trainer/gpu.yaml: accelerator, devices,
+precision), each step timed up to a CUDA synchronisation. Synthesis runs where the run's synthesis runs: on
+the CPU, since Lightning hands a trained module back on the CPU (`synthesis_device` in the line).
+
+    python benchmarks/gan_throughput.py --scales cpu paper [--steps 6] [--window 64] [--trainer gpu]
 """
 
 from __future__ import annotations
@@ -25,6 +29,24 @@ import yaml
 from synthmed.callbacks import StepTimer
 
 SCALES = Path(__file__).resolve().parents[1] / "conf" / "scale"
+
+
+class SyncedStepTimer(StepTimer):
+    """StepTimer that waits for the GPU's queued work before reading the clock (CUDA runs asynchronously)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+def trainer_settings(name: str) -> dict:
+    """accelerator, devices and precision of conf/trainer/<name>.yaml, composed as the runner composes it."""
+    from synthmed.utils import compose_config
+
+    trainer = compose_config(["experiment=brats_seg", f"trainer={name}"]).trainer
+    return {"accelerator": str(trainer.accelerator), "devices": trainer.devices,
+            "precision": str(trainer.get("precision") or "32-true")}
 
 
 def batches(n: int, size: int, batch_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -63,22 +85,29 @@ def main() -> None:
     parser.add_argument("--scales", nargs="+", default=["cpu", "paper"])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--window", type=int, default=64, help="the painter's window, px")
+    parser.add_argument("--trainer", default="cpu", help="conf/trainer/<name>.yaml: cpu (default) or gpu")
     args = parser.parse_args()
+    settings = trainer_settings(args.trainer)
+    if settings["accelerator"] != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--trainer {args.trainer} trains on accelerator {settings['accelerator']}, and torch sees "
+                     "no CUDA device")
     for scale in args.scales:
         s = yaml.safe_load((SCALES / f"{scale}.yaml").read_text())
         gan, size, bs = s["gan"], s["brats"]["image_size"], s["gan"]["batch_size"]
-        result = {"benchmark": "gan_throughput", "scale": scale, "threads": torch.get_num_threads(),
+        result = {"benchmark": "gan_throughput", "scale": scale, "trainer": args.trainer, **settings,
+                  "device": torch.cuda.get_device_name() if settings["accelerator"] != "cpu" else "cpu",
+                  "synthesis_device": "cpu", "threads": torch.get_num_threads(),
                   "batch_size": bs, "dcgan_size": gan["dcgan_size"], "slice_size": size}
         torch.manual_seed(0)
         dcgan, pix2pix, spade, painter, windowed = generators(scale, args.window)  # from the real configs
         result["pix2pix_upsample"] = pix2pix.hparams.upsample
         result["inpaint_window"] = args.window
-        items = batches(args.steps + 1, size, bs)
+        items = batches(max(args.steps + 1, 4), size, bs)  # synthesis below draws 4 batches
         for name, module in (("dcgan", dcgan), ("pix2pix", pix2pix), ("spade", spade), ("inpaint", painter),
                              ("inpaint_window", windowed)):
-            timer = StepTimer()
+            timer = SyncedStepTimer()
             with tempfile.TemporaryDirectory() as tmp:
-                trainer = L.Trainer(max_steps=args.steps + 1, accelerator="cpu", logger=False, callbacks=[timer],
+                trainer = L.Trainer(max_steps=args.steps + 1, **settings, logger=False, callbacks=[timer],
                                     enable_checkpointing=False, enable_progress_bar=False,
                                     enable_model_summary=False, default_root_dir=tmp, limit_val_batches=0,
                                     num_sanity_val_steps=0)
