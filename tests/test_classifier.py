@@ -161,3 +161,31 @@ def test_error_breakdown_groups_frames(tmp_path, capsys):
     (tmp_path / "run" / "test_predictions.csv").write_text("id,label,predicted,score\nzz,1,1,0.9\n")
     with pytest.raises(ValueError, match="not in .*manifest.csv"):
         error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest)
+
+
+def test_a_collapsed_net_is_warned_about_and_counted(tmp_path, caplog):
+    """A net whose output no longer depends on the frame (the study's net can die so: docs/render.md) answers one
+    class for every test frame: the run says so, and `test/predicted_classes` records it, instead of reporting the
+    majority share as if it were accuracy. A folder of one class (lesion frames only) is not such a case."""
+    import lightning as L
+
+    model = make()
+    last = model.net.head[-1]
+    with torch.no_grad():  # the constant net: every frame scores "normal"
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([2.0, -2.0]))
+    labels = torch.tensor([0, 0, 0, 1, 1, 0, 1, 0])
+    frames = [{"image": torch.rand(3, 50, 50) * 2 - 1, "label": label} for label in labels]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="synthmed.models.classifier"):
+        (metrics,) = trainer.test(model, torch.utils.data.DataLoader(frames, batch_size=4), verbose=False)
+    assert metrics["test/predicted_classes"] == 1.0 and metrics["test/acc"] == pytest.approx(5 / 8)
+    assert "every one of the 8 test frames was predicted class 0, although they hold 2 classes" in caplog.text
+    assert "accuracy 0.625 is that class's share" in caplog.text
+    caplog.clear()
+    lesions = [f for f in frames if f["label"] == 1]  # a lesion-only folder: one class present, no warning
+    with caplog.at_level("WARNING", logger="synthmed.models.classifier"):
+        (metrics,) = trainer.test(model, torch.utils.data.DataLoader(lesions, batch_size=4), verbose=False)
+    assert metrics["test/predicted_classes"] == 1.0 and metrics["test/recall"] == 0.0
+    assert "predicted class" not in caplog.text

@@ -172,3 +172,39 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(frames_dir, tmp_pat
     once = json.loads((first / "metrics.json").read_text())
     resumed = json.loads((second / "metrics.json").read_text())
     assert resumed["status"] == "ok" and resumed["steps"] == 2 * once["steps"]  # it went on, not from scratch
+
+
+def test_last_checkpoint_is_the_last_epoch_even_after_the_best_one(tmp_path):
+    """checkpoints/last.ckpt holds the final state, also when the monitored metric stopped improving (Lightning's
+    own save_last writes it only alongside best.ckpt, so it stayed at the best epoch: a resume lost the epochs
+    after it). The callbacks are the shipped ones (conf/callbacks/default.yaml), on a net whose val/loss rises."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from synthmed.utils import compose_config
+
+    class Rising(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.current_epoch))  # the best epoch is the first
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = compose_config(["experiment=colon_cls", f"paths.output_dir={tmp_path}"])
+    checkpoints = [instantiate(cfg.callbacks[k]) for k in ("model_checkpoint", "last_checkpoint")]
+    data = torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=checkpoints, default_root_dir=tmp_path)
+    trainer.fit(Rising(), data, data)
+    assert trainer.checkpoint_callback is checkpoints[0]  # best.ckpt is still what the runner tests
+    best, last = (torch.load(tmp_path / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    assert best["epoch"] == 0 and last["epoch"] == 2 and last["global_step"] == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from torch import nn
 
 from synthmed.models.base import SplitMetricsModule
 from synthmed.visual import log_image
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("cross_entropy", "mse_softmax")
 
@@ -157,8 +160,17 @@ class LesionClassifier(SplitMetricsModule):
         """The test metrics of the collection, and for two classes recall (sensitivity) and specificity from the
         confusion matrix `matrix` (rows: true class). A metric the test frames cannot define is left out, not
         logged as a made-up number: AUROC needs both classes, recall lesion frames, specificity normal ones
-        (e.g. a folder of lesion frames only reports accuracy, F1 and recall)."""
+        (e.g. a folder of lesion frames only reports accuracy, F1 and recall). `test/predicted_classes` counts the
+        classes the net predicted at all; one, on frames of several classes, is warned about: such a net's output
+        no longer depends on the frame (a collapsed run), and its accuracy is only that class's share."""
         present = matrix.sum(1) > 0
+        predicted = np.flatnonzero(matrix.sum(0) > 0)
+        if present.sum() > 1 and len(predicted) == 1:
+            log.warning("every one of the %d test frames was predicted class %d, although they hold %d classes: the "
+                        "accuracy %.3f is that class's share, no better than always answering it. The net's output "
+                        "does not depend on the frame (collapsed; e.g. dead ReLUs in the study's un-normalised net): "
+                        "see the run's val/auroc, and docs/render.md", int(matrix.sum()), int(predicted[0]),
+                        int(present.sum()), float(matrix[predicted[0], predicted[0]] / matrix.sum()))
         values = {f"test/{name}": metric.compute() for name, metric in self.metrics["test"].items(keep_base=True)
                   if name != "auroc" or present.all()}
         self.metrics["test"].reset()
@@ -168,6 +180,7 @@ class LesionClassifier(SplitMetricsModule):
                 values["test/recall"] = float(tp / (tp + fn))
             if present[0]:
                 values["test/specificity"] = float(tn / (tn + fp))
+        values["test/predicted_classes"] = float(len(predicted))
         self.log_dict(values)
 
     def _write_predictions(self) -> None:
