@@ -161,15 +161,15 @@ class LesionClassifier(SplitMetricsModule):
         confusion matrix `matrix` (rows: true class). A metric the test frames cannot define is left out, not
         logged as a made-up number: AUROC needs both classes, recall lesion frames, specificity normal ones
         (e.g. a folder of lesion frames only reports accuracy, F1 and recall). `test/predicted_classes` counts the
-        classes the net predicted at all; one, on frames of several classes, is warned about: such a net's output
-        no longer depends on the frame (a collapsed run), and its accuracy is only that class's share."""
+        classes the net predicted at all; one, on frames of several classes, is warned about: its accuracy is only
+        that class's share, and a net whose output stopped depending on the frame (a collapsed run) ends so."""
         present = matrix.sum(1) > 0
         predicted = np.flatnonzero(matrix.sum(0) > 0)
         if present.sum() > 1 and len(predicted) == 1:
             log.warning("every one of the %d test frames was predicted class %d, although they hold %d classes: the "
-                        "accuracy %.3f is that class's share, no better than always answering it. The net's output "
-                        "does not depend on the frame (collapsed; e.g. dead ReLUs in the study's un-normalised net): "
-                        "see the run's val/auroc, and docs/render.md", int(matrix.sum()), int(predicted[0]),
+                        "accuracy %.3f is that class's share, no better than always answering it. A net whose output "
+                        "stopped depending on the frame (collapsed, e.g. dead ReLUs in the study's un-normalised net) "
+                        "ends so: see the run's val/auroc, and docs/render.md", int(matrix.sum()), int(predicted[0]),
                         int(present.sum()), float(matrix[predicted[0], predicted[0]] / matrix.sum()))
         values = {f"test/{name}": metric.compute() for name, metric in self.metrics["test"].items(keep_base=True)
                   if name != "auroc" or present.all()}
