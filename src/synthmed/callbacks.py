@@ -111,3 +111,14 @@ class StopOnNonFiniteLoss(L.Callback):
         if not trainer.sanity_checking:
             self._check(trainer, pl_module, {k: v for k, v in trainer.callback_metrics.items()
                                              if k.startswith("val")}, "validation")
+
+
+class LastCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """`<dirpath>/last.ckpt` at every validation (every epoch where there is none): the latest state, whatever the
+    monitored metric did, to resume from with `ckpt_path=`. Lightning's own `save_last=True` writes last.ckpt only
+    when it writes the best checkpoint, so past the best epoch it stayed there and a resume lost the epochs after
+    it. A class of its own gives it its own state key beside the run's ModelCheckpoint (two of that class with no
+    monitor, as in `brats_dcgan`, would share one, which Lightning refuses)."""
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, enable_version_counter=False)
