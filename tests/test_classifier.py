@@ -114,6 +114,33 @@ def test_scheduler_knob_decays_the_lr_per_epoch():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at T_max
 
 
+def test_warmup_scales_the_first_steps_lr_on_top_of_the_scheduler(tmp_path):
+    import lightning as L
+
+    assert compose_config(["experiment=colon_cls"]).model.warmup_steps == 64  # scale=paper: one epoch of 64 steps
+    assert compose_config(["experiment=colon_cls", "scale=cpu"]).model.warmup_steps == 0
+    with pytest.raises(Exception, match="model.warmup_steps=-1"):
+        instantiate(compose_config(["experiment=colon_cls", "model.warmup_steps=-1"]).model)
+    sched = "{_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _partial_: true, T_max: 2}"
+    cfg = compose_config(["experiment=colon_cls", "data.image_size=16", "model.warmup_steps=4", f"model.scheduler={sched}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    frames = [{"image": torch.rand(3, 16, 16), "label": torch.tensor(i % 2)} for i in range(12)]
+    seen = []
+
+    class Record(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                        default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(frames, batch_size=4))  # 3 steps an epoch
+    lr, cosine = cfg.model.lr, cfg.model.lr / 2  # the scheduler's lr in epoch 1 (cosine, T_max 2)
+    assert seen == pytest.approx([lr / 4, lr / 2, 3 * lr / 4, cosine, cosine, cosine])
+    assert model.optimizers().param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the scheduler's own value
+
+
 def test_pretrained_round_trip_and_errors(tmp_path):
     source, target = make(), make()
     path = tmp_path / "weights.ckpt"

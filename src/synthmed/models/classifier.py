@@ -36,6 +36,9 @@ class LesionClassifier(SplitMetricsModule):
     what lets it learn on frames where no colour gives the lesion away (docs/render.md).
 
     `scheduler` (not in the study), a partial torch LR scheduler taking the optimiser, is stepped once per epoch.
+    `warmup_steps` > 0 (not in the study) scales the learning rate of the first that many optimiser steps by
+    1/n, 2/n, ... up to 1, on top of whatever the scheduler sets: large early Adam steps can kill the study's
+    un-normalised ReLU net in its first epoch (docs/render.md, "A net that dies, and a warm-up").
     """
 
     MAX_ERRORS_SHOWN = 16
@@ -52,10 +55,13 @@ class LesionClassifier(SplitMetricsModule):
         predictions_file: str,
         mask_weight: float,
         scheduler: Callable[..., Any] | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss={loss!r}; expected one of {LOSSES}")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
         if float(mask_weight) < 0:
             raise ValueError(f"model.mask_weight={mask_weight} must be >= 0")
         if float(mask_weight) > 0 and getattr(net, "mask_head", None) is None:
@@ -277,3 +283,17 @@ class LesionClassifier(SplitMetricsModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                                          "interval": "epoch"}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        n, step = int(self.hparams.get("warmup_steps", 0)), self.trainer.global_step
+        if step >= n:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        groups = optimizer.param_groups  # scale this step's lr only; the scheduler keeps seeing its own values
+        kept = [group["lr"] for group in groups]
+        for group in groups:
+            group["lr"] *= (step + 1) / n
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(groups, kept, strict=True):
+                group["lr"] = lr
