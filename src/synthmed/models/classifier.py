@@ -285,7 +285,7 @@ class LesionClassifier(SplitMetricsModule):
                                                          "interval": "epoch"}}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        n, step = int(self.hparams.get("warmup_steps", 0)), self.trainer.global_step
+        n, step = int(self.hparams.warmup_steps), self.trainer.global_step
         if step >= n:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         groups = optimizer.param_groups  # scale this step's lr only; the scheduler keeps seeing its own values
