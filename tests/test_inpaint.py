@@ -309,21 +309,16 @@ def test_gan_then_gan_inpaint_train_the_tumour_generator_once(root, tmp_path):  
     assert all(train[n_real + i]["image"].shape == (4, 64, 64) for i in range(n))
     (pairs,) = folders(tmp_path / "gan" / "inpaint_pairs")
     assert np.load(pairs / "pairs.npz")["region"].shape == (n, 1, 64, 64)
-    # as a part of a combined regime: its stage node resolves where it sits, and finds the same pairs
-    combined = compose_ci(["aug=gan_transform", f"data.root={root}", f"paths.data_dir={tmp_path}",
-                           "data.num_train_slices=null"])
-    combined.aug.parts.gan = aug_node("gan_inpaint")  # the part named gan now holds the inpainting regime
-    combined.aug.parts.gan.pairs.tumours = "dcgan"
-    assert "aug.parts.gan.pairs" in artifacts.resolve(combined, context={"loggers": []})
-    assert combined.aug.parts.gan.pairs == str(pairs / "pairs.npz")
+    # as a part of a combined regime (aug=gan_inpaint_transform): its stage node resolves where it sits, and finds
+    # the same pairs; the transformed copies come on top
+    combined = compose_ci(["aug=gan_inpaint_transform", f"data.root={root}", f"paths.data_dir={tmp_path}",
+                           "data.num_train_slices=null", "aug.parts.gan_inpaint.pairs.tumours=dcgan"])
+    assert "aug.parts.gan_inpaint.pairs" in artifacts.resolve(combined, context={"loggers": []})
+    assert combined.aug.parts.gan_inpaint.pairs == str(pairs / "pairs.npz")
     dm = instantiate(combined.data)
     dm.setup("fit")
     assert dm.describe()["train_items"]["extra"] == n + int(combined.aug.parts.transform.extra)
-
-
-def aug_node(regime: str):
-    """The unresolved `aug=<regime>` node (its stage node in place), to drop into another config."""
-    return OmegaConf.create(OmegaConf.to_container(compose_ci([f"aug={regime}"]).aug, resolve=False))
+    assert combined.aug.name == "gan_inpaint_transform"
 
 
 def test_brats_seg_with_gan_inpaint_end_to_end(tmp_path):
