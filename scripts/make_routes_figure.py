@@ -1,6 +1,6 @@
 """Real brain slices beside each synthesis route's, from `brats_embed` runs (one job a route):
 
-    python -m synthmed -m experiment=brats_embed scale=cpu aug=gan,gan_spade,gan_inpaint
+    python -m synthmed -m experiment=brats_embed scale=cpu aug=gan,gan_tissue,gan_spade,gan_inpaint
     python scripts/make_routes_figure.py <sweep dir> [<run dir> ...] [--out docs/figures/routes_real_vs_synthetic_cpu.png]
 
 Each argument is a multirun's dir (its jobs, in order) or one run's dir.
@@ -34,7 +34,9 @@ def _job(job_dir: Path) -> dict:
     config.data.aug = None  # the data module without its augmenter: the real training split
     data = OmegaConf.to_container(config.data, resolve=True)
     anatomy = OmegaConf.select(config, "aug.pairs.pix2pix.anatomy", default=None)
-    name = "gan_tissue" if anatomy == "tissue" else str(config.aug.name)  # aug=gan_tissue, or aug=gan + its knob
+    name = str(config.aug.name)
+    if name == "gan" and anatomy == "tissue":  # aug=gan with the knob is aug=gan_tissue (aug=gan_spade sets it too)
+        name = "gan_tissue"
     return {"aug": name, "pairs": metrics["artifacts"]["aug.pairs"], "test": metrics["test"], "data": data}
 
 
