@@ -143,8 +143,8 @@ def _train_generator(kind: str, config: Mapping[str, Any], items: list[dict], tr
     loader = DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=len(items) > batch_size)
     fit = instantiate(generator_trainer_config(trainer, epochs), default_root_dir=str(folder),
                       logger=[PrefixedLogger(logger, f"gan/{kind}") for logger in loggers] or False)
-    log.info("aug=gan: training the %s generator on %d real slices (%d epochs, accelerator %s)", kind, len(items),
-             epochs, fit.accelerator.__class__.__name__)
+    log.info("aug=gan: training the %s generator (%s) on %d real slices (%d epochs, accelerator %s)", kind,
+             type(module).__name__, len(items), epochs, fit.accelerator.__class__.__name__)
     fit.fit(module, loader)
     with atomic_path(folder / f"{kind}.pt") as tmp:
         torch.save(module.cpu().state_dict(), tmp)
