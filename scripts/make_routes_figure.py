@@ -33,11 +33,10 @@ def _job(job_dir: Path) -> dict:
     config.data.root, config.data.cache = metrics["artifacts"]["data.root"], metrics["artifacts"]["data.cache"]
     config.data.aug = None  # the data module without its augmenter: the real training split
     data = OmegaConf.to_container(config.data, resolve=True)
-    anatomy = OmegaConf.select(config, "aug.pairs.pix2pix.anatomy", default=None)
-    name = str(config.aug.name)
-    if name == "gan" and anatomy == "tissue":  # aug=gan with the knob is aug=gan_tissue (aug=gan_spade sets it too)
-        name = "gan_tissue"
-    return {"aug": name, "pairs": metrics["artifacts"]["aug.pairs"], "test": metrics["test"], "data": data}
+    # the route's knobs given on the command line (e.g. aug.pairs.pix2pix.anatomy=tissue), shown in its title
+    knobs = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml") if str(o).startswith("aug.")]
+    return {"aug": str(config.aug.name), "knobs": knobs, "pairs": metrics["artifacts"]["aug.pairs"],
+            "test": metrics["test"], "data": data}
 
 
 def _window(image: np.ndarray) -> np.ndarray:
@@ -78,7 +77,8 @@ def main() -> None:
         test = job["test"]
         c2st = test.get("test/region_c2st_accuracy", test["test/c2st_accuracy"])
         where = "in the painted region" if region is not None else "whole slice"
-        title = f"{names.get(job['aug'], job['aug'])}: two-sample accuracy {c2st:.2f} ({where})"
+        route = " ".join([names.get(job["aug"], job["aug"]), *job["knobs"]])
+        title = f"{route}: two-sample accuracy {c2st:.2f} ({where})"
         rows.append((title, list(pairs["image"][idx, 0]), region))
     fig, axes = plt.subplots(len(rows), args.columns, figsize=(1.6 * args.columns, 1.85 * len(rows)), dpi=100,
                              squeeze=False)
