@@ -13,6 +13,9 @@ morphology.png  one scene, one lesion per Paris class: pedunculated, sessile, se
 colour.png      one scene, lesion colour from paler than the mucosa through the same colour to redder
 surface.png     one scene, surface patterns: smooth, pits, villous, vascular, and a mucus cap
 negatives.png   frames without a lesion: bubbles, debris, a fluid pool, a reddened patch, motion blur, defocus
+scenes.png      render=varied, the kinds of scene of ../shared/reference/real_colonoscopy_examples.png: a stalked
+                polyp down the lumen, a large pale dome close up, a flat reddish lesion, a flat elevated one with
+                pits, a multi-lobed villous one, a flat one under mucus
 """
 
 from __future__ import annotations
@@ -77,6 +80,27 @@ def _sweep(base: list[str], fixed: dict, values: list, key: str | None, tmp: Pat
     return tiles
 
 
+def _scenes(base: list[str], clean: dict, tmp: Path, out: Path) -> None:
+    """scenes.png: the kinds of scene of the real reference figure, one scene of render=varied with the lesion and
+    the view changed."""
+    wall = {"camera.view": "wall", "camera.offset": 0.6, "camera.toward_wall_deg": 50.0, "light.power_w": 12.0}
+    lumen = {"camera.view": "lumen", "camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "light.power_w": 40.0}
+    scenes = [{**lumen, "lesion.type": "pedunculated", "lesion.size_mm": 9.0, "lesion.height_mm": 12.0,
+               "lesion.lobes": 0.12, "lesion.lobe_cells": 1.6, "lesion.redness": 0.1, "lesion.view_offaxis": 0.9},
+              {**wall, "lesion.type": "sessile", "lesion.size_mm": 9.0, "lesion.height_mm": 3.5, "lesion.redness": -0.4,
+               "lesion.surface": "smooth", "lesion.lobulation": 0.2, "lesion.view_offaxis": 0.35},
+              {**lumen, "lesion.type": "flat", "lesion.size_mm": 16.0, "lesion.height_mm": 0.8, "lesion.plateau": 0.7,
+               "lesion.redness": 0.7, "lesion.surface": "vascular", "lesion.view_offaxis": 1.0},
+              {**wall, "lesion.type": "flat_elevated", "lesion.size_mm": 12.0, "lesion.height_mm": 1.2,
+               "lesion.plateau": 0.6, "lesion.redness": 0.3, "lesion.surface": "pits", "lesion.view_offaxis": 0.35},
+              {**wall, "lesion.type": "sessile", "lesion.size_mm": 10.0, "lesion.height_mm": 3.5, "lesion.lobes": 0.12,
+               "lesion.lobe_cells": 1.6, "lesion.redness": 0.0, "lesion.surface": "villous", "lesion.view_offaxis": 0.35},
+              {**lumen, "lesion.type": "flat", "lesion.size_mm": 14.0, "lesion.height_mm": 0.8, "lesion.plateau": 0.7,
+               "lesion.redness": -0.2, "lesion.mucus": 1, "lesion.view_offaxis": 1.0}]
+    _save(out / "scenes.png", _row(_sweep([*base, "render=varied"], {**clean, "lesion.surface_strength": 1.0}, scenes,
+                                          None, tmp, "r")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=8)
@@ -121,8 +145,9 @@ def main() -> None:
     # variety: a clean scene (no clutter, no blur), the lesion in view, one factor varied per figure
     clean = {**fixed, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0,
              "optics.motion_blur": 0, "optics.defocus": 0, "optics.glare": 0.3, "lesion.behind_fold": 0,
-             "lesion.mucus": 0, "lesion.view_offaxis": 1.0, "lesion.size_mm": 13.0, "lesion.redness": 0.2,
-             "endoscope.exposure_ev": 0.0}  # the lesion near the edge of the view: close to the lens, large
+             "lesion.mucus": 0, "lesion.view_offaxis": 0.9, "lesion.view_azimuth_deg": 230.0, "lesion.size_mm": 13.0,
+             "lesion.redness": 0.2, "endoscope.exposure_ev": 0.0, "camera.offset": 0.1, "camera.axial_mm": 116.0}
+    # the lesion near the edge of the view, in front of the first fold: close to the lens, large
     kinds = [{"lesion.type": "pedunculated", "lesion.height_mm": 11.0, "lesion.size_mm": 9.0},
              {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.plateau": 0.2},
              {"lesion.type": "sessile", "lesion.height_mm": 5.0, "lesion.lobes": 0.12, "lesion.lobe_cells": 1.6},
@@ -143,6 +168,7 @@ def main() -> None:
                  {"optics.motion_blur": 1, "optics.motion_blur_length": 0.04},
                  {"optics.defocus": 1, "optics.defocus_sigma": 0.007}]
     _save(out / "negatives.png", _row(_sweep(base, {**clean, "lesion.present": 0}, negatives, None, tmp, "n")))
+    _scenes(base, clean, tmp, out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 from synthmed.render import compose_render
 from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
 from synthmed.render.lesions import lesion_colour
-from synthmed.render.post import finish_frame, line_kernel, optics
+from synthmed.render.post import finish_frame, line_kernel, optics, processor
 
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 
@@ -43,11 +43,11 @@ def test_lesion_colour_is_the_mucosas_moved_paler_or_redder(cfg):
     assert pale[1] < mucosa[1] < red[1]  # saturation
     assert pale[2] > mucosa[2] > red[2]  # value
 
-    def redness(hsv):  # red over green of the RGB colour
+    def greenness(hsv):  # green over red of the RGB colour (0 for a fully saturated red; red is never 0 here)
         r, g, _ = colorsys.hsv_to_rgb(hsv[0] % 1.0, *hsv[1:])
-        return r / g
+        return g / r
 
-    assert redness(pale) < redness(mucosa) < redness(red)
+    assert greenness(pale) > greenness(mucosa) > greenness(red)
 
 
 def test_varied_lesions_span_paler_to_redder_and_every_paris_class(varied, cfg):
@@ -103,6 +103,31 @@ def test_optics_blur_the_image_only(cfg):
     added = glared - frame["rgb"]
     assert added.min() >= 0.0
     assert added[22, 24:30].mean() > 0.05 and added[0:5, 0:5].max() < 1e-3
+
+
+def test_processor_regulates_brightness_and_lifts_shadows_keeping_hue(cfg):
+    endo = cfg["endoscope"]
+    frame = _frame()["rgb"]
+    inside = np.ones(frame.shape[:2], bool)
+    out = processor(frame, inside, endo)
+    lum = out @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    k, target = float(endo["tone_lift"]), float(endo["exposure_target"])
+    # the percentile lands on the tone curve's image of the target
+    assert np.percentile(lum, endo["exposure_percentile"]) == pytest.approx((1 + k) * target / (1 + k * target), rel=1e-3)
+    # the light control: the same scene lit 2x brighter or dimmer comes out the same (within the gain limit)
+    for factor in (0.5, 2.0):
+        assert np.allclose(processor(frame * factor, inside, endo), out, rtol=1e-4, atol=1e-6)
+    # hue and saturation kept: each pixel's RGB is scaled, so channel ratios are unchanged
+    dark = frame[5, 5]
+    assert (out[5, 5] / out[5, 5].sum()) == pytest.approx(dark / dark.sum(), rel=1e-4)
+    # shadows lifted more than highlights: the curve's gain falls with luminance
+    gain = out.sum(-1) / frame.sum(-1)
+    lum_in = frame @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    assert gain[lum_in < np.percentile(lum_in, 10)].mean() > 1.2 * gain[lum_in > np.percentile(lum_in, 90)].mean()
+    # k = 0 is a plain gain; an all-black frame stays black (no division by zero)
+    flat = processor(frame, inside, {**endo, "tone_lift": 0.0})
+    assert np.allclose(flat / frame, (flat / frame)[0, 0], rtol=1e-4)
+    assert not processor(np.zeros_like(frame), inside, endo).any()
 
 
 def test_motion_kernel_is_a_normalised_streak():
@@ -247,3 +272,22 @@ def test_rendered_variety_and_hard_negatives():
     assert wall["median_depth"] < 0.5 * lumen["median_depth"], (wall, lumen)
     assert wall["offset_mm"] == pytest.approx(0.6 * 18.0, abs=1.0), wall  # far enough already: where it was put
     assert close["offset_mm"] < 0.75 * 18.0 - 1.0 and close["centre_depth"] >= 0.9 * 6.0, close
+
+
+def test_the_light_is_kept_inside_the_lumen():
+    """A scope beside a wall, its light 3 mm above the lens: moved toward the centreline until the light is at
+    least 1 mm inside (a light in the wall rendered a black frame); a light pointing away from the wall leaves
+    the pose alone."""
+    from synthmed.render.camera import keep_light_inside
+
+    def wall_at_y5(origin, direction):  # the plane y = 5, seen from below
+        if direction[1] <= 0:
+            return None
+        distance = (5.0 - origin[1]) / direction[1]
+        return (origin + direction * distance, np.array([0.0, -1.0, 0.0]), float(distance))
+
+    centre, away = np.zeros(3), np.array([0.0, 1.0, 0.0])
+    offset = keep_light_inside(centre, away, 4.0, np.array([0.0, 1.0, 0.0]), wall_at_y5, 3.0)
+    assert offset == pytest.approx(4.0 * 0.6 ** 3)  # 4 -> 2.4 -> 1.44 -> 0.864
+    assert 5.0 - (offset + 3.0) >= 1.0
+    assert keep_light_inside(centre, away, 4.0, np.array([1.0, 0.0, 0.0]), wall_at_y5, 3.0) == 4.0

@@ -51,7 +51,8 @@ class Endoscope:
     def _aim(self, params: Mapping[str, Any], ray_cast: Callable):
         """The pose `pose` gives the camera: (position, right, up, forward, offset in mm)."""
         centre, tangent, side = centreline_frame(params, float(params["camera.axial_mm"]))
-        return scope_pose(params, self.cfg["scene"], centre, tangent, side, ray_cast)
+        return scope_pose(params, self.cfg["scene"], centre, tangent, side, ray_cast,
+                          light_offset_mm=float(self.cfg["endoscope"]["light_offset_mm"]))
 
     def place(self, params: Mapping[str, Any], position: np.ndarray, right: np.ndarray, up: np.ndarray,
               forward: np.ndarray) -> None:
@@ -87,7 +88,8 @@ class Endoscope:
 
 def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.ndarray, tangent: np.ndarray,
                side: np.ndarray, ray_cast: Callable, shift_mm: np.ndarray | None = None, turn_deg: tuple = (0.0, 0.0),
-               roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+               roll_deg: float = 0.0, light_offset_mm: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """The scope's pose at the centreline point `centre` (its `tangent` and `side` axes), for a still frame and for
     each frame of a sequence: (position, right, up, forward, offset from the centreline in mm).
 
@@ -96,7 +98,9 @@ def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.n
     (`ray_cast(origin, direction)` finds the wall). It looks along the tangent turned camera.toward_wall_deg
     toward that wall, then yawed and pitched (camera.yaw_deg / pitch_deg plus `turn_deg`) and rolled
     (camera.roll_deg plus `roll_deg`). A scope turned toward the wall is moved back toward the centreline until the
-    wall straight ahead is `scene.min_view_distance_mm` away."""
+    wall straight ahead is `scene.min_view_distance_mm` away. The light sits `light_offset_mm` above the lens
+    (image up): a scope whose light would lie in the wall (a fold's ridge beside the lens, the scope rolled toward
+    the wall: a black frame) is moved back toward the centreline too (`keep_light_inside`)."""
     up_axis = np.cross(side, tangent)
     angle = math.radians(float(params["camera.offset_angle_deg"]))
     direction = side * math.cos(angle) + up_axis * math.sin(angle)
@@ -114,11 +118,13 @@ def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.n
     forward = rotate(forward, side, math.radians(float(params["camera.pitch_deg"]) + turn_deg[1]))
     if float(params["camera.toward_wall_deg"]) > 0:  # the wall ahead kept out of the near clip
         offset = keep_view_distance(centre, away, offset, forward, ray_cast, float(scene["min_view_distance_mm"]))
-    position = centre + away * offset
     right = unit(np.cross(forward, up_axis))
     up = unit(np.cross(right, forward))
     roll = math.radians(float(params["camera.roll_deg"]) + roll_deg)
     right, up = rotate(right, forward, roll), rotate(up, forward, roll)
+    if light_offset_mm > 0:
+        offset = keep_light_inside(centre, away, offset, up, ray_cast, light_offset_mm)
+    position = centre + away * offset
     return position, right, up, forward, offset
 
 
@@ -139,6 +145,18 @@ def keep_view_distance(centre: np.ndarray, direction: np.ndarray, offset: float,
     for _ in range(8):
         hit = ray_cast(centre + direction * offset, forward)
         if hit is None or hit[2] >= minimum or offset <= 0:
+            break
+        offset *= 0.6
+    return offset
+
+
+def keep_light_inside(centre: np.ndarray, direction: np.ndarray, offset: float, up: np.ndarray, ray_cast: Callable,
+                      light_offset_mm: float, margin_mm: float = 1.0) -> float:
+    """The offset (mm, from `centre` along `direction`), shrunk in steps of 0.6x (at most 8), at which no wall lies
+    between the lens and the light `light_offset_mm` above it (along `up`), with `margin_mm` to spare."""
+    for _ in range(8):
+        hit = ray_cast(centre + direction * offset, up)
+        if hit is None or hit[2] >= light_offset_mm + margin_mm or offset <= 0:
             break
         offset *= 0.6
     return offset

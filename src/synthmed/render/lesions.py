@@ -225,14 +225,17 @@ class Lesions:
         base = location - normal * float(self.cfg["scene"]["lesion_sink_mm"])  # never floats above the wall
         lesion.matrix_world = (Matrix.Translation(base.tolist()) @ orientation.to_matrix().to_4x4() @ spin
                                @ Matrix.Diagonal((*scale, 1.0)))
-        # a lens inside (or against) the lesion would see its inside, or a white blur: a tall lesion on the near
-        # wall of a close-up is not placed, as if its ray had missed (the model's unit frame: a dome lies within
-        # the unit sphere, the pedunculated model within the sphere of radius 0.5 round (0, 0, 0.5))
-        local = np.array(lesion.matrix_world.inverted() @ Vector(np.asarray(camera_position, float).tolist()))
-        if params["lesion.type"] == "pedunculated":
-            local = (local - np.array([0.0, 0.0, 0.5])) / 0.5
-        if np.linalg.norm(local) < float(self.cfg["shader"]["lesion_lens_clearance"]):
-            return {"lesion.placed": 0, "lesion.distance_mm": -1.0}
+        # a lens inside (or against) the lesion would see its inside, or a white blur, and a light inside it lights
+        # nothing (a black frame): a lesion on the wall right at the scope tip is not placed, as if its ray had
+        # missed (the model's unit frame: a dome lies within the unit sphere, the pedunculated model within the
+        # sphere of radius 0.5 round (0, 0, 0.5)); the light sits endoscope.light_offset_mm above the lens
+        light = np.asarray(camera_position, float) + unit(up) * float(self.cfg["endoscope"]["light_offset_mm"])
+        for point in (np.asarray(camera_position, float), light):
+            local = np.array(lesion.matrix_world.inverted() @ Vector(point.tolist()))
+            if params["lesion.type"] == "pedunculated":
+                local = (local - np.array([0.0, 0.0, 0.5])) / 0.5
+            if np.linalg.norm(local) < float(self.cfg["shader"]["lesion_lens_clearance"]):
+                return {"lesion.placed": 0, "lesion.distance_mm": -1.0}
         lesion.hide_render = False
         return {"lesion.placed": 1, "lesion.distance_mm": float(np.linalg.norm(location - camera_position))}
 

@@ -1,5 +1,6 @@
-"""Numpy post-processing of a rendered frame: optics (glare, defocus, motion blur), exposure, vignetting, the endoscope's field-of-view border,
-sRGB encoding, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
+"""Numpy post-processing of a rendered frame: optics (glare, defocus, motion blur), the video processor (light
+control, tone curve), exposure, vignetting, the endoscope's field-of-view border, sRGB encoding, the exact
+lesion mask and its box. Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
 
@@ -58,6 +59,22 @@ def optics(lin: np.ndarray, p: Mapping[str, Any], endo: Mapping) -> np.ndarray:
     return out
 
 
+def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
+    """The video processor's brightness control and tone curve on linear RGB. The gain brings the
+    `exposure_percentile` of the luminance inside the border to `exposure_target` (no more than
+    `exposure_max_gain`, nor less than 1 / it: the scope's light control); the curve
+    y = (1 + k) L / (1 + k L), k = `tone_lift`, then lifts the shadows (the wall a few folds down stays
+    visible) and scales each pixel's RGB by y / L, keeping its hue and saturation. k = 0 is a plain gain."""
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    level = float(np.percentile(lum[inside], float(endo["exposure_percentile"]))) if inside.any() else 0.0
+    limit = float(endo["exposure_max_gain"])
+    gain = float(np.clip(float(endo["exposure_target"]) / level, 1.0 / limit, limit)) if level > 0.0 else limit
+    lum = lum * np.float32(gain)
+    k = np.float32(endo["tone_lift"])
+    scale = np.float32(gain) * (1.0 + k) / (1.0 + k * lum)
+    return lin * scale[..., None]
+
+
 def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping) -> dict[str, Any]:
     """Linear passes -> uint8 RGB, 0/255 mask, uint16 depth (mm) and the visible-lesion statistics."""
     rgb = np.asarray(rendered["rgb"], np.float32)
@@ -67,7 +84,7 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     r2 = c[None, :] ** 2 + c[:, None] ** 2
     vignette = 1.0 - float(p["endoscope.vignette"]) * np.clip(r2 / 2.0, 0, 1) ** (float(endo["vignette_power"]) / 2.0)
-    lin = optics(np.clip(rgb, 0.0, None), p, endo)
+    lin = processor(optics(np.clip(rgb, 0.0, None), p, endo), inside, endo)
     lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
     img = np.floor(np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -71,6 +71,10 @@ class EndoscopeConfig:
     glare_threshold: float = MISSING
     glare_sigma: float = MISSING
     glare_gain: float = MISSING
+    exposure_percentile: float = MISSING
+    exposure_target: float = MISSING
+    exposure_max_gain: float = MISSING
+    tone_lift: float = MISSING
 
 
 @dataclass

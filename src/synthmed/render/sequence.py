@@ -85,7 +85,8 @@ def camera_path(params: Mapping[str, Any], cfg: Mapping, length: int, ray_cast: 
         centre, tangent, side = centreline_frame(params, axial)
         position, right, up, forward, offset = scope_pose(
             params, cfg["scene"], centre, tangent, side, ray_cast, shift_mm=shake[:3] * jitter_mm,
-            turn_deg=(shake[3] * jitter_deg, shake[4] * jitter_deg), roll_deg=k * float(params["sequence.roll_deg"]))
+            turn_deg=(shake[3] * jitter_deg, shake[4] * jitter_deg), roll_deg=k * float(params["sequence.roll_deg"]),
+            light_offset_mm=float(cfg["endoscope"]["light_offset_mm"]))
         poses.append(CameraPose(position, unit(right), unit(up), unit(forward), axial, offset))
     return poses
 

@@ -1,0 +1,70 @@
+"""Colour and brightness of endoscopy frames, to set rendered frames beside real ones (docs/render.md, "The wall's look").
+
+    python scripts/frame_colour_stats.py data/colon/<frames>/images [--limit 400]
+    python scripts/frame_colour_stats.py ../shared/reference/real_colonoscopy_examples.png --grid 3x3
+
+Per frame: the median HSV hue, saturation and value of the lit pixels (value > 0.08: the black border and the
+darkest lumen left out), and the share of the field that is near black (value < 8/255). A figure of several
+frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the
+number of frames and, for each statistic, the 10th, 50th and 90th percentile over the frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def frame_stats(rgb: np.ndarray) -> dict[str, float]:
+    """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, and the share
+    of the field (pixels not pure black: the border is black) that is near black."""
+    hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
+    field = rgb.max(axis=-1) > 0
+    lit = field & (hsv[..., 2] > 0.08)
+    if not lit.any():
+        raise ValueError("a frame with no lit pixel")
+    hue = hsv[..., 0][lit]
+    hue = np.where(hue > 0.5, hue - 1.0, hue)
+    return {"hue": float(np.median(hue)), "saturation": float(np.median(hsv[..., 1][lit])),
+            "value": float(np.median(hsv[..., 2][lit])),
+            "near_black": float((rgb.max(axis=-1)[field] < 8).mean()) if field.any() else 0.0}
+
+
+def tiles(path: Path, grid: str | None) -> list[np.ndarray]:
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if not grid:
+        return [rgb]
+    rows, cols = (int(v) for v in grid.lower().split("x"))
+    h, w = rgb.shape[0] // rows, rgb.shape[1] // cols
+    return [rgb[r * h + 10:(r + 1) * h - 10, c * w + 10:(c + 1) * w - 10] for r in range(rows) for c in range(cols)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("path", help="a folder of PNG frames, or one image")
+    ap.add_argument("--grid", default=None, help="cut one image into RxC frames, e.g. 3x3")
+    ap.add_argument("--limit", type=int, default=400, help="at most this many frames of a folder (sorted by name)")
+    args = ap.parse_args()
+    path = Path(args.path)
+    if path.is_dir():
+        files = sorted(path.glob("*.png"))[:args.limit]
+        if not files:
+            raise SystemExit(f"{path}: no PNG frames")
+        frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    elif path.is_file():
+        frames = tiles(path, args.grid)
+    else:
+        raise SystemExit(f"{path}: no such file or folder")
+    stats = [frame_stats(f) for f in frames]
+    out = {"path": str(path), "frames": len(stats)}
+    for key in stats[0]:
+        out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
