@@ -283,6 +283,10 @@ def test_bad_values_name_the_key():
         resolve_config(tiny("render.textures.vessel_scale=[0.05]"))
     with pytest.raises(RenderConfigError, match="render.shard"):
         resolve_config(tiny("render.shard=2"))
+    with pytest.raises(RenderConfigError, match="render.endoscope.exposure_percentile"):
+        resolve_config(tiny("render.endoscope.exposure_percentile=150"))
+    with pytest.raises(RenderConfigError, match="render.endoscope.tone_lift"):
+        resolve_config(tiny("render.endoscope.tone_lift=-1"))
     # a plain mapping would bypass the schema: refused, naming the way to compose one
     with pytest.raises(RenderConfigError, match="compose_render"):
         resolve_config({"engine": {"sampels": 3}})

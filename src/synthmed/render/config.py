@@ -148,6 +148,11 @@ def _check_values(c: dict) -> None:
             size = 2 if key.endswith("_edges") else 3
             need(f"shader.{key}", len(value) == size, f"must have {size} entries")
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
+    endo = c["endoscope"]
+    need("endoscope.exposure_percentile", 0 < endo["exposure_percentile"] <= 100, "must be in (0, 100]")
+    need("endoscope.exposure_target", endo["exposure_target"] > 0, "must be > 0")
+    need("endoscope.exposure_max_gain", endo["exposure_max_gain"] >= 1, "must be >= 1")
+    need("endoscope.tone_lift", endo["tone_lift"] >= 0, "must be >= 0")
     for name, spec in param_specs(c).items():
         _check_dist(f"render.params.{name}", spec)
     names = set(param_names(c))
