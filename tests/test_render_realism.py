@@ -278,7 +278,7 @@ def test_the_light_is_kept_inside_the_lumen():
     """A scope beside a wall, its light 3 mm above the lens: moved toward the centreline until the light is at
     least 1 mm inside (a light in the wall rendered a black frame); a light pointing away from the wall leaves
     the pose alone."""
-    from synthmed.render.camera import keep_light_inside
+    from synthmed.render.camera import keep_wall_away
 
     def wall_at_y5(origin, direction):  # the plane y = 5, seen from below
         if direction[1] <= 0:
@@ -287,7 +287,21 @@ def test_the_light_is_kept_inside_the_lumen():
         return (origin + direction * distance, np.array([0.0, -1.0, 0.0]), float(distance))
 
     centre, away = np.zeros(3), np.array([0.0, 1.0, 0.0])
-    offset = keep_light_inside(centre, away, 4.0, np.array([0.0, 1.0, 0.0]), wall_at_y5, 3.0)
+    offset = keep_wall_away(centre, away, 4.0, np.array([0.0, 1.0, 0.0]), wall_at_y5, 3.0 + 1.0)  # scope_pose's
     assert offset == pytest.approx(4.0 * 0.6 ** 3)  # 4 -> 2.4 -> 1.44 -> 0.864
     assert 5.0 - (offset + 3.0) >= 1.0
-    assert keep_light_inside(centre, away, 4.0, np.array([1.0, 0.0, 0.0]), wall_at_y5, 3.0) == 4.0
+    assert keep_wall_away(centre, away, 4.0, np.array([1.0, 0.0, 0.0]), wall_at_y5, 3.0 + 1.0) == 4.0
+    # through the scope's pose: 2 mm off the centreline toward the wall (clearance 3), rolled so that the light
+    # (3 mm above the lens) points at the wall: moved back until the light is 1 mm inside; not rolled, left alone
+    from synthmed.render.camera import scope_pose
+
+    params = {"camera.offset_angle_deg": 270.0, "camera.offset": 0.1, "tube.radius_mm": 20.0,
+              "camera.toward_wall_deg": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0}
+    scene = {"min_wall_clearance_mm": 3.0, "min_view_distance_mm": 6.0}
+    axes = (np.zeros(3), np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0]))  # centre, tangent, side
+    rolled = scope_pose({**params, "camera.roll_deg": 180.0}, scene, *axes, wall_at_y5, light_offset_mm=3.0)
+    position, up = rolled[0], rolled[2]
+    assert up == pytest.approx([0.0, 1.0, 0.0]) and rolled[4] == pytest.approx(2.0 * 0.6 ** 2)  # 2 -> 1.2 -> 0.72
+    assert 5.0 - (position[1] + 3.0) >= 1.0
+    assert scope_pose({**params, "camera.roll_deg": 0.0}, scene, *axes, wall_at_y5, light_offset_mm=3.0)[4] == 2.0
+    assert scope_pose({**params, "camera.roll_deg": 180.0}, scene, *axes, wall_at_y5)[4] == 2.0  # no light: no check

@@ -100,7 +100,7 @@ def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.n
     (camera.roll_deg plus `roll_deg`). A scope turned toward the wall is moved back toward the centreline until the
     wall straight ahead is `scene.min_view_distance_mm` away. The light sits `light_offset_mm` above the lens
     (image up): a scope whose light would lie in the wall (a fold's ridge beside the lens, the scope rolled toward
-    the wall: a black frame) is moved back toward the centreline too (`keep_light_inside`)."""
+    the wall: a black frame) is moved back toward the centreline too."""
     up_axis = np.cross(side, tangent)
     angle = math.radians(float(params["camera.offset_angle_deg"]))
     direction = side * math.cos(angle) + up_axis * math.sin(angle)
@@ -117,13 +117,13 @@ def scope_pose(params: Mapping[str, Any], scene: Mapping[str, Any], centre: np.n
     forward = rotate(axis, up_axis, math.radians(float(params["camera.yaw_deg"]) + turn_deg[0]))
     forward = rotate(forward, side, math.radians(float(params["camera.pitch_deg"]) + turn_deg[1]))
     if float(params["camera.toward_wall_deg"]) > 0:  # the wall ahead kept out of the near clip
-        offset = keep_view_distance(centre, away, offset, forward, ray_cast, float(scene["min_view_distance_mm"]))
+        offset = keep_wall_away(centre, away, offset, forward, ray_cast, float(scene["min_view_distance_mm"]))
     right = unit(np.cross(forward, up_axis))
     up = unit(np.cross(right, forward))
     roll = math.radians(float(params["camera.roll_deg"]) + roll_deg)
     right, up = rotate(right, forward, roll), rotate(up, forward, roll)
-    if light_offset_mm > 0:
-        offset = keep_light_inside(centre, away, offset, up, ray_cast, light_offset_mm)
+    if light_offset_mm > 0:  # the light at least 1 mm inside the wall
+        offset = keep_wall_away(centre, away, offset, up, ray_cast, light_offset_mm + 1.0)
     position = centre + away * offset
     return position, right, up, forward, offset
 
@@ -137,26 +137,15 @@ def toward_wall(tangent: np.ndarray, direction: np.ndarray, degrees: float) -> n
     return unit(rotate(tangent, np.cross(tangent, direction), math.radians(degrees)))
 
 
-def keep_view_distance(centre: np.ndarray, direction: np.ndarray, offset: float, forward: np.ndarray,
-                       ray_cast: Callable, minimum: float) -> float:
+def keep_wall_away(centre: np.ndarray, direction: np.ndarray, offset: float, look: np.ndarray, ray_cast: Callable,
+                   minimum: float) -> float:
     """The offset (mm, from `centre` along `direction`), shrunk in steps of 0.6x (at most 8), at which the wall
-    straight ahead (`forward`) lies at least `minimum` mm from the lens: a scope turned toward a near wall, or
-    into a fold's ridge, would otherwise have the wall inside the near clip and see through it."""
+    along `look` from the lens lies at least `minimum` mm away. Straight ahead: a scope turned toward a near wall,
+    or into a fold's ridge, would otherwise have the wall inside the near clip and see through it. Toward the
+    tip light: a light in the wall lights nothing (a black frame)."""
     for _ in range(8):
-        hit = ray_cast(centre + direction * offset, forward)
+        hit = ray_cast(centre + direction * offset, look)
         if hit is None or hit[2] >= minimum or offset <= 0:
-            break
-        offset *= 0.6
-    return offset
-
-
-def keep_light_inside(centre: np.ndarray, direction: np.ndarray, offset: float, up: np.ndarray, ray_cast: Callable,
-                      light_offset_mm: float, margin_mm: float = 1.0) -> float:
-    """The offset (mm, from `centre` along `direction`), shrunk in steps of 0.6x (at most 8), at which no wall lies
-    between the lens and the light `light_offset_mm` above it (along `up`), with `margin_mm` to spare."""
-    for _ in range(8):
-        hit = ray_cast(centre + direction * offset, up)
-        if hit is None or hit[2] >= light_offset_mm + margin_mm or offset <= 0:
             break
         offset *= 0.6
     return offset
