@@ -18,7 +18,7 @@ import pytest
 from synthmed.render import compose_render
 from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
 from synthmed.render.lesions import lesion_colour
-from synthmed.render.post import finish_frame, line_kernel, optics, processor
+from synthmed.render.post import fill_light, finish_frame, line_kernel, optics, processor
 
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 
@@ -77,7 +77,38 @@ def _frame(size=64, seed=0):
     rgb[20:24, 30:34] = 4.0  # a specular highlight
     index = np.zeros((size, size), np.float32)
     index[40:50, 10:20] = 1.0
-    return {"rgb": rgb, "index": index, "depth": np.full((size, size), 30.0, np.float32), "derived": {}}
+    albedo = np.full((size, size, 3), (0.5, 0.25, 0.2), np.float32)
+    return {"rgb": rgb, "albedo": albedo, "index": index, "depth": np.full((size, size), 30.0, np.float32),
+            "derived": {}}
+
+
+def test_fill_light_is_the_head_on_light_scaled_by_fill_and_falls_off_with_distance(cfg):
+    """The fill light: `light.fill` x the irradiance of a surface facing the tip light (Cycles' point light:
+    P / (4 pi d^2), a diffuse surface's radiance albedo x E / pi), from the lens distance, no nearer than
+    `fill_min_distance_mm`; none where no surface is seen; tinted as the light is."""
+    endo = cfg["endoscope"]
+    p = {"light.power_w": 40.0, "light.fill": 0.1, "light.warmth": 0.0}
+    albedo = np.full((1, 4, 3), 0.5, np.float32)
+    depth = np.array([[10.0, 20.0, 1e10, 2.0]], np.float32)
+    out = fill_light(albedo, depth, p, endo, (1.0, 1.0, 1.0))
+    head_on = 0.5 * 0.1 * 40.0 * float(endo["light_power_scale"]) / (4.0 * np.pi ** 2)
+    assert out[0, 0] == pytest.approx(np.full(3, head_on / 100.0), rel=1e-5)
+    assert out[0, 1] == pytest.approx(out[0, 0] / 4.0, rel=1e-5)  # 1 / d^2
+    assert not out[0, 2].any()  # no surface: no light
+    nearest = float(endo["fill_min_distance_mm"])
+    assert out[0, 3] == pytest.approx(np.full(3, head_on / nearest ** 2), rel=1e-5)
+    assert not fill_light(albedo, depth, {**p, "light.fill": 0.0}, endo, (1.0, 1.0, 1.0)).any()
+    warm = fill_light(albedo, depth, p, endo, (1.0, 0.97, 0.9))
+    assert warm[0, 0, 2] == pytest.approx(0.9 * out[0, 0, 2], rel=1e-5)
+    # in a frame, a shadow (no direct light) is dark, not black, and keeps the albedo's hue
+    q = {**sample_params(cfg, 0), "endoscope.border": "circle", "endoscope.border_radius": 1.0, "light.warmth": 0.0,
+         "endoscope.vignette": 0.0, "endoscope.exposure_ev": 0.0, "optics.glare": 0.0, "optics.defocus": 0,
+         "optics.motion_blur": 0}
+    frame = _frame()
+    frame["rgb"][:32] = 0.0  # the upper half in shadow
+    lit = finish_frame(frame, {**q, "light.fill": 0.1}, cfg)["image"][28, 28].astype(int)
+    assert lit.min() > 0 and lit[0] > lit[1] > lit[2]  # red albedo: red > green > blue
+    assert not finish_frame(frame, {**q, "light.fill": 0.0}, cfg)["image"][28, 28].any()
 
 
 def test_optics_blur_the_image_only(cfg):
@@ -190,6 +221,18 @@ SCRIPT = textwrap.dedent("""
         px = f["image"][f["mask"] > 0].astype(float)
         colours[name] = float(px[:, 0].mean() / max(px[:, 1].mean(), 1.0))
     out["redness_ratio"] = colours
+    # the albedo pass of a red lesion: its foot (the mask's outline) fades into the wall's colour, its top keeps
+    # the lesion's; the wall around it is the wall's
+    from scipy import ndimage
+    p = {**base, "lesion.present": 1, "lesion.type": "sessile", "lesion.size_mm": 10.0, "lesion.height_mm": 4.0,
+         "lesion.redness": 1.0, "lesion.texture_strength": 0.0, "lesion.surface": "smooth"}
+    r = scene.render(p, 1)
+    m = np.rint(r["index"]) == 1
+    inner = ndimage.binary_erosion(m, iterations=2)
+    wall = ndimage.binary_dilation(m, iterations=3) & ~m & (r["depth"] < 1e9)
+    albedo = np.asarray(r["albedo"])
+    out["albedo_red_over_green"] = {k: float(albedo[v][:, 0].mean() / albedo[v][:, 1].mean())
+                                    for k, v in (("foot", m & ~inner), ("top", inner), ("wall", wall))}
     for name, change in (("bubbles", {"clutter__bubbles": 1, "clutter__bubble_offaxis": 0.4}),
                          ("debris", {"clutter__debris": 1, "clutter__debris_offaxis": 0.85, "clutter__debris_size_mm": 6.0,
                                      "clutter__debris_count": 6, "clutter__debris_spread_mm": 5.0}),
@@ -256,6 +299,8 @@ def test_rendered_variety_and_hard_negatives():
     # same colour as the mucosa's sits between paler and redder
     r = out["redness_ratio"]
     assert r["pale"] < r["same"] < r["red"], r
+    a = out["albedo_red_over_green"]
+    assert a["wall"] < a["foot"] < a["top"], a
     for name in ("bubbles", "debris", "fluid", "red_patch"):  # hard negatives change the image, never the mask
         assert out[name]["changed_pixels"] > 10, (name, out[name])  # of 64 x 64, seen obliquely on the wall
         assert out[name]["mask_pixels"] == 0 and out[name]["label"] == 0, (name, out[name])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.render.lumen import centreline_frame
-from synthmed.render.nodes import rotate, unit
+from synthmed.render.nodes import light_tint, rotate, unit
 
 
 class Endoscope:
@@ -81,8 +81,7 @@ class Endoscope:
         """The light sits slightly above the lens; warmth tints it toward yellow."""
         optics, tint = self.cfg["endoscope"], self.cfg["shader"]["light_warmth_tint"]
         self.light.location = (position + up * float(optics["light_offset_mm"])).tolist()
-        warmth = float(params["light.warmth"])
-        self.light.data.color = tuple(1.0 - float(t) * warmth for t in tint)
+        self.light.data.color = light_tint(params["light.warmth"], tint)
         self.light.data.energy = float(params["light.power_w"]) * float(optics["light_power_scale"])
 
 

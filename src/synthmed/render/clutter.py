@@ -19,6 +19,7 @@ from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
     hsv_colour,
+    material_output,
     new_geometry_tree,
     new_material,
     rotate,
@@ -69,7 +70,7 @@ class Clutter:
         rim = graph.math("MINIMUM", graph.math("MULTIPLY", fresnel, float(shader["bubble_rim_gain"])), 1.0)
         body = graph.node("ShaderNodeMixShader", {0: rim, 1: clear.outputs[0], 2: film.outputs[0]})
         coated = graph.node("ShaderNodeAddShader", {0: body.outputs[0], 1: glossy.outputs[0]})
-        graph.connect(coated.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        material_output(graph, coated.outputs[0], opaque=False)
         return material
 
     def _build_debris_material(self, graph: NodeGraph) -> None:
@@ -83,7 +84,7 @@ class Clutter:
                                              "Distance": float(shader["debris_bump_distance"]), "Height": noise})
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {"Base Color": colour, "Roughness": float(shader["debris_roughness"]),
                                                        "Normal": bump.outputs[0]})
-        graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        material_output(graph, bsdf.outputs[0])
 
     def _build_fluid_material(self, graph: NodeGraph) -> None:
         """A glossy, tinted, partly see-through surface: the wall shows through it where it is shallow."""
@@ -94,7 +95,7 @@ class Clutter:
         clear = graph.node("ShaderNodeBsdfTransparent", {"Color": knob.rgb("fluid.colour")})
         mixed = graph.node("ShaderNodeMixShader", {0: knob["clutter.fluid_opacity"], 1: clear.outputs[0],
                                                    2: tinted.outputs[0]})
-        graph.connect(mixed.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        material_output(graph, mixed.outputs[0], opaque=False)
 
     def _build_debris_shape(self, graph: NodeGraph) -> None:
         """Irregular lumps: a sphere pushed along its normals by a seeded noise."""

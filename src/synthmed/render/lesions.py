@@ -16,10 +16,12 @@ import numpy as np
 
 from synthmed.render.config import LESION_SURFACES, LESION_TYPES
 from synthmed.render.lumen import centreline, centreline_frame
+from synthmed.render.mucosa import droplet_bump
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
     hsv_colour,
+    material_output,
     new_geometry_tree,
     new_material,
     rotate,
@@ -135,6 +137,11 @@ class Lesions:
         patchy = graph.map_range(noise, patch_low, patch_high, float(shader["lesion_mucus_patch_floor"]), 1.0)
         cap = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.map_range(z, cap_low, cap_high, 0.0, 1.0, "SMOOTHSTEP"),
                                                 patchy), knob["lesion.mucus"])
+        # the base: the lesion grows out of the mucosa, so its colour and pattern fade into the wall's colour
+        # toward the model's foot (a stalk is the wall's tissue)
+        base_low, base_high = (float(v) for v in shader["lesion_base_edges"])
+        colour = graph.mix_colour(graph.map_range(z, base_low, base_high, 0.0, 1.0, "SMOOTHSTEP"),
+                                  knob.rgb("lesion.mucosa_colour"), colour)
         colour = graph.mix_colour(graph.math("MULTIPLY", cap, float(shader["lesion_mucus_opacity"])), colour,
                                   knob.rgb("lesion.mucus_colour"))
         height = graph.math("ADD", graph.math("ADD", graph.math("MULTIPLY", noise, knob["lesion.texture_strength"]),
@@ -142,13 +149,16 @@ class Lesions:
         bump = graph.node("ShaderNodeBump", {
             "Strength": float(shader["lesion_bump_gain"]),
             "Distance": float(shader["lesion_bump_distance"]), "Height": height})
+        # the wall's tissue and wet film (its roughness, sheen, coat and droplets), the mucus cap wetter
+        position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
-            "Base Color": colour, "Roughness": float(shader["lesion_roughness"]), "Normal": bump.outputs[0],
-            "Coat Weight": graph.math("ADD", float(shader["lesion_coat_weight"]), cap),
-            "Coat Roughness": float(shader["lesion_coat_roughness"]),
-            "Coat IOR": float(shader["lesion_coat_ior"]), "Coat Normal": bump.outputs[0],
+            "Base Color": colour, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],
+            "Coat Weight": graph.math("ADD", knob["mucosa.wetness"], cap),
+            "Coat Roughness": knob["mucosa.coat_roughness"], "Coat IOR": float(shader["mucosa_coat_ior"]),
+            "Coat Normal": droplet_bump(graph, position, knob, self.cfg, normal=bump.outputs[0]),
+            "Specular IOR Level": float(shader["mucosa_specular"]),
         })
-        graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        material_output(graph, bsdf.outputs[0])
 
     def _model(self, scene, kind: str, shape_tree):
         """The mesh of one lesion type in a unit frame (z = 0 at the wall, z = 1 at the top)."""
@@ -267,7 +277,8 @@ def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str,
                "lesion.colour_dark": shifted_colour(hue, saturation, value, shader["lesion_dark"]),
                "lesion.vessel_colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"],
                                                   params["vessels.value"]),
-               "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"]))}
+               "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"])),
+               "lesion.mucosa_colour": hsv_colour(params["mucosa.hue"], params["mucosa.saturation"], params["mucosa.value"])}
     surface, strength = params["lesion.surface"], float(params["lesion.surface_strength"])
     if surface not in LESION_SURFACES:
         raise ValueError(f"render.params.lesion.surface: unknown surface {surface!r} ({', '.join(LESION_SURFACES)})")

@@ -18,6 +18,7 @@ from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
     hsv_colour,
+    material_output,
     new_geometry_tree,
     new_material,
     shifted_colour,
@@ -105,6 +106,26 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, image, cfg: Mapping) ->
             "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"]}
 
 
+def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None):
+    """The wet film's normal: small domes of mucus (where a seeded noise of `position`, in mm, rises above a
+    threshold). Each dome holds every normal direction, so each catches the tip light as a glint. The mucosa and
+    the lesions (reading the world position: the lumen's object space is the world's) share one field, so the
+    droplets run on over a lesion. Used as the coat's normal only: the tissue under the film shades as it is
+    (tilting it too made a skin of goose bumps). The bump node evaluates its height three times a sample: one
+    cheap noise. `normal`: the surface's own (bumped) normal, if any."""
+    geometry, shader = cfg["scene"], cfg["shader"]
+    noise = graph.noise(graph.seeded(position, knob["mucosa.bump_seed"]), float(geometry["mucosa_bump_scale"]),
+                        float(shader["droplet_noise_detail"]))
+    low = graph.math("SUBTRACT", float(shader["droplet_threshold"]),
+                     graph.math("MULTIPLY", knob["mucosa.droplets"], float(shader["droplet_density_gain"])))
+    height = graph.map_range(noise, low, graph.math("ADD", low, float(shader["droplet_band"])), 0.0, 1.0, "SMOOTHSTEP")
+    inputs = {"Strength": knob["mucosa.bump_strength"], "Distance": float(geometry["mucosa_bump_distance"]),
+              "Height": height}
+    if normal is not None:
+        inputs["Normal"] = normal
+    return graph.node("ShaderNodeBump", inputs).outputs[0]
+
+
 def _vector(values) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
@@ -123,7 +144,7 @@ class Mucosa:
 
     def _build(self, graph: NodeGraph) -> None:
         bpy, cfg, knob = self.bpy, self.cfg, self.inputs
-        geometry, textures, shader = cfg["scene"], cfg["textures"], cfg["shader"]
+        textures, shader = cfg["textures"], cfg["shader"]
         # where on the wall: the angle around the lumen and the axial position, mapped onto the pattern's
         # reference cylinder and turned / shifted per frame (`pattern_inputs`)
         around = graph.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
@@ -142,7 +163,6 @@ class Mucosa:
             channels = pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
         else:
             raise ValueError(f"render.textures.mode: unknown mode {textures['mode']!r} (baked, procedural)")
-        seed = knob["mucosa.bump_seed"]
         # mottled base colour
         mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
         mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
@@ -180,28 +200,18 @@ class Mucosa:
         facing = graph.node("ShaderNodeLayerWeight", {"Blend": float(shader["mucosa_rim_blend"])}).outputs["Facing"]
         rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
         coloured = graph.mix_colour(rim, coloured, knob.rgb("mucosa.colour_rim"))
-        # wet surface: small domes of mucus (where a noise rises above a threshold) under a glossy coat; each
-        # dome holds every normal direction, so each catches the tip light as a glint (the bump node evaluates
-        # its height three times a sample: one cheap noise; the wall's larger undulations are geometry already)
-        noise = graph.noise(graph.seeded(coordinates, seed), float(geometry["mucosa_bump_scale"]),
-                            float(shader["droplet_noise_detail"]))
-        low = graph.math("SUBTRACT", float(shader["droplet_threshold"]),
-                         graph.math("MULTIPLY", knob["mucosa.droplets"], float(shader["droplet_density_gain"])))
-        height = graph.map_range(noise, low, graph.math("ADD", low, float(shader["droplet_band"])), 0.0, 1.0,
-                                 "SMOOTHSTEP")
-        bump = graph.node("ShaderNodeBump", {"Strength": knob["mucosa.bump_strength"],
-                                             "Distance": float(geometry["mucosa_bump_distance"]), "Height": height})
+        bump = droplet_bump(graph, coordinates, knob, cfg)
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
-            "Base Color": coloured, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],
+            "Base Color": coloured, "Roughness": knob["mucosa.roughness"],
             "Coat Weight": knob["mucosa.wetness"], "Coat Roughness": knob["mucosa.coat_roughness"],
-            "Coat IOR": float(shader["mucosa_coat_ior"]), "Coat Normal": bump.outputs[0],
+            "Coat IOR": float(shader["mucosa_coat_ior"]), "Coat Normal": bump,
             "Specular IOR Level": float(shader["mucosa_specular"]),
         })
         if cfg["engine"]["subsurface"]:
             graph.connect(float(shader["subsurface_weight"]), bsdf.inputs["Subsurface Weight"])
             graph.connect(_vector(shader["subsurface_radius"]), bsdf.inputs["Subsurface Radius"])
             graph.connect(float(shader["subsurface_scale"]), bsdf.inputs["Subsurface Scale"])
-        graph.connect(bsdf.outputs[0], graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+        material_output(graph, bsdf.outputs[0])
 
     # -------------------------------------------------------------------------- per frame
     def pattern_inputs(self, params: Mapping[str, Any]) -> dict[str, float]:

@@ -130,6 +130,20 @@ def new_material(bpy, name: str):
     return material, NodeGraph(material.node_tree)
 
 
+NORMAL_AOV = "normal"  # the shader AOV the sequences' normal pass reads (scene.py)
+
+
+def material_output(graph: NodeGraph, surface, opaque: bool = True) -> None:
+    """Connect a material's surface shader; an opaque one also writes its smooth surface normal (world space,
+    the mesh's interpolated normal: no bump, neither the tissue's texture nor the wet film's droplets) to the
+    `NORMAL_AOV` output, which a sequence render writes as its normal pass. See-through surfaces (bubbles, fluid)
+    write none: the pass shows the wall behind them."""
+    graph.connect(surface, graph.node("ShaderNodeOutputMaterial").inputs["Surface"])
+    if opaque:
+        aov = graph.node("ShaderNodeOutputAOV", {"Color": graph.node("ShaderNodeNewGeometry").outputs["Normal"]})
+        aov.aov_name = NORMAL_AOV
+
+
 def hsv_colour(hue: float, saturation: float, value: float) -> tuple[float, float, float, float]:
     """HSV (hue wraps at 1) -> linear RGBA for a shader socket."""
     r, g, b = colorsys.hsv_to_rgb(hue % 1.0, min(max(saturation, 0.0), 1.0), max(value, 0.0))
@@ -153,6 +167,11 @@ def shifted_toward(hue: float, saturation: float, value: float, redness: float, 
     saturation = saturation * (1.0 + t * (float(shift["saturation_scale"]) - 1.0)) + t * float(shift["saturation_shift"])
     value = value * (1.0 + t * (float(shift["value_scale"]) - 1.0))
     return hue, min(max(saturation, 0.0), 1.0), min(max(value, 0.0), 1.0)
+
+
+def light_tint(warmth: float, tint) -> tuple[float, float, float]:
+    """The tip light's colour: 1 - warmth x `shader.light_warmth_tint` (toward yellow)."""
+    return tuple(1.0 - float(t) * float(warmth) for t in tint)
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Numpy post-processing of a rendered frame: optics (glare, defocus, motion blur), the video processor (light
+"""Numpy post-processing of a rendered frame: the fill light (light the wall scatters back, which a
+direct-light render leaves out), optics (glare, defocus, motion blur), the video processor (light
 control, tone curve), exposure, vignetting, the endoscope's field-of-view border, sRGB encoding, the exact
 lesion mask and its box. Deterministic: same arrays in, same bytes out."""
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from synthmed.render.nodes import light_tint
 from synthmed.utils import atomic_path
 
 
@@ -59,6 +61,19 @@ def optics(lin: np.ndarray, p: Mapping[str, Any], endo: Mapping) -> np.ndarray:
     return out
 
 
+def fill_light(albedo: np.ndarray, depth: np.ndarray, p: Mapping[str, Any], endo: Mapping, tint) -> np.ndarray:
+    """Linear RGB of the light the lumen scatters back onto itself, which a direct-light render (no bounces)
+    leaves out: shadows behind folds are then dark, not black. A pixel receives `light.fill` of the irradiance a
+    surface facing the tip light would receive at its distance (the distance to the lens, at least
+    `fill_min_distance_mm`), whatever way it faces and whether or not it is shadowed; lit as a diffuse surface
+    of the pass's albedo. Cycles' point light of power P gives E = P / (4 pi d^2) and a diffuse surface
+    radiance albedo x E / pi. Pixels that see no surface get none."""
+    power = float(p["light.power_w"]) * float(endo["light_power_scale"])
+    distance = np.maximum(depth, float(endo["fill_min_distance_mm"]))
+    irradiance = np.where(depth < 1e9, float(p["light.fill"]) * power / (4.0 * np.pi ** 2) / distance ** 2, 0.0)
+    return albedo * irradiance[..., None].astype(np.float32) * np.asarray(tint, np.float32)
+
+
 def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     """The video processor's brightness control and tone curve on linear RGB. The gain brings the
     `exposure_percentile` of the luminance inside the border to `exposure_target` (no more than
@@ -84,7 +99,9 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     r2 = c[None, :] ** 2 + c[:, None] ** 2
     vignette = 1.0 - float(p["endoscope.vignette"]) * np.clip(r2 / 2.0, 0, 1) ** (float(endo["vignette_power"]) / 2.0)
-    lin = processor(optics(np.clip(rgb, 0.0, None), p, endo), inside, endo)
+    tint = light_tint(p["light.warmth"], cfg["shader"]["light_warmth_tint"])
+    lit = np.clip(rgb, 0.0, None) + fill_light(np.asarray(rendered["albedo"], np.float32), rendered["depth"], p, endo, tint)
+    lin = processor(optics(lit, p, endo), inside, endo)
     lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
     img = np.floor(np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

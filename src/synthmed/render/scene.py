@@ -2,8 +2,8 @@
 `lumen` (tube geometry), `mucosa` (wall material and its pattern), `lesions`, `camera` (endoscope and
 light) — and owns the render settings and the compositor. bpy is imported here, in the worker processes.
 
-`ColonScene(cfg).render(params, seed)` returns linear RGB, the object-index pass (lesion = 1) and depth as
-numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
+`ColonScene(cfg).render(params, seed)` returns linear RGB, the albedo, the object-index pass (lesion = 1) and
+depth as numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
 (`mode: sequence`) poses the scene once (`pose_scene`, then `place_objects` from the camera poses it chooses),
 moves only the camera per frame (`move_camera`) and renders the current state (`render_current`), with a
 normal pass besides.
@@ -25,6 +25,7 @@ from synthmed.render.exr import read_exr
 from synthmed.render.lesions import Lesions
 from synthmed.render.lumen import LumenGeometry
 from synthmed.render.mucosa import Mucosa
+from synthmed.render.nodes import NORMAL_AOV
 
 
 class ColonScene:
@@ -113,11 +114,14 @@ class ColonScene:
         view_layer = self.scene.view_layers[0]
         view_layer.use_pass_object_index = True
         view_layer.use_pass_z = True
-        view_layer.use_pass_normal = self.sequence_mode  # the sequences' normals (a still frame has none)
+        view_layer.use_pass_diffuse_color = True  # the albedo the post-processing's fill light lights (post.fill_light)
+        if self.sequence_mode:  # the sequences' normals (a still frame has none): the materials' smooth surface
+            aov = view_layer.aovs.add()  # normal (nodes.material_output), not Cycles' Normal pass, which
+            aov.name, aov.type = NORMAL_AOV, "COLOR"  # averages in the wet film's droplet bumps
 
     def _build_compositor(self) -> str:
-        """Write Combined, object index and depth (and, for sequences, the normal) to one uncompressed EXR a
-        frame; returns its path."""
+        """Write Combined, object index, depth and albedo (and, for sequences, the normal AOV) to one uncompressed
+        EXR a frame; returns its path."""
         tree = self.bpy.data.node_groups.new("passes", "CompositorNodeTree")
         self.scene.compositing_node_group = tree
         layers = tree.nodes.new("CompositorNodeRLayers")
@@ -129,9 +133,10 @@ class ColonScene:
         output.format.exr_codec = "NONE"
         output.format.color_depth = "32"
         output.format.use_exr_interleave = True  # one part, so our small reader handles it
-        passes = [("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth")]
+        passes = [("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth"),
+                  ("albedo", "RGBA", "Diffuse Color")]
         if self.sequence_mode:
-            passes.append(("normal", "VECTOR", "Normal"))
+            passes.append(("normal", "VECTOR", NORMAL_AOV))
         for name, kind, source in passes:
             output.file_output_items.new(kind, name)
             tree.links.new(layers.outputs[source], output.inputs[name])
@@ -224,7 +229,8 @@ class ColonScene:
         self.bpy.ops.render.render()
         channels = read_exr(self.exr_path)
         rgb = np.stack([channels["rgb.R"], channels["rgb.G"], channels["rgb.B"]], axis=-1)
-        out = {"rgb": rgb, "index": channels["index.V"], "depth": channels["depth.V"]}
+        albedo = np.stack([channels["albedo.R"], channels["albedo.G"], channels["albedo.B"]], axis=-1)
+        out = {"rgb": rgb, "albedo": albedo, "index": channels["index.V"], "depth": channels["depth.V"]}
         if self.sequence_mode:
             out["normal"] = np.stack([channels["normal.X"], channels["normal.Y"], channels["normal.Z"]], axis=-1)
         return out

@@ -66,6 +66,7 @@ class EndoscopeConfig:
     light_offset_mm: float = MISSING
     light_soft_radius_mm: float = MISSING
     light_power_scale: float = MISSING
+    fill_min_distance_mm: float = MISSING
     octagon_cut: float = MISSING
     vignette_power: float = MISSING
     glare_threshold: float = MISSING
@@ -186,10 +187,7 @@ class ShaderConfig:
     lesion_mucus_patch_edges: list[float] = MISSING
     lesion_mucus_patch_floor: float = MISSING
     lesion_mucus_colour: list[float] = MISSING
-    lesion_roughness: float = MISSING
-    lesion_coat_weight: float = MISSING
-    lesion_coat_roughness: float = MISSING
-    lesion_coat_ior: float = MISSING
+    lesion_base_edges: list[float] = MISSING
     stalk_radius_wall: float = MISSING
     stalk_radius_head: float = MISSING
     stalk_length: float = MISSING

@@ -111,8 +111,9 @@ def world_points(depth: np.ndarray, rays: np.ndarray, c2w: np.ndarray) -> np.nda
 
 
 def camera_normals(normal_world: np.ndarray, c2w: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """H x W x 3 float32 unit normals in the camera frame (OpenCV axes) from Cycles' world-space Normal pass
-    (an average over the samples: renormalised); 0 where `valid` is false or the pass has no direction."""
+    """H x W x 3 float32 unit normals in the camera frame (OpenCV axes) from the world-space normal pass (the
+    materials' smooth normal, `nodes.material_output`; an average over the samples: renormalised); 0 where `valid`
+    is false or the pass has no direction."""
     n = _times(np.nan_to_num(np.asarray(normal_world, np.float64)), c2w[:3, :3])
     length = _length(n)[..., None]
     ok = valid[..., None] & (length > 1e-6)
