@@ -18,7 +18,7 @@ import pytest
 from synthmed.render import compose_render
 from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
 from synthmed.render.lesions import lesion_colour
-from synthmed.render.post import fill_light, finish_frame, line_kernel, optics, processor
+from synthmed.render.post import fill_light, finish_frame, line_kernel, optics, processor, translucency
 
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 
@@ -78,8 +78,8 @@ def _frame(size=64, seed=0):
     index = np.zeros((size, size), np.float32)
     index[40:50, 10:20] = 1.0
     albedo = np.full((size, size, 3), (0.5, 0.25, 0.2), np.float32)
-    return {"rgb": rgb, "albedo": albedo, "index": index, "depth": np.full((size, size), 30.0, np.float32),
-            "derived": {}}
+    return {"rgb": rgb, "albedo": albedo, "diffuse": np.full((size, size, 3), 0.4, np.float32), "index": index,
+            "depth": np.full((size, size), 30.0, np.float32), "derived": {}}
 
 
 def test_fill_light_is_the_head_on_light_scaled_by_fill_and_falls_off_with_distance(cfg):
@@ -109,6 +109,38 @@ def test_fill_light_is_the_head_on_light_scaled_by_fill_and_falls_off_with_dista
     lit = finish_frame(frame, {**q, "light.fill": 0.1}, cfg)["image"][28, 28].astype(int)
     assert lit.min() > 0 and lit[0] > lit[1] > lit[2]  # red albedo: red > green > blue
     assert not finish_frame(frame, {**q, "light.fill": 0.0}, cfg)["image"][28, 28].any()
+
+
+def test_translucency_softens_shadow_edges_red_farthest_and_never_across_a_depth_step():
+    """post.translucency spreads the diffuse light over the surface (a sigma of radius x focal / distance pixels per
+    channel) and returns albedo x (spread - light): uniform light gets nothing, a shadow's edge gets light from its
+    lit side, red reaching farthest; light never spreads to a surface at another distance; no surface, no light."""
+    size, focal, radius = 64, 40.0, (1.0, 0.35, 0.2)
+    albedo = np.full((size, size, 3), (0.8, 0.5, 0.4), np.float32)
+    light = np.zeros((size, size, 3), np.float32)
+    light[:, :32] = 1.0  # the left half lit, the right half in shadow
+    depth = np.full((size, size), 10.0, np.float32)  # red sigma 4 px, blue 0.8 px
+    flat = translucency(np.ones_like(light), albedo, depth, focal, radius, 1.3)
+    assert np.abs(flat).max() < 1e-5
+    added = translucency(light, albedo, depth, focal, radius, 1.3)
+    row = added[32]
+    assert (row[32:] >= -1e-6).all() and (row[:32] <= 1e-6).all()  # the shadow gains what the lit side loses
+    assert row[32, 0] > 0.2 * 0.8 and row[32, 2] > 0.2 * 0.4  # next to the edge: a large share of its light
+    reach = (row[32:] / albedo[0, 0]).sum(0)  # light carried into the shadow, per channel
+    assert reach[0] > 2.0 * reach[1] > 2.0 * 1.2 * reach[2], reach
+    assert abs(float(added[:, :, 0].sum())) < 1e-3 * float((light * albedo)[:, :, 0].sum())  # none made or lost
+    assert row[40, 2] < 1e-4 < row[40, 0]  # 8 px in: blue has stopped, red still arrives
+    # the lit half is a near fold (10 mm), the shadow the wall behind it (40 mm): nothing crosses
+    step = depth.copy()
+    step[:, 32:] = 40.0
+    assert not translucency(light, albedo, step, focal, radius, 1.3)[:, 32:].any()
+    # no surface (depth 1e10) and Cycles' NaN where the albedo is 0: nothing added, no NaN
+    nan = light.copy()
+    nan[0, 0] = np.nan
+    sky = depth.copy()
+    sky[:, 48:] = 1e10
+    out = translucency(nan, albedo, sky, focal, radius, 1.3)
+    assert np.isfinite(out).all() and not out[:, 48:].any()
 
 
 def test_optics_blur_the_image_only(cfg):
@@ -233,6 +265,9 @@ SCRIPT = textwrap.dedent("""
     albedo = np.asarray(r["albedo"])
     out["albedo_red_over_green"] = {k: float(albedo[v][:, 0].mean() / albedo[v][:, 1].mean())
                                     for k, v in (("foot", m & ~inner), ("top", inner), ("wall", wall))}
+    # the Diffuse Direct pass (post.translucency spreads it): albedo x it is the diffuse share of the Combined pass
+    seen = r["depth"] < 1e9
+    out["diffuse_share"] = ((albedo * np.nan_to_num(r["diffuse"]))[seen].sum(0) / r["rgb"][seen].sum(0)).tolist()
     for name, change in (("bubbles", {"clutter__bubbles": 1, "clutter__bubble_offaxis": 0.4}),
                          ("debris", {"clutter__debris": 1, "clutter__debris_offaxis": 0.85, "clutter__debris_size_mm": 6.0,
                                      "clutter__debris_count": 6, "clutter__debris_spread_mm": 5.0}),
@@ -301,6 +336,8 @@ def test_rendered_variety_and_hard_negatives():
     assert r["pale"] < r["same"] < r["red"], r
     a = out["albedo_red_over_green"]
     assert a["wall"] < a["foot"] < a["top"], a
+    share = out["diffuse_share"]  # the wet coat's glints are the rest: white, so most of the blue
+    assert 0.5 < share[0] <= 1.001 and all(0.1 < v <= 1.001 for v in share), share
     for name in ("bubbles", "debris", "fluid", "red_patch"):  # hard negatives change the image, never the mask
         assert out[name]["changed_pixels"] > 10, (name, out[name])  # of 64 x 64, seen obliquely on the wall
         assert out[name]["mask_pixels"] == 0 and out[name]["label"] == 0, (name, out[name])

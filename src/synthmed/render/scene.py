@@ -2,8 +2,8 @@
 `lumen` (tube geometry), `mucosa` (wall material and its pattern), `lesions`, `camera` (endoscope and
 light) — and owns the render settings and the compositor. bpy is imported here, in the worker processes.
 
-`ColonScene(cfg).render(params, seed)` returns linear RGB, the albedo, the object-index pass (lesion = 1) and
-depth as numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
+`ColonScene(cfg).render(params, seed)` returns linear RGB, the albedo, the diffuse light, the object-index pass (lesion =
+1) and depth as numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
 (`mode: sequence`) poses the scene once (`pose_scene`, then `place_objects` from the camera poses it chooses),
 moves only the camera per frame (`move_camera`) and renders the current state (`render_current`), with a
 normal pass besides.
@@ -115,12 +115,13 @@ class ColonScene:
         view_layer.use_pass_object_index = True
         view_layer.use_pass_z = True
         view_layer.use_pass_diffuse_color = True  # the albedo the post-processing's fill light lights (post.fill_light)
+        view_layer.use_pass_diffuse_direct = True  # the diffuse light post.translucency spreads under the surface
         if self.sequence_mode:  # the sequences' normals (a still frame has none): the materials' smooth surface
             aov = view_layer.aovs.add()  # normal (nodes.material_output), not Cycles' Normal pass, which
             aov.name, aov.type = NORMAL_AOV, "COLOR"  # averages in the wet film's droplet bumps
 
     def _build_compositor(self) -> str:
-        """Write Combined, object index, depth and albedo (and, for sequences, the normal AOV) to one uncompressed
+        """Write Combined, object index, depth, albedo and diffuse light (and, for sequences, the normal AOV) to one uncompressed
         EXR a frame; returns its path."""
         tree = self.bpy.data.node_groups.new("passes", "CompositorNodeTree")
         self.scene.compositing_node_group = tree
@@ -134,7 +135,7 @@ class ColonScene:
         output.format.color_depth = "32"
         output.format.use_exr_interleave = True  # one part, so our small reader handles it
         passes = [("rgb", "RGBA", "Image"), ("index", "FLOAT", "Object Index"), ("depth", "FLOAT", "Depth"),
-                  ("albedo", "RGBA", "Diffuse Color")]
+                  ("albedo", "RGBA", "Diffuse Color"), ("diffuse", "RGBA", "Diffuse Direct")]
         if self.sequence_mode:
             passes.append(("normal", "VECTOR", NORMAL_AOV))
         for name, kind, source in passes:
@@ -209,16 +210,16 @@ class ColonScene:
         return None
 
     def render(self, params: Mapping[str, Any], cycles_seed: int) -> dict[str, Any]:
-        """Render one frame. Returns {"rgb": HxWx3 linear float32, "index": HxW float32, "depth": HxW float32,
-        "derived": {...}}. Row 0 is the top of the image."""
+        """Render one frame: `render_current`'s passes plus "derived": {...} (the pose's values)."""
         self.mucosa.check_pattern(params)
         derived = self.pose(params)
         return {**self.render_current(cycles_seed), "derived": derived}
 
     def render_current(self, cycles_seed: int) -> dict[str, np.ndarray]:
-        """Render the scene as posed: {"rgb": HxWx3 linear float32, "index", "depth": HxW float32 (the first
-        sample's; depth is the distance along the ray in mm, 1e10 where it hits nothing) and, for sequences,
-        "normal": HxWx3 world-space normal averaged over the samples}. Row 0 is the top of the image."""
+        """Render the scene as posed: {"rgb", "albedo", "diffuse" (Cycles' Diffuse Direct): HxWx3 linear float32,
+        "index", "depth": HxW float32 (the first sample's; depth is the distance along the ray in mm, 1e10 where it
+        hits nothing) and, for sequences, "normal": HxWx3 world-space normal averaged over the samples}. Row 0 is
+        the top of the image."""
         self.scene.cycles.seed = int(cycles_seed)
         if self.sequence_mode:
             # only the camera moved: with persistent data Cycles then keeps the integrator, and the old seed with
@@ -230,7 +231,9 @@ class ColonScene:
         channels = read_exr(self.exr_path)
         rgb = np.stack([channels["rgb.R"], channels["rgb.G"], channels["rgb.B"]], axis=-1)
         albedo = np.stack([channels["albedo.R"], channels["albedo.G"], channels["albedo.B"]], axis=-1)
-        out = {"rgb": rgb, "albedo": albedo, "index": channels["index.V"], "depth": channels["depth.V"]}
+        diffuse = np.stack([channels["diffuse.R"], channels["diffuse.G"], channels["diffuse.B"]], axis=-1)
+        out = {"rgb": rgb, "albedo": albedo, "diffuse": diffuse, "index": channels["index.V"],
+               "depth": channels["depth.V"]}
         if self.sequence_mode:
             out["normal"] = np.stack([channels["normal.X"], channels["normal.Y"], channels["normal.Z"]], axis=-1)
         return out

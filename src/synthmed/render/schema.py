@@ -158,6 +158,7 @@ class ShaderConfig:
     subsurface_weight: float = MISSING
     subsurface_radius: list[float] = MISSING
     subsurface_scale: float = MISSING
+    translucency_depth_ratio: float = MISSING
     # lesions
     lesion_shape_noise_detail: float = MISSING
     lesion_lobe_subdivisions: int = MISSING
