@@ -67,13 +67,15 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
         return graph.noise(graph.vector_math("ADD", point, _vector(offset)), float(frequency), float(detail))
 
     def warped(lookup, offset, frequency, cells):
-        # one scalar noise shifts the lookup along a fixed oblique direction: meandering cell edges
-        amount = graph.math("MULTIPLY", graph.math("SUBTRACT", noise(offset, frequency, shader["pattern_warp_detail"]),
-                                                   0.5),
-                            graph.math("DIVIDE", float(textures["vessel_distortion"]) * float(shader["pattern_warp_gain"]),
-                                       cells))
-        return graph.vector_math("ADD", lookup, graph.vector_math("SCALE", _vector(shader["pattern_warp_direction"]),
-                                                                  scale=amount))
+        # three noises (the texture's colour) shift the lookup in 3D: cell edges that wind like vessels, not
+        # polygons' straight sides
+        at = graph.vector_math("ADD", point, _vector(offset))
+        colour = graph.node("ShaderNodeTexNoise", {"Vector": at, "Scale": float(frequency),
+                                                   "Detail": float(shader["pattern_warp_detail"])},
+                            noise_dimensions="3D").outputs["Color"]
+        shift = graph.vector_math("SUBTRACT", colour, (0.5, 0.5, 0.5))
+        gain = graph.math("DIVIDE", float(textures["vessel_distortion"]) * float(shader["pattern_warp_gain"]), cells)
+        return graph.vector_math("ADD", lookup, graph.vector_math("SCALE", shift, scale=gain))
 
     def edges(lookup, cells):
         return graph.node("ShaderNodeTexVoronoi", {"Vector": lookup, "Scale": cells,

@@ -129,7 +129,6 @@ class ShaderConfig:
     pattern_margin_mm: float = MISSING
     pattern_vessel_range: float = MISSING
     pattern_warp_gain: float = MISSING
-    pattern_warp_direction: list[float] = MISSING
     pattern_main_warp_offset: list[float] = MISSING
     pattern_main_warp_scale: float = MISSING
     pattern_branch_warp_offset: list[float] = MISSING
