@@ -54,11 +54,18 @@ def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # a 256-colour palette keeps the docs small; mapped onto it with dithering (Pillow dithers only onto a given
-    # palette), so the smooth walls show no bands of flat colour
-    image = Image.fromarray(arr)
-    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
-    image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
-    print(f"{path}  {path.stat().st_size // 1024} KiB")
+    # palette), so the smooth walls show no bands of flat colour. The mask outlines' pure green gets an entry of its
+    # own and stays out of the dithering: dithered onto a palette that holds it, the walls took green specks.
+    outline = np.all(arr == (0, 255, 0), axis=-1)
+    image = Image.fromarray(np.where(outline[..., None], 0, arr).astype(np.uint8))
+    palette = image.quantize(255, method=Image.Quantize.MEDIANCUT)
+    out = image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+    colours = out.getpalette()[:255 * 3]
+    index = np.array(out)
+    index[outline] = 255
+    out = Image.fromarray(index, mode="P")
+    out.putpalette(colours + [0] * (255 * 3 - len(colours)) + [0, 255, 0])
+    out.save(path, optimize=True)
 
 
 def _config(base: list[str], overrides: dict):

@@ -86,9 +86,9 @@ def translucency(diffuse: np.ndarray, albedo: np.ndarray, depth: np.ndarray, foc
     `diffuse` is Cycles' Diffuse Direct pass (the light the diffuse closures received; albedo x it is their share
     of the Combined pass), `depth` the distance along each ray in mm (>= 1e9: no surface), `focal_px` the
     fisheye's focal length in pixels (near the axis 1 mm at distance d spans focal_px / d pixels). Depth is cut
-    into slices whose far end is `depth_ratio` x the near one; a pixel belongs to its two nearest slices (linear
-    weights in log depth), and each slice is blurred alone (a normalised convolution: its blurred light over its
-    blurred weight) at the sigma of its middle distance. Spreads under 0.3 px are left out."""
+    into slices centred at `depth_ratio` ** k mm; a pixel belongs to its two nearest slices (linear weights in log
+    depth), and each slice is blurred alone (a normalised convolution: its blurred light over its blurred weight) at
+    the sigma of its centre's distance. Spreads under 0.3 px are left out."""
     light = np.nan_to_num(np.asarray(diffuse, np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: albedo 0
     depth = np.asarray(depth, np.float64)
     surface = depth < 1e9
