@@ -63,9 +63,10 @@ def _save(path: Path, arr: np.ndarray) -> None:
     colours = out.getpalette()[:255 * 3]
     index = np.array(out)
     index[outline] = 255
-    out = Image.fromarray(index, mode="P")
+    out = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
     out.putpalette(colours + [0] * (255 * 3 - len(colours)) + [0, 255, 0])
     out.save(path, optimize=True)
+    print(f"{path}  {path.stat().st_size // 1024} KiB")
 
 
 def _config(base: list[str], overrides: dict):

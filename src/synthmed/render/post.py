@@ -1,7 +1,7 @@
 """Numpy post-processing of a rendered frame: translucency (light the tissue carries under its surface), the
-fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus, motion blur), the video processor (light
-control, tone curve), exposure, vignetting, the endoscope's field-of-view border, sRGB encoding, the exact
-lesion mask and its box. Deterministic: same arrays in, same bytes out."""
+fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus,
+motion blur), the video processor (light control, tone curve), exposure, vignetting, the endoscope's
+field-of-view border, sRGB encoding, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def translucency(diffuse: np.ndarray, albedo: np.ndarray, depth: np.ndarray, foc
     lower = np.floor(position).astype(np.int64)
     upper_weight = (position - lower).astype(np.float32)
     for k in range(int(lower[surface].min()), int(lower[surface].max()) + 2):
-        weight = (np.where(lower == k, 1.0 - upper_weight, 0.0) + np.where(lower + 1 == k, upper_weight, 0.0))
+        weight = np.where(lower == k, 1.0 - upper_weight, 0.0) + np.where(lower + 1 == k, upper_weight, 0.0)
         weight = (weight * surface).astype(np.float32)
         if not weight.any():
             continue

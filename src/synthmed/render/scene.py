@@ -2,11 +2,11 @@
 `lumen` (tube geometry), `mucosa` (wall material and its pattern), `lesions`, `camera` (endoscope and
 light) — and owns the render settings and the compositor. bpy is imported here, in the worker processes.
 
-`ColonScene(cfg).render(params, seed)` returns linear RGB, the albedo, the diffuse light, the object-index pass (lesion =
-1) and depth as numpy arrays, plus the values derived while posing the frame (camera and lesion placement). A sequence
-(`mode: sequence`) poses the scene once (`pose_scene`, then `place_objects` from the camera poses it chooses),
-moves only the camera per frame (`move_camera`) and renders the current state (`render_current`), with a
-normal pass besides.
+`ColonScene(cfg).render(params, seed)` returns linear RGB, the albedo, the diffuse light, the object-index pass
+(lesion = 1) and depth as numpy arrays, plus the values derived while posing the frame (camera and lesion
+placement). A sequence (`mode: sequence`) poses the scene once (`pose_scene`, then `place_objects` from the
+camera poses it chooses), moves only the camera per frame (`move_camera`) and renders the current state
+(`render_current`), with a normal pass besides.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ class ColonScene:
             aov.name, aov.type = NORMAL_AOV, "COLOR"  # averages in the wet film's droplet bumps
 
     def _build_compositor(self) -> str:
-        """Write Combined, object index, depth, albedo and diffuse light (and, for sequences, the normal AOV) to one uncompressed
-        EXR a frame; returns its path."""
+        """Write Combined, object index, depth, albedo and diffuse light (and, for sequences, the normal AOV) to one
+        uncompressed EXR a frame; returns its path."""
         tree = self.bpy.data.node_groups.new("passes", "CompositorNodeTree")
         self.scene.compositing_node_group = tree
         layers = tree.nodes.new("CompositorNodeRLayers")
