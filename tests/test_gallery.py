@@ -1,0 +1,74 @@
+"""scripts/make_gallery.py's figure writing: the before/after figure (--compare) and the paletted PNG it saves
+(mask outlines exact, no outline green dithered onto the walls). The renders behind the full gallery are the
+render tests' business; nothing here needs Blender."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_gallery.py"
+
+
+def _gallery():
+    spec = importlib.util.spec_from_file_location("make_gallery", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wall(size: int, seed: int) -> np.ndarray:
+    """A smooth orange-pink gradient with noise: the kind of image the palette has to dither."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([0.85 - 0.3 * y, 0.45 - 0.2 * y + 0.1 * x, 0.3 - 0.15 * x], -1) * 255
+    return np.clip(rgb + rng.normal(0, 6, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def test_saved_figure_keeps_outlines_exact_and_no_outline_green_elsewhere(tmp_path):
+    gallery = _gallery()
+    image = _wall(96, 0)
+    outline = np.zeros((96, 96), bool)
+    outline[30, 20:60] = outline[60, 20:60] = outline[30:61, 20] = outline[30:61, 59] = True
+    image[outline] = (0, 255, 0)
+    gallery._save(tmp_path / "fig.png", image)
+    saved = Image.open(tmp_path / "fig.png")
+    assert saved.mode == "P"
+    back = np.asarray(saved.convert("RGB")).astype(int)
+    green = np.all(back == (0, 255, 0), axis=-1)
+    assert (green == outline).all()  # every outline pixel, and nowhere else
+    assert np.abs(back - image)[~outline].mean() < 4.0  # 255 colours, dithered: close to the original
+
+
+def test_compare_sets_two_datasets_in_rows_and_names_a_folder_without_frames(tmp_path):
+    roots = []
+    for k in range(2):
+        root = tmp_path / f"frames_{k}"
+        (root / "images").mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(_wall(16, 10 * k + i)).save(root / "images" / f"{i:06d}.png")
+        roots.append(root)
+    out = tmp_path / "a_vs_b.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figure = np.asarray(Image.open(out).convert("RGB"))
+    assert figure.shape == (2 * 16 + 4, 10 * 16 + 9 * 4, 3)  # two rows, ten frames, 4-px white gaps
+    assert (figure[16:20] == 255).all()
+    first = np.asarray(Image.open(roots[1] / "images" / "000000.png")).astype(int)
+    assert np.abs(figure[20:, :16].astype(int) - first).mean() < 4.0  # B's frame 0 starts the second row
+    # a folder that is not a rendered dataset: one error naming it, no figure
+    (roots[1] / "images" / "000007.png").unlink()
+    bad = tmp_path / "bad.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and str(roots[1]) in proc.stderr and "000007.png" in proc.stderr
+    assert not bad.exists()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "--to" in proc.stderr
