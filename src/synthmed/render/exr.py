@@ -1,7 +1,8 @@
 """A minimal reader for the uncompressed, single-part, scanline OpenEXR files our compositor writes.
 
 bpy's image API exposes one pass per file and bpy ships no OpenImageIO module, so we read the few
-channels (colour, albedo, object index, depth, normals) straight from the file: no extra render, no extra dependency.
+channels (colour, albedo, diffuse light, object index, depth, normals) straight from the file: no extra render,
+no extra dependency.
 """
 
 from __future__ import annotations

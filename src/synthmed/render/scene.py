@@ -229,13 +229,13 @@ class ColonScene:
             os.remove(self.exr_path)
         self.bpy.ops.render.render()
         channels = read_exr(self.exr_path)
-        rgb = np.stack([channels["rgb.R"], channels["rgb.G"], channels["rgb.B"]], axis=-1)
-        albedo = np.stack([channels["albedo.R"], channels["albedo.G"], channels["albedo.B"]], axis=-1)
-        diffuse = np.stack([channels["diffuse.R"], channels["diffuse.G"], channels["diffuse.B"]], axis=-1)
-        out = {"rgb": rgb, "albedo": albedo, "diffuse": diffuse, "index": channels["index.V"],
-               "depth": channels["depth.V"]}
+        def stacked(name: str, axes: str = "RGB") -> np.ndarray:
+            return np.stack([channels[f"{name}.{axis}"] for axis in axes], axis=-1)
+
+        out = {"rgb": stacked("rgb"), "albedo": stacked("albedo"), "diffuse": stacked("diffuse"),
+               "index": channels["index.V"], "depth": channels["depth.V"]}
         if self.sequence_mode:
-            out["normal"] = np.stack([channels["normal.X"], channels["normal.Y"], channels["normal.Z"]], axis=-1)
+            out["normal"] = stacked("normal", "XYZ")
         return out
 
     def close(self) -> None:
