@@ -207,6 +207,7 @@ SCRIPT = textwrap.dedent("""
     import json, math, sys
     import numpy as np
     from synthmed.render.config import compose_render, resolve_config, sample_params, LESION_TYPES
+    from synthmed.render.lumen import PLAIN_RINGS
     from synthmed.render.post import finish_frame
     from synthmed.render.scene import ColonScene
 
@@ -216,7 +217,7 @@ SCRIPT = textwrap.dedent("""
     base = {**sample_params(cfg, 3),
             "tube.bend_amplitude_mm": 0.0, "tube.bend_amplitude2_mm": 0.0, "tube.radius_variation": 0.0,
             "tube.wall_noise_mm": 0.0, "tube.radius_mm": 18.0, "tube.fold_spacing_mm": 30.0, "tube.fold_phase": 0.0,
-            "tube.fold_depth": 0.3, "tube.fold_sharpness": 7.0, "tube.fold_partial": 0.0,
+            "tube.fold_depth": 0.3, "tube.fold_sharpness": 7.0, "tube.fold_partial": 0.0, **PLAIN_RINGS,
             "camera.axial_mm": 100.0, "camera.offset": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0,
             "camera.roll_deg": 0.0, "camera.fov_deg": 140.0, "light.power_w": 40.0,
             "endoscope.exposure_ev": 0.0, "endoscope.border": "circle", "endoscope.border_radius": 1.0,

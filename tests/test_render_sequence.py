@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 # find, don't import: bpy must only ever be imported in the render workers
 if importlib.util.find_spec("bpy") is None:
@@ -156,8 +157,8 @@ def test_poses_follow_the_centreline(seq):
 
 def test_depth_puts_the_wall_on_the_lumen(seq):
     """Depth is the distance along each pixel's ray of the equisolid fisheye: the points it gives (with the
-    camera pose) lie on the lumen's wall, between the deepest fold and the widest radius. Read as z-depth, the
-    points off axis would fall inside the lumen (a 70-degree ray's point comes 3x closer)."""
+    camera pose) lie on the lumen's wall, between the deepest fold and the widest radius (a haustral sac). Read
+    as z-depth, the points off axis would fall inside the lumen (a 70-degree ray's point comes 3x closer)."""
     for index in (0, FRAMES - 1):
         f = _frame(seq, index)
         params = {k: float(v) for k, v in f["row"].items() if k.startswith("tube.")}
@@ -168,7 +169,7 @@ def test_depth_puts_the_wall_on_the_lumen(seq):
         distance = np.sqrt(((points[:, None, :] - line[None]) ** 2).sum(-1)).min(axis=1)
         radius, noise = params["tube.radius_mm"], params["tube.wall_noise_mm"]
         low = radius * (1 - params["tube.radius_variation"] - params["tube.fold_depth"]) - noise - 0.5
-        high = radius * (1 + params["tube.radius_variation"]) + noise + 0.5
+        high = radius * (1 + params["tube.radius_variation"] + params["tube.sac_bulge"]) + noise + 0.5
         assert low <= distance.min() and distance.max() <= high, (index, distance.min(), distance.max(), low, high)
 
 
@@ -194,7 +195,11 @@ def test_flow_maps_each_frame_onto_the_next(seq):
             warped_mask = _bilinear(g["mask"].astype(np.float64), u, v) > 0.5
             assert np.mean(warped_mask[valid] == f["mask"][valid]) > 0.995
             if f["mask"][valid].sum() >= 8:
-                assert np.mean(warped_mask[valid & f["mask"]]) > 0.7
+                # a lesion of 10-20 px is mostly rim, where a binary mask sampled between pixels is a coin toss
+                # (renderer 7's scene here: 64-100% of its pixels landed on the next lesion, every interior one):
+                # each of its pixels lands within a pixel of the next frame's lesion
+                near = binary_dilation(g["mask"], np.ones((3, 3), bool))
+                assert np.all(_bilinear(near.astype(np.float64), u, v)[valid & f["mask"]] > 0.5), index
             # the normal pass (rendered apart from the depth the flow comes from): a point's normal, in the world,
             # is the same in both frames; unwarped, the pixels' normals are 10-15 degrees apart
             normal = f["normals"] @ f["c2w"][:3, :3].T

@@ -251,15 +251,23 @@ class Lesions:
 
     def _behind_fold(self, params: Mapping[str, Any], ray_cast: Callable, location: np.ndarray):
         """The wall just beyond the next fold ridge from `location` (farther along the lumen, at the same angle
-        around it), where the ridge hides part of a lesion from a scope looking down the lumen."""
-        spacing, phase = float(params["tube.fold_spacing_mm"]), float(params["tube.fold_phase"])
+        around it), where the ridge hides part of a lesion from a scope looking down the lumen. The ridge is
+        found on the wall itself: rays from the centreline, `shader.behind_fold_step_mm` apart over the next
+        fold spacing, and the nearest wall they hit (folds are oblique, wavy and unevenly spaced: `_haustra`)."""
+        spacing = float(params["tube.fold_spacing_mm"])
         axial = float(location[2])  # the lumen's axial coordinate is world z (bends move only x and y)
-        ridge = (math.floor(axial / spacing - phase) + 1.0 + phase) * spacing
-        behind = ridge + float(params["lesion.fold_gap"]) * spacing
         centre, tangent, _ = centreline_frame(params, axial)
         outward = location - centre
         outward = unit(outward - tangent * float(np.dot(outward, tangent)))
-        return ray_cast(centreline(params, behind), outward)
+        step = float(self.cfg["shader"]["behind_fold_step_mm"])
+        ridge, nearest = None, math.inf
+        for ahead in np.arange(step, spacing + step / 2.0, step):
+            hit = ray_cast(centreline(params, axial + ahead), outward)
+            if hit is not None and hit[2] < nearest:
+                ridge, nearest = axial + ahead, hit[2]
+        if ridge is None:
+            return None
+        return ray_cast(centreline(params, ridge + float(params["lesion.fold_gap"]) * spacing), outward)
 
 
 def lesion_colour(params: Mapping[str, Any], shader: Mapping) -> tuple[float, float, float]:

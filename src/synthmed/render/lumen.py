@@ -13,6 +13,10 @@ import numpy as np
 from synthmed.render.nodes import NodeGraph, NodeInputs, new_geometry_tree, unit
 
 TAU = 2.0 * math.pi
+# the haustra's knobs that make every fold a plain ring across the lumen (renderer version 6's folds), the wall
+# between them round: tests that need a known lumen set these
+PLAIN_RINGS = {"tube.fold_notch": 0.0, "tube.sac_bulge": 0.0, "tube.fold_tilt": 0.0, "tube.fold_wave": 0.0,
+               "tube.fold_irregularity": 0.0}
 
 
 def centreline(params: Mapping[str, float], axial_mm: float) -> np.ndarray:
@@ -82,6 +86,11 @@ class LumenGeometry:
         x, y = bend("x"), bend("y")
         offset = graph.node("ShaderNodeCombineXYZ", {0: x, 1: y, 2: 0.0}).outputs[0]
         bent = graph.node("GeometryNodeSetPosition", {"Geometry": with_axial.outputs[0], "Offset": offset})
+        # the centreline's direction at each ring: `_haustra` moves rings along it (oblique, wavy, uneven folds)
+        bent = graph.node("GeometryNodeStoreNamedAttribute",
+                          {"Geometry": bent.outputs[0], "Name": "tangent",
+                           "Value": graph.node("GeometryNodeInputTangent").outputs[0]},
+                          data_type="FLOAT_VECTOR", domain="POINT")
         # slow radius change along the length (the profile is a unit circle scaled per curve point)
         radius = graph.math("MULTIPLY", knob["tube.radius_mm"],
                             graph.math("ADD", 1.0, wave(knob["tube.radius_variation"], knob["tube.radius_wavelength_mm"],
@@ -96,10 +105,49 @@ class LumenGeometry:
                             data_type="FLOAT_VECTOR", domain="POINT")
         tube = graph.node("GeometryNodeCurveToMesh", {"Curve": bent.outputs[0], "Profile Curve": around.outputs[0],
                                                       "Scale": radius, "Fill Caps": False})
-        # haustral folds: ridges at regular axial spacing, deeper on part of the ring (crescents)
+        # haustral folds, and the wall between the taeniae bulging outward (haustral sacs): `_haustra`
+        fold, sacs, along = self._haustra(graph, knob, shader)
+        wall_position = graph.node("GeometryNodeInputPosition").outputs[0]
+        # the wall's bumps read the noise at another W (+17) than the crescents: the two are unrelated
+        wall_noise = graph.node("ShaderNodeTexNoise", {
+            "Vector": wall_position, "W": graph.math("ADD", knob["tube.noise_seed"], 17.0),
+            "Scale": knob["tube.wall_noise_scale"], "Detail": float(shader["wall_noise_detail"])},
+            noise_dimensions="4D").outputs[0]
+        bumps = graph.math("MULTIPLY", graph.math("SUBTRACT", wall_noise, 0.5),
+                           graph.math("MULTIPLY", knob["tube.wall_noise_mm"], 2.0))  # noise 0..1 -> +-wall_noise_mm
+        inward = graph.math("SUBTRACT", graph.math("ADD", fold, bumps), sacs)
+        normal = graph.node("GeometryNodeInputNormal").outputs[0]
+        shift = graph.vector_math("ADD", graph.vector_math("SCALE", normal, scale=graph.math("MULTIPLY", inward, -1.0)), along)
+        walled = graph.node("GeometryNodeSetPosition", {"Geometry": tube.outputs[0], "Offset": shift})
+        flipped = graph.node("GeometryNodeFlipFaces", {"Mesh": walled.outputs[0]})  # normals face the lumen
+        smooth = graph.node("GeometryNodeSetShadeSmooth", {"Mesh": flipped.outputs[0], "Shade Smooth": True})
+        # generated geometry carries no material of its own: assign the mucosa explicitly
+        with_material = graph.node("GeometryNodeSetMaterial", {"Geometry": smooth.outputs[0], "Material": material})
+        graph.connect(with_material.outputs[0], graph.node("NodeGroupOutput").inputs[0])
+
+    @staticmethod
+    def _haustra(graph: NodeGraph, knob: NodeInputs, shader: Mapping):
+        """(fold, sacs, along): how far each wall vertex moves inward for the folds and outward for the sacs
+        (mm), and the vector that moves its ring along the lumen.
+
+        Three taeniae (longitudinal bands, at `tube.taenia_angle` + 0, 120, 240 degrees around the lumen) part the
+        wall into three sectors. A fold is a ridge `cos^(2 sharpness)` across one ring of the mesh; it is lowest
+        on the taeniae (`tube.fold_notch`), so the lumen seen through a fold is a rounded triangle, and deeper on
+        part of the ring (crescent noise). Between the taeniae the wall bulges outward by up to `tube.sac_bulge` x
+        radius. Then each vertex moves along the centreline's tangent: a fold swings `tube.fold_tilt` spacings
+        either way around the lumen (an oblique ring), in three lobes between the taeniae (`tube.fold_wave`),
+        and folds shift along the lumen by up to `tube.fold_irregularity` spacings (uneven spacing). Moving the
+        rings, not the ridge across them, keeps each crest on one ring of the mesh: a ridge that crossed the
+        rings diagonally cast a sawtooth shadow."""
         axial = graph.node("GeometryNodeInputNamedAttribute", {"Name": "axial"}, data_type="FLOAT").outputs[0]
-        fold_phase = graph.math("SUBTRACT", graph.math("DIVIDE", axial, knob["tube.fold_spacing_mm"]),
-                                knob["tube.fold_phase"])
+        around = graph.node("GeometryNodeInputNamedAttribute", {"Name": "around"}, data_type="FLOAT_VECTOR").outputs[0]
+        tangent = graph.node("GeometryNodeInputNamedAttribute", {"Name": "tangent"}, data_type="FLOAT_VECTOR").outputs[0]
+        around_xyz = graph.node("ShaderNodeSeparateXYZ", {0: around})
+        theta = graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0])
+        from_taenia = graph.math("MULTIPLY", graph.math("SUBTRACT", theta, knob["tube.taenia_angle"]), 3.0)
+        on_taenia = graph.math("MULTIPLY_ADD", graph.math("COSINE", from_taenia), 0.5, 0.5)  # 1 on a taenia, 0 between
+        # the ridge, across the mesh's rings
+        fold_phase = graph.math("SUBTRACT", graph.math("DIVIDE", axial, knob["tube.fold_spacing_mm"]), knob["tube.fold_phase"])
         ridge = graph.math("POWER", graph.math("ADD", 0.5, graph.math("MULTIPLY", 0.5, graph.math(
             "COSINE", graph.math("MULTIPLY", fold_phase, TAU)))), knob["tube.fold_sharpness"])
         wall_position = graph.node("GeometryNodeInputPosition").outputs[0]
@@ -110,24 +158,21 @@ class LumenGeometry:
         crescent = graph.map_range(crescent_noise, low, high, 0.0, 1.0)
         ring = graph.math("SUBTRACT", 1.0, graph.math("MULTIPLY", knob["tube.fold_partial"],
                                                       graph.math("SUBTRACT", 1.0, crescent)))
-        fold = graph.math("MULTIPLY", graph.math("MULTIPLY", ridge, ring),
+        notch = graph.math("SUBTRACT", 1.0, graph.math("MULTIPLY", knob["tube.fold_notch"], on_taenia))
+        fold = graph.math("MULTIPLY", graph.math("MULTIPLY", ridge, graph.math("MULTIPLY", ring, notch)),
                           graph.math("MULTIPLY", knob["tube.fold_depth"], knob["tube.radius_mm"]))
-        # the wall's bumps read the noise at another W (+17) than the crescents: the two are unrelated
-        wall_noise = graph.node("ShaderNodeTexNoise", {
-            "Vector": wall_position, "W": graph.math("ADD", knob["tube.noise_seed"], 17.0),
-            "Scale": knob["tube.wall_noise_scale"], "Detail": float(shader["wall_noise_detail"])},
-            noise_dimensions="4D").outputs[0]
-        bumps = graph.math("MULTIPLY", graph.math("SUBTRACT", wall_noise, 0.5),
-                           graph.math("MULTIPLY", knob["tube.wall_noise_mm"], 2.0))  # noise 0..1 -> +-wall_noise_mm
-        inward = graph.math("ADD", fold, bumps)
-        normal = graph.node("GeometryNodeInputNormal").outputs[0]
-        shift = graph.vector_math("SCALE", normal, scale=graph.math("MULTIPLY", inward, -1.0))
-        walled = graph.node("GeometryNodeSetPosition", {"Geometry": tube.outputs[0], "Offset": shift})
-        flipped = graph.node("GeometryNodeFlipFaces", {"Mesh": walled.outputs[0]})  # normals face the lumen
-        smooth = graph.node("GeometryNodeSetShadeSmooth", {"Mesh": flipped.outputs[0], "Shade Smooth": True})
-        # generated geometry carries no material of its own: assign the mucosa explicitly
-        with_material = graph.node("GeometryNodeSetMaterial", {"Geometry": smooth.outputs[0], "Material": material})
-        graph.connect(with_material.outputs[0], graph.node("NodeGroupOutput").inputs[0])
+        sacs = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, on_taenia),
+                          graph.math("MULTIPLY", knob["tube.sac_bulge"], knob["tube.radius_mm"]))
+        # the rings moved along the lumen (in fold spacings)
+        tilt = graph.math("MULTIPLY", knob["tube.fold_tilt"],
+                          graph.math("SINE", graph.math("SUBTRACT", theta, knob["tube.fold_tilt_angle"])))
+        wave = graph.math("MULTIPLY", knob["tube.fold_wave"], graph.math("SINE", from_taenia))
+        uneven_noise = graph.noise(graph.node("ShaderNodeCombineXYZ", {0: knob["tube.noise_seed"], 1: 0.0, 2: axial}).outputs[0],
+                                   float(shader["fold_irregularity_scale"]), 0.0)
+        uneven = graph.math("MULTIPLY", graph.math("SUBTRACT", uneven_noise, 0.5),
+                            graph.math("MULTIPLY", knob["tube.fold_irregularity"], 2.0))
+        moved = graph.math("MULTIPLY", graph.math("ADD", graph.math("ADD", tilt, wave), uneven), knob["tube.fold_spacing_mm"])
+        return fold, sacs, graph.vector_math("SCALE", tangent, scale=moved)
 
     def pose(self, params: Mapping[str, Any]) -> None:
         """Set the tree's per-frame inputs (evaluated at the next depsgraph update)."""

@@ -123,6 +123,7 @@ class ShaderConfig:
     fold_crescent_noise_scale: float = MISSING
     fold_crescent_noise_detail: float = MISSING
     fold_crescent_edges: list[float] = MISSING
+    fold_irregularity_scale: float = MISSING
     wall_noise_detail: float = MISSING
     # mucosa pattern
     pattern_lane_shift: list[float] = MISSING
@@ -166,6 +167,7 @@ class ShaderConfig:
     lesion_plateau_gain: float = MISSING
     lesion_depression_rim: float = MISSING
     lesion_lens_clearance: float = MISSING
+    behind_fold_step_mm: float = MISSING
     lesion_noise_detail: float = MISSING
     lesion_noise_roughness: float = MISSING
     lesion_mottle_edges: list[float] = MISSING
