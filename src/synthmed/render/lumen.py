@@ -106,8 +106,8 @@ class LumenGeometry:
         tube = graph.node("GeometryNodeCurveToMesh", {"Curve": bent.outputs[0], "Profile Curve": around.outputs[0],
                                                       "Scale": radius, "Fill Caps": False})
         # haustral folds, and the wall between the taeniae bulging outward (haustral sacs): `_haustra`
-        fold, sacs, along = self._haustra(graph, knob, shader)
         wall_position = graph.node("GeometryNodeInputPosition").outputs[0]
+        fold, sacs, along = self._haustra(graph, knob, shader, wall_position)
         # the wall's bumps read the noise at another W (+17) than the crescents: the two are unrelated
         wall_noise = graph.node("ShaderNodeTexNoise", {
             "Vector": wall_position, "W": graph.math("ADD", knob["tube.noise_seed"], 17.0),
@@ -126,9 +126,10 @@ class LumenGeometry:
         graph.connect(with_material.outputs[0], graph.node("NodeGroupOutput").inputs[0])
 
     @staticmethod
-    def _haustra(graph: NodeGraph, knob: NodeInputs, shader: Mapping):
+    def _haustra(graph: NodeGraph, knob: NodeInputs, shader: Mapping, wall_position):
         """(fold, sacs, along): how far each wall vertex moves inward for the folds and outward for the sacs
-        (mm), and the vector that moves its ring along the lumen.
+        (mm), and the vector that moves its ring along the lumen. `wall_position`: the tube's vertex positions
+        (the crescent noise reads them, as the wall's bumps do).
 
         Three taeniae (longitudinal bands, at `tube.taenia_angle` + 0, 120, 240 degrees around the lumen) part the
         wall into three sectors. A fold is a ridge `cos^(2 sharpness)` across one ring of the mesh; it is lowest
@@ -150,7 +151,6 @@ class LumenGeometry:
         fold_phase = graph.math("SUBTRACT", graph.math("DIVIDE", axial, knob["tube.fold_spacing_mm"]), knob["tube.fold_phase"])
         ridge = graph.math("POWER", graph.math("ADD", 0.5, graph.math("MULTIPLY", 0.5, graph.math(
             "COSINE", graph.math("MULTIPLY", fold_phase, TAU)))), knob["tube.fold_sharpness"])
-        wall_position = graph.node("GeometryNodeInputPosition").outputs[0]
         crescent_noise = graph.node("ShaderNodeTexNoise", {
             "Vector": wall_position, "W": knob["tube.noise_seed"], "Scale": float(shader["fold_crescent_noise_scale"]),
             "Detail": float(shader["fold_crescent_noise_detail"])}, noise_dimensions="4D").outputs[0]
