@@ -20,6 +20,7 @@ from synthmed.render.nodes import (
     NodeInputs,
     hsv_colour,
     material_output,
+    mesh_in_order,
     new_geometry_tree,
     new_material,
     rotate,
@@ -114,8 +115,7 @@ class Clutter:
 
         mesh = bmesh.new()
         bmesh.ops.create_uvsphere(mesh, u_segments=u, v_segments=v, radius=1.0)
-        data = self.bpy.data.meshes.new(name)
-        mesh.to_mesh(data)
+        data = mesh_in_order(self.bpy, name, mesh)
         mesh.free()
         for polygon in data.polygons:
             polygon.use_smooth = True

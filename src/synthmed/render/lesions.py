@@ -22,6 +22,7 @@ from synthmed.render.nodes import (
     NodeInputs,
     hsv_colour,
     material_output,
+    mesh_in_order,
     new_geometry_tree,
     new_material,
     rotate,
@@ -177,8 +178,7 @@ class Lesions:
                                       matrix=Matrix.Translation((0, 0, float(shader["head_centre"]))))
         else:  # a unit sphere: a dome once scaled (its lower half sits inside the wall)
             bmesh.ops.create_uvsphere(mesh, u_segments=segments, v_segments=segments // 2, radius=1.0)
-        data = bpy.data.meshes.new(f"lesion_{kind}")
-        mesh.to_mesh(data)
+        data = mesh_in_order(bpy, f"lesion_{kind}", mesh)
         mesh.free()
         data.materials.append(self.material)
         lesion = bpy.data.objects.new(f"lesion_{kind}", data)

@@ -123,6 +123,20 @@ def new_geometry_tree(bpy, name: str):
     return tree
 
 
+def mesh_in_order(bpy, name: str, bm):
+    """A mesh of the BMesh `bm` with its faces sorted (by their vertex indices, each face's corners as `bm` has
+    them). bmesh's `create_uvsphere` makes the same vertices and faces in every process but hands the faces out
+    in an order that changes from process to process; Blender sums a vertex's normal over its faces in that
+    order, so the normals, what the geometry nodes push along them and the shading differed in the last bit
+    between render workers, and now and then a pixel by one level."""
+    bm.verts.index_update()
+    faces = sorted(tuple(v.index for v in face.verts) for face in bm.faces)
+    data = bpy.data.meshes.new(name)
+    data.from_pydata([v.co[:] for v in bm.verts], [], faces)
+    data.update()
+    return data
+
+
 def new_material(bpy, name: str):
     """A material with an empty node tree, and its graph."""
     material = bpy.data.materials.new(name)
