@@ -388,3 +388,53 @@ def test_the_light_is_kept_inside_the_lumen():
     assert 5.0 - (position[1] + 3.0) >= 1.0
     assert scope_pose({**params, "camera.roll_deg": 0.0}, scene, *axes, wall_at_y5, light_offset_mm=3.0)[4] == 2.0
     assert scope_pose({**params, "camera.roll_deg": 180.0}, scene, *axes, wall_at_y5)[4] == 2.0  # no light: no check
+
+
+WET_SCRIPT = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np
+    from synthmed.render.config import compose_render, resolve_config, sample_params
+    from synthmed.render.scene import ColonScene
+
+    cfg = resolve_config(compose_render(["render.resolution=64", "render.samples=4", "render.textures.mode=procedural",
+                                         *sys.argv[1:]]))
+    scene = ColonScene(cfg, threads=2)
+    # close to the wall (1 mm grooves span pixels), nothing in front of it
+    params = {**sample_params(cfg, 5), "camera.view": "wall", "camera.offset": 0.6, "camera.toward_wall_deg": 60.0,
+              "lesion.present": 0, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0,
+              "optics.motion_blur": 0, "optics.defocus": 0, "mucosa.wetness": 1.0, "mucosa.coat_roughness": 0.03}
+    r = scene.render(params, 1)
+    np.savez(sys.stdout.buffer, rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"])
+""")
+
+
+def _wet_render(*overrides: str) -> dict:
+    import io
+
+    proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, *overrides], capture_output=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:].decode(errors="replace")
+    start = proc.stdout.index(b"PK")  # the npz, after anything Blender printed
+    return dict(np.load(io.BytesIO(proc.stdout[start:])))
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_grooves_darken_thin_lines_and_the_ripple_moves_only_the_glints():
+    """The tissue's fine grooves (`shader.groove_*`) darken the wall's colour along thin lines, never brighten
+    it, and sink the normal along them; the wet film's ripple (`shader.coat_ripple_gain`) tilts the coat only:
+    the geometry stays, the glints move."""
+    both = _wet_render()
+    tinted = _wet_render("render.shader.groove_strength=0")  # the colour only
+    plain = _wet_render("render.shader.groove_strength=0", "render.shader.groove_darkening=0")
+    calm = _wet_render("render.shader.coat_ripple_gain=0")
+    wall = both["depth"] < 1e9
+    assert wall.mean() > 0.5
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    darker = (plain["albedo"] - tinted["albedo"]) @ luma  # toward the mucosa's dark colour
+    assert darker[wall].min() > -1e-6, darker[wall].min()  # grooves only darken
+    lines = darker > 1e-3
+    assert 0.03 < lines[wall].mean() < 0.5, lines[wall].mean()  # thin lines: neither nothing nor a tint
+    sunk = np.abs(both["rgb"] - tinted["rgb"]).max(axis=-1)  # the grooves' normal shades them
+    assert (sunk[wall] > 0.01).mean() > 0.01, (sunk[wall] > 0.01).mean()
+    assert np.array_equal(calm["depth"], both["depth"])
+    moved = np.abs(calm["rgb"] - both["rgb"]).max(axis=-1)
+    assert moved.max() > 1.0 and (moved[wall] > 0.003).mean() > 0.01, (moved.max(), (moved[wall] > 0.003).mean())

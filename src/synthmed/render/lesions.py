@@ -16,7 +16,7 @@ import numpy as np
 
 from synthmed.render.config import LESION_SURFACES, LESION_TYPES
 from synthmed.render.lumen import centreline, centreline_frame
-from synthmed.render.mucosa import droplet_bump
+from synthmed.render.mucosa import droplet_bump, groove_bump
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
@@ -147,11 +147,14 @@ class Lesions:
                                   knob.rgb("lesion.mucus_colour"))
         height = graph.math("ADD", graph.math("ADD", graph.math("MULTIPLY", noise, knob["lesion.texture_strength"]),
                                               graph.math("MULTIPLY", pits, -1.0)), ridges)
+        # the wall's fine grooves run on over the lesion (world position: continuous across its foot)
+        position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
+        grooves, tissue = groove_bump(graph, position, knob, self.cfg)
+        colour = graph.mix_colour(grooves, colour, knob.rgb("lesion.colour_dark"))
         bump = graph.node("ShaderNodeBump", {
             "Strength": float(shader["lesion_bump_gain"]),
-            "Distance": float(shader["lesion_bump_distance"]), "Height": height})
+            "Distance": float(shader["lesion_bump_distance"]), "Height": height, "Normal": tissue})
         # the wall's tissue and wet film (its roughness, sheen, coat and droplets), the mucus cap wetter
-        position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
             "Base Color": colour, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],
             "Coat Weight": graph.math("ADD", knob["mucosa.wetness"], cap),

@@ -113,19 +113,43 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
     threshold). Each dome holds every normal direction, so each catches the tip light as a glint. The mucosa and
     the lesions (reading the world position: the lumen's object space is the world's) share one field, so the
     droplets run on over a lesion. Used as the coat's normal only: the tissue under the film shades as it is
-    (tilting it too made a skin of goose bumps). The bump node evaluates its height three times a sample: one
-    cheap noise. `normal`: the surface's own (bumped) normal, if any."""
+    (tilting it too made a skin of goose bumps). A slow ripple of the film (`shader.coat_ripple_*`: a noise of
+    `coat_ripple_scale` cells per mm, its height x `coat_ripple_gain` added to the domes') breaks the wall's
+    glints into irregular streaks and patches, as a wet, uneven surface shows them. `normal`: the surface's own
+    (bumped) normal, if any."""
     geometry, shader = cfg["scene"], cfg["shader"]
     noise = graph.noise(graph.seeded(position, knob["mucosa.bump_seed"]), float(geometry["mucosa_bump_scale"]),
                         float(shader["droplet_noise_detail"]))
     low = graph.math("SUBTRACT", float(shader["droplet_threshold"]),
                      graph.math("MULTIPLY", knob["mucosa.droplets"], float(shader["droplet_density_gain"])))
     height = graph.map_range(noise, low, graph.math("ADD", low, float(shader["droplet_band"])), 0.0, 1.0, "SMOOTHSTEP")
+    ripple = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 7.0)),
+                         float(shader["coat_ripple_scale"]), float(shader["coat_ripple_detail"]))
+    height = graph.math("ADD", height, graph.math("MULTIPLY", ripple, float(shader["coat_ripple_gain"])))
     inputs = {"Strength": knob["mucosa.bump_strength"], "Distance": float(geometry["mucosa_bump_distance"]),
               "Height": height}
     if normal is not None:
         inputs["Normal"] = normal
     return graph.node("ShaderNodeBump", inputs).outputs[0]
+
+
+def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None):
+    """The tissue's fine grooves (the lines that part the mucosa into small areas, seen where the light glints):
+    the edges of a Voronoi field of `shader.groove_scale` cells per mm, `groove_width` wide (in cell units).
+    Returns (darkening, normal): how much the grooves darken the colour (0..`groove_darkening`) and the tissue's
+    normal, sunk along them (`groove_strength`, `groove_depth_mm`). The mucosa and the lesions read the world
+    position (the lumen's object space is the world's), so the grooves run on over a lesion's foot. `normal`: a
+    normal to bump, if any."""
+    shader = cfg["shader"]
+    edges = graph.node("ShaderNodeTexVoronoi", {"Vector": graph.seeded(position, knob["mucosa.bump_seed"]),
+                                                "Scale": float(shader["groove_scale"]), "Randomness": 1.0},
+                       voronoi_dimensions="3D", feature="DISTANCE_TO_EDGE").outputs["Distance"]
+    height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
+    inputs = {"Strength": float(shader["groove_strength"]), "Distance": float(shader["groove_depth_mm"]), "Height": height}
+    if normal is not None:
+        inputs["Normal"] = normal
+    darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height), float(shader["groove_darkening"]))
+    return darkening, graph.node("ShaderNodeBump", inputs).outputs[0]
 
 
 def _vector(values) -> tuple[float, ...]:
@@ -203,8 +227,10 @@ class Mucosa:
         rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
         coloured = graph.mix_colour(rim, coloured, knob.rgb("mucosa.colour_rim"))
         bump = droplet_bump(graph, coordinates, knob, cfg)
+        grooves, tissue = groove_bump(graph, coordinates, knob, cfg)
+        coloured = graph.mix_colour(grooves, coloured, knob.rgb("mucosa.colour_dark"))
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
-            "Base Color": coloured, "Roughness": knob["mucosa.roughness"],
+            "Base Color": coloured, "Roughness": knob["mucosa.roughness"], "Normal": tissue,
             "Coat Weight": knob["mucosa.wetness"], "Coat Roughness": knob["mucosa.coat_roughness"],
             "Coat IOR": float(shader["mucosa_coat_ior"]), "Coat Normal": bump,
             "Specular IOR Level": float(shader["mucosa_specular"]),

@@ -152,6 +152,14 @@ class ShaderConfig:
     droplet_threshold: float = MISSING
     droplet_density_gain: float = MISSING
     droplet_band: float = MISSING
+    coat_ripple_scale: float = MISSING
+    coat_ripple_detail: float = MISSING
+    coat_ripple_gain: float = MISSING
+    groove_scale: float = MISSING
+    groove_width: float = MISSING
+    groove_strength: float = MISSING
+    groove_depth_mm: float = MISSING
+    groove_darkening: float = MISSING
     droplet_noise_detail: float = MISSING
     mucosa_coat_ior: float = MISSING
     mucosa_specular: float = MISSING
