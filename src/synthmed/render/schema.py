@@ -156,6 +156,7 @@ class ShaderConfig:
     coat_ripple_detail: float = MISSING
     coat_ripple_gain: float = MISSING
     groove_scale: float = MISSING
+    groove_detail: float = MISSING
     groove_width: float = MISSING
     groove_strength: float = MISSING
     groove_depth_mm: float = MISSING
