@@ -391,41 +391,39 @@ def test_the_light_is_kept_inside_the_lumen():
 
 
 WET_SCRIPT = textwrap.dedent("""
-    import hashlib, json, sys
+    import sys
     import numpy as np
     from synthmed.render.config import compose_render, resolve_config, sample_params
     from synthmed.render.scene import ColonScene
 
     cfg = resolve_config(compose_render(["render.resolution=64", "render.samples=4", "render.textures.mode=procedural",
-                                         *sys.argv[1:]]))
+                                         *sys.argv[2:]]))
     scene = ColonScene(cfg, threads=2)
     # close to the wall (1 mm grooves span pixels), nothing in front of it
     params = {**sample_params(cfg, 5), "camera.view": "wall", "camera.offset": 0.6, "camera.toward_wall_deg": 60.0,
               "lesion.present": 0, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0,
               "optics.motion_blur": 0, "optics.defocus": 0, "mucosa.wetness": 1.0, "mucosa.coat_roughness": 0.03}
     r = scene.render(params, 1)
-    np.savez(sys.stdout.buffer, rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"])
+    np.savez(sys.argv[1], rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"])
 """)
 
 
-def _wet_render(*overrides: str) -> dict:
-    import io
-
-    proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, *overrides], capture_output=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:].decode(errors="replace")
-    start = proc.stdout.index(b"PK")  # the npz, after anything Blender printed
-    return dict(np.load(io.BytesIO(proc.stdout[start:])))
+def _wet_render(out, *overrides: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, str(out), *overrides], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
-def test_grooves_darken_thin_lines_and_the_ripple_moves_only_the_glints():
+def test_grooves_darken_thin_lines_and_the_ripple_moves_only_the_glints(tmp_path):
     """The tissue's fine grooves (`shader.groove_*`) darken the wall's colour along thin lines, never brighten
     it, and sink the normal along them; the wet film's ripple (`shader.coat_ripple_gain`) tilts the coat only:
     the geometry stays, the glints move."""
-    both = _wet_render()
-    tinted = _wet_render("render.shader.groove_strength=0")  # the colour only
-    plain = _wet_render("render.shader.groove_strength=0", "render.shader.groove_darkening=0")
-    calm = _wet_render("render.shader.coat_ripple_gain=0")
+    both = _wet_render(tmp_path / "both.npz")
+    tinted = _wet_render(tmp_path / "tinted.npz", "render.shader.groove_strength=0")  # the colour only
+    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_strength=0", "render.shader.groove_darkening=0")
+    calm = _wet_render(tmp_path / "calm.npz", "render.shader.coat_ripple_gain=0")
     wall = both["depth"] < 1e9
     assert wall.mean() > 0.5
     luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
