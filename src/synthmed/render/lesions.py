@@ -149,8 +149,7 @@ class Lesions:
                                               graph.math("MULTIPLY", pits, -1.0)), ridges)
         # the wall's fine grooves run on over the lesion (world position: continuous across its foot)
         position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
-        grooves, tissue = groove_bump(graph, position, knob, self.cfg)
-        colour = graph.mix_colour(grooves, colour, knob.rgb("lesion.colour_dark"))
+        colour, tissue = groove_bump(graph, position, knob, self.cfg, colour, knob.rgb("lesion.colour_dark"))
         bump = graph.node("ShaderNodeBump", {
             "Strength": float(shader["lesion_bump_gain"]),
             "Distance": float(shader["lesion_bump_distance"]), "Height": height, "Normal": tissue})

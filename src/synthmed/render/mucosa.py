@@ -134,27 +134,26 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
     return graph.node("ShaderNodeBump", inputs).outputs[0]
 
 
-def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None):
+def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colour, dark):
     """The tissue's fine grooves (the lines that part the mucosa into small areas, seen where the light glints):
     the level-0.5 lines of a noise of `shader.groove_scale` cells per mm, `groove_width` wide (noise units): they
-    meander and close on themselves. Returns (darkening, normal): how much the grooves darken the colour
-    (0..`groove_darkening`) and the tissue's normal, sunk along them (`groove_strength`, `groove_depth_mm`); with
-    both 0, no grooves and no nodes. The mucosa and the lesions read the world position (the lumen's object
-    space is the world's), so the grooves run on over a lesion's foot. `normal`: a normal to bump, if any.
-    (A Voronoi field's cell edges looked like a crackle glaze and cost 35% of the frame rate: 3D cell searches,
-    three a sample for the bump.)"""
+    meander and close on themselves. Returns (colour, normal): `colour` darkened along them toward `dark` (by up
+    to `groove_darkening`) and the tissue's normal, sunk along them (`groove_strength`, `groove_depth_mm`); with
+    both 0, `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
+    (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
+    cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
+    sample for the bump.)"""
     shader = cfg["shader"]
     if not float(shader["groove_strength"]) and not float(shader["groove_darkening"]):
-        return 0.0, normal if normal is not None else graph.node("ShaderNodeNewGeometry").outputs["Normal"]
+        return colour, graph.node("ShaderNodeNewGeometry").outputs["Normal"]
     field = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 13.0)),
                         float(shader["groove_scale"]), float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
-    inputs = {"Strength": float(shader["groove_strength"]), "Distance": float(shader["groove_depth_mm"]), "Height": height}
-    if normal is not None:
-        inputs["Normal"] = normal
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height), float(shader["groove_darkening"]))
-    return darkening, graph.node("ShaderNodeBump", inputs).outputs[0]
+    normal = graph.node("ShaderNodeBump", {"Strength": float(shader["groove_strength"]),
+                                           "Distance": float(shader["groove_depth_mm"]), "Height": height})
+    return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
 
 
 def _vector(values) -> tuple[float, ...]:
@@ -232,8 +231,7 @@ class Mucosa:
         rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
         coloured = graph.mix_colour(rim, coloured, knob.rgb("mucosa.colour_rim"))
         bump = droplet_bump(graph, coordinates, knob, cfg)
-        grooves, tissue = groove_bump(graph, coordinates, knob, cfg)
-        coloured = graph.mix_colour(grooves, coloured, knob.rgb("mucosa.colour_dark"))
+        coloured, tissue = groove_bump(graph, coordinates, knob, cfg, coloured, knob.rgb("mucosa.colour_dark"))
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
             "Base Color": coloured, "Roughness": knob["mucosa.roughness"], "Normal": tissue,
             "Coat Weight": knob["mucosa.wetness"], "Coat Roughness": knob["mucosa.coat_roughness"],
