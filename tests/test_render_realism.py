@@ -436,3 +436,23 @@ def test_grooves_darken_thin_lines_and_the_ripple_moves_only_the_glints(tmp_path
     assert np.array_equal(calm["depth"], both["depth"])
     moved = np.abs(calm["rgb"] - both["rgb"]).max(axis=-1)
     assert moved.max() > 1.0 and (moved[wall] > 0.003).mean() > 0.01, (moved.max(), (moved[wall] > 0.003).mean())
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_grain_is_drawn_per_frame_and_vessels_thin_where_they_fade(tmp_path):
+    """`params.mucosa.grain` scales the grooves per frame (0: a smooth wall, exactly as with the shader's gains
+    at 0); `shader.vessel_taper` < 1 thins the vessels where they fade out, so it only takes vessel colour away."""
+    net = ("render.params.vessels.density=0.6", "render.params.vessels.contrast=0.85")
+    smooth = _wet_render(tmp_path / "smooth.npz", "render.params.mucosa.grain=0", *net)
+    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_strength=0", "render.shader.groove_darkening=0",
+                        *net)
+    assert np.allclose(smooth["albedo"], plain["albedo"], rtol=0.0, atol=1e-6)
+    assert np.abs(smooth["rgb"] - plain["rgb"]).max() < 1e-4
+    deep = _wet_render(tmp_path / "deep.npz", "render.params.mucosa.grain=1.5", *net)
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    assert ((plain["albedo"] - deep["albedo"]) @ luma > 1e-3).mean() > 0.03  # grooves where grain > 0
+    even = _wet_render(tmp_path / "even.npz", "render.shader.vessel_taper=1.0", "render.params.mucosa.grain=0", *net)
+    lighter = (smooth["albedo"] - even["albedo"]) @ luma  # vessels are darker than the wall: thinner ones, lighter
+    wall = plain["depth"] < 1e9
+    assert lighter[wall].min() > -1e-6, lighter[wall].min()
+    assert (lighter[wall] > 1e-3).mean() > 0.005, (lighter[wall] > 1e-3).mean()

@@ -136,10 +136,11 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
 
 def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colour, dark):
     """The tissue's fine grooves (the lines that part the mucosa into small areas, seen where the light glints):
-    the level-0.5 lines of a noise of `shader.groove_scale` cells per mm, `groove_width` wide (noise units): they
-    meander and close on themselves. Returns (colour, normal): `colour` darkened along them toward `dark` (by up
-    to `groove_darkening`) and the tissue's normal, sunk along them (`groove_strength`, `groove_depth_mm`); with
-    both 0, `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
+    the level-0.5 lines of a noise of `shader.groove_scale` x `params.mucosa.grain_scale` cells per mm,
+    `groove_width` wide (noise units): they meander and close on themselves. Returns (colour, normal): `colour`
+    darkened along them toward `dark` (by up to `groove_darkening` x `params.mucosa.grain`) and the tissue's
+    normal, sunk along them (`groove_strength` x `mucosa.grain`, `groove_depth_mm`); with both shader gains 0,
+    `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
     (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
     sample for the bump.)"""
@@ -147,11 +148,14 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     if not float(shader["groove_strength"]) and not float(shader["groove_darkening"]):
         return colour, graph.node("ShaderNodeNewGeometry").outputs["Normal"]
     field = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 13.0)),
-                        float(shader["groove_scale"]), float(shader["groove_detail"]))
+                        graph.math("MULTIPLY", knob["mucosa.grain_scale"], float(shader["groove_scale"])),
+                        float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
-    darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height), float(shader["groove_darkening"]))
-    normal = graph.node("ShaderNodeBump", {"Strength": float(shader["groove_strength"]),
+    darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height),
+                           graph.math("MULTIPLY", knob["mucosa.grain"], float(shader["groove_darkening"])))
+    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", knob["mucosa.grain"],
+                                                                  float(shader["groove_strength"])),
                                            "Distance": float(shader["groove_depth_mm"]), "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
 
@@ -198,17 +202,21 @@ class Mucosa:
         mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
         base = graph.mix_colour(mottle, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_dark"))
         # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
-        # mask decides how much of the wall shows them (vascular density)
-        width = knob["vessels.width"]
-        main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        branch = graph.map_range(channels["branch"], graph.math("MULTIPLY", width, float(textures["branch_width"])),
-                                 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
+        # mask decides how much of the wall shows them (vascular density). Where a vessel fades out (a branch
+        # leaving its main vessel, a main vessel at a patch's edge) it also thins, to `vessel_taper` of its width
         threshold = graph.math("SUBTRACT", float(shader["vessels_patch_threshold"]),
                                graph.math("MULTIPLY", knob["vessels.density"], float(shader["vessels_patch_density_gain"])))
         shown = graph.map_range(channels["patch"], threshold,
                                 graph.math("ADD", threshold, float(shader["vessels_patch_band"])), 0.0, 1.0, "SMOOTHSTEP")
+        near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        width, taper = knob["vessels.width"], float(shader["vessel_taper"])
+        branch_width = graph.math("MULTIPLY", width, float(textures["branch_width"]))
+        if taper != 1.0:
+            width = graph.math("MULTIPLY", width, graph.math("MULTIPLY_ADD", shown, 1.0 - taper, taper))
+            branch_width = graph.math("MULTIPLY", branch_width, graph.math("MULTIPLY_ADD", near_main, 1.0 - taper, taper))
+        main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        branch = graph.map_range(channels["branch"], branch_width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+        branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
         vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
                              knob["vessels.contrast"])
         coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))

@@ -149,6 +149,7 @@ class ShaderConfig:
     vessels_patch_threshold: float = MISSING
     vessels_patch_density_gain: float = MISSING
     vessels_patch_band: float = MISSING
+    vessel_taper: float = MISSING
     droplet_threshold: float = MISSING
     droplet_density_gain: float = MISSING
     droplet_band: float = MISSING
