@@ -31,8 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from synthmed.models.nets.spade import MultiScaleDiscriminator, SpadeGenerator
-from synthmed.models.pix2pix import (SampleGrids, batch_statistics, brain_condition, check_anatomy,
-                                     condition_channels, translation_grid)
+from synthmed.models.pix2pix import (
+    SampleGrids,
+    batch_statistics,
+    brain_condition,
+    check_anatomy,
+    condition_channels,
+    translation_grid,
+)
 
 
 class SpadeTranslator(SampleGrids, pl.LightningModule):
