@@ -450,9 +450,10 @@ def test_grain_is_drawn_per_frame_and_vessels_thin_where_they_fade(tmp_path):
     assert np.abs(smooth["rgb"] - plain["rgb"]).max() < 1e-4
     deep = _wet_render(tmp_path / "deep.npz", "render.params.mucosa.grain=1.5", *net)
     luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
-    assert ((plain["albedo"] - deep["albedo"]) @ luma > 1e-3).mean() > 0.03  # grooves where grain > 0
+    grooves = ((plain["albedo"] - deep["albedo"]) @ luma > 1e-3).mean()  # grooves where grain > 0 (0.25)
+    assert grooves > 0.1, grooves
     even = _wet_render(tmp_path / "even.npz", "render.shader.vessel_taper=1.0", "render.params.mucosa.grain=0", *net)
     lighter = (smooth["albedo"] - even["albedo"]) @ luma  # vessels are darker than the wall: thinner ones, lighter
     wall = plain["depth"] < 1e9
     assert lighter[wall].min() > -1e-6, lighter[wall].min()
-    assert (lighter[wall] > 1e-3).mean() > 0.005, (lighter[wall] > 1e-3).mean()
+    assert (lighter[wall] > 1e-3).mean() > 0.05, (lighter[wall] > 1e-3).mean()  # 0.14
