@@ -296,6 +296,8 @@ def test_bad_values_name_the_key():
         resolve_config(tiny("render.endoscope.exposure_percentile=150"))
     with pytest.raises(RenderConfigError, match="render.endoscope.tone_lift"):
         resolve_config(tiny("render.endoscope.tone_lift=-1"))
+    with pytest.raises(RenderConfigError, match=r"render.shader.vessel_taper' must be in \[0, 1\].*got 1.5"):
+        resolve_config(tiny("render.shader.vessel_taper=1.5"))
     # a plain mapping would bypass the schema: refused, naming the way to compose one
     with pytest.raises(RenderConfigError, match="compose_render"):
         resolve_config({"engine": {"sampels": 3}})

@@ -148,6 +148,7 @@ def _check_values(c: dict) -> None:
             size = 2 if key.endswith("_edges") else 3
             need(f"shader.{key}", len(value) == size, f"must have {size} entries")
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
+    need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
     endo = c["endoscope"]
     need("endoscope.exposure_percentile", 0 < endo["exposure_percentile"] <= 100, "must be in (0, 100]")
     need("endoscope.exposure_target", endo["exposure_target"] > 0, "must be > 0")
