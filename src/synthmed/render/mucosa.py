@@ -147,15 +147,22 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     shader = cfg["shader"]
     if not float(shader["groove_strength"]) and not float(shader["groove_darkening"]):
         return colour, graph.node("ShaderNodeNewGeometry").outputs["Normal"]
+    grain = knob["mucosa.grain"]
+    contrast = float(shader["grain_patch_contrast"])
+    if contrast:  # the grain deep in some places, faint in others: x (1 - c .. 1 + c) by a slow noise, mean 1
+        patches = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 17.0)),
+                              float(shader["grain_patch_scale"]), float(shader["grain_patch_detail"]))
+        low, high = (float(v) for v in shader["grain_patch_edges"])
+        grain = graph.math("MULTIPLY", grain, graph.map_range(patches, low, high, 1.0 - contrast, 1.0 + contrast,
+                                                              "SMOOTHSTEP"))
     field = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 13.0)),
                         graph.math("MULTIPLY", knob["mucosa.grain_scale"], float(shader["groove_scale"])),
                         float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height),
-                           graph.math("MULTIPLY", knob["mucosa.grain"], float(shader["groove_darkening"])))
-    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", knob["mucosa.grain"],
-                                                                  float(shader["groove_strength"])),
+                           graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
+    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", grain, float(shader["groove_strength"])),
                                            "Distance": float(shader["groove_depth_mm"]), "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
 

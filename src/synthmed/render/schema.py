@@ -162,6 +162,10 @@ class ShaderConfig:
     groove_strength: float = MISSING
     groove_depth_mm: float = MISSING
     groove_darkening: float = MISSING
+    grain_patch_scale: float = MISSING
+    grain_patch_detail: float = MISSING
+    grain_patch_edges: list[float] = MISSING
+    grain_patch_contrast: float = MISSING
     droplet_noise_detail: float = MISSING
     mucosa_coat_ior: float = MISSING
     mucosa_specular: float = MISSING
