@@ -457,3 +457,25 @@ def test_grain_is_drawn_per_frame_and_vessels_thin_where_they_fade(tmp_path):
     wall = plain["depth"] < 1e9
     assert lighter[wall].min() > -1e-6, lighter[wall].min()
     assert (lighter[wall] > 1e-3).mean() > 0.05, (lighter[wall] > 1e-3).mean()  # 0.14
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_the_grain_is_deep_in_places_and_faint_in_others(tmp_path):
+    """`shader.grain_patch_*`: a slow noise scales `params.mucosa.grain` across the wall by 1 - c .. 1 + c, so the
+    grooves' darkening is, pixel by pixel, the even wall's times that factor: faint or gone in places, deeper in
+    others; still darkening only."""
+    # the colour only (the grooves' normal moves the diffuse pass a little through the coat's Fresnel)
+    grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0", "render.shader.groove_strength=0")
+    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_darkening=0", *grain)
+    even = _wet_render(tmp_path / "even.npz", "render.shader.grain_patch_contrast=0", *grain)
+    patched = _wet_render(tmp_path / "patched.npz", "render.shader.grain_patch_contrast=1", *grain)
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    wall = plain["depth"] < 1e9
+    even_dark, patched_dark = ((plain["albedo"] - r["albedo"]) @ luma for r in (even, patched))
+    assert patched_dark[wall].min() > -1e-6, patched_dark[wall].min()
+    grooves = wall & (even_dark > 1e-3)
+    assert grooves.mean() > 0.03, grooves.mean()
+    factor = patched_dark[grooves] / even_dark[grooves]
+    assert factor.min() > -1e-3 and factor.max() < 2.0 + 1e-2, (factor.min(), factor.max())
+    faint, deep = (factor < 0.5).mean(), (factor > 1.5).mean()
+    assert faint > 0.1 and deep > 0.1 and 0.5 < factor.mean() < 1.5, (faint, deep, factor.mean())  # 0.30, 0.32, 1.03
