@@ -460,22 +460,21 @@ def test_grain_is_drawn_per_frame_and_vessels_thin_where_they_fade(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
-def test_the_grain_is_deep_in_places_and_faint_in_others(tmp_path):
-    """`shader.grain_patch_*`: a slow noise scales `params.mucosa.grain` across the wall by 1 - c .. 1 + c, so the
-    grooves' darkening is, pixel by pixel, the even wall's times that factor: faint or gone in places, deeper in
-    others; still darkening only."""
-    # the colour only (the grooves' normal moves the diffuse pass a little through the coat's Fresnel)
-    grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0", "render.shader.groove_strength=0")
-    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_darkening=0", *grain)
+def test_the_grooves_relief_is_deep_in_places_and_faint_in_others(tmp_path):
+    """`shader.grain_patch_*`: a slow noise scales the grooves' relief across the wall by 1 - c .. 1 + c (mean about
+    1), so where the even wall's grooves shade the image, the patched wall's shade it far less in places and more
+    in others; their colour is left alone (with the relief off, the patches change nothing)."""
+    grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0", "render.shader.groove_darkening=0")
+    flat = _wet_render(tmp_path / "flat.npz", "render.shader.groove_strength=0", *grain)
+    flat_patched = _wet_render(tmp_path / "flat_patched.npz", "render.shader.groove_strength=0",
+                               "render.shader.grain_patch_contrast=1", *grain)
+    assert np.array_equal(flat["rgb"], flat_patched["rgb"])
     even = _wet_render(tmp_path / "even.npz", "render.shader.grain_patch_contrast=0", *grain)
     patched = _wet_render(tmp_path / "patched.npz", "render.shader.grain_patch_contrast=1", *grain)
-    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
-    wall = plain["depth"] < 1e9
-    even_dark, patched_dark = ((plain["albedo"] - r["albedo"]) @ luma for r in (even, patched))
-    assert patched_dark[wall].min() > -1e-6, patched_dark[wall].min()
-    grooves = wall & (even_dark > 1e-3)
-    assert grooves.mean() > 0.03, grooves.mean()
-    factor = patched_dark[grooves] / even_dark[grooves]
-    assert factor.min() > -1e-3 and factor.max() < 2.0 + 1e-2, (factor.min(), factor.max())
-    faint, deep = (factor < 0.5).mean(), (factor > 1.5).mean()
-    assert faint > 0.1 and deep > 0.1 and 0.5 < factor.mean() < 1.5, (faint, deep, factor.mean())  # 0.30, 0.32, 1.03
+    wall = flat["depth"] < 1e9
+    shade_even, shade_patched = (np.abs(r["rgb"] - flat["rgb"]).max(axis=-1) for r in (even, patched))
+    grooves = wall & (shade_even > 0.01)
+    assert grooves.mean() > 0.01, grooves.mean()
+    ratio = shade_patched[grooves] / shade_even[grooves]
+    faint, deep = (ratio < 0.5).mean(), (ratio > 1.5).mean()
+    assert faint > 0.1 and deep > 0.1, (faint, deep)  # 0.35 and 0.27 of the 31% of the wall the grooves shade

@@ -139,7 +139,10 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     the level-0.5 lines of a noise of `shader.groove_scale` x `params.mucosa.grain_scale` cells per mm,
     `groove_width` wide (noise units): they meander and close on themselves. Returns (colour, normal): `colour`
     darkened along them toward `dark` (by up to `groove_darkening` x `params.mucosa.grain`) and the tissue's
-    normal, sunk along them (`groove_strength` x `mucosa.grain`, `groove_depth_mm`); with both shader gains 0,
+    normal, sunk along them (`groove_strength` x `mucosa.grain`, `groove_depth_mm`; that relief x 1 - c .. 1 + c
+    across the wall by a slow noise, c = `grain_patch_contrast`: close to a glint the grooves show in patches, not
+    as one web; the colour was left even, as its patches cost the CNN 20-30 epochs of plateau, docs/render.md,
+    version 10); with both shader gains 0,
     `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
     (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
@@ -147,14 +150,14 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     shader = cfg["shader"]
     if not float(shader["groove_strength"]) and not float(shader["groove_darkening"]):
         return colour, graph.node("ShaderNodeNewGeometry").outputs["Normal"]
-    grain = knob["mucosa.grain"]
+    grain = relief = knob["mucosa.grain"]
     contrast = float(shader["grain_patch_contrast"])
-    if contrast:  # the grain deep in some places, faint in others: x (1 - c .. 1 + c) by a slow noise, mean 1
+    if contrast:  # the relief deep in some places, faint in others: x (1 - c .. 1 + c) by a slow noise, mean 1
         patches = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 17.0)),
                               float(shader["grain_patch_scale"]), float(shader["grain_patch_detail"]))
         low, high = (float(v) for v in shader["grain_patch_edges"])
-        grain = graph.math("MULTIPLY", grain, graph.map_range(patches, low, high, 1.0 - contrast, 1.0 + contrast,
-                                                              "SMOOTHSTEP"))
+        relief = graph.math("MULTIPLY", grain, graph.map_range(patches, low, high, 1.0 - contrast, 1.0 + contrast,
+                                                               "SMOOTHSTEP"))
     field = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 13.0)),
                         graph.math("MULTIPLY", knob["mucosa.grain_scale"], float(shader["groove_scale"])),
                         float(shader["groove_detail"]))
@@ -162,7 +165,7 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height),
                            graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
-    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", grain, float(shader["groove_strength"])),
+    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", relief, float(shader["groove_strength"])),
                                            "Distance": float(shader["groove_depth_mm"]), "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
 
