@@ -118,7 +118,8 @@ def test_warmup_scales_the_first_steps_lr_on_top_of_the_scheduler(tmp_path):
     import lightning as L
 
     assert compose_config(["experiment=colon_cls"]).model.warmup_steps == 64  # scale=paper: one epoch of 64 steps
-    assert compose_config(["experiment=colon_cls", "scale=cpu"]).model.warmup_steps == 0
+    assert compose_config(["experiment=colon_cls", "scale=cpu"]).model.warmup_steps == 64  # 4 epochs of 16 steps
+    assert compose_config(["experiment=colon_cls", "scale=ci"]).model.warmup_steps == 0
     with pytest.raises(Exception, match="model.warmup_steps=-1"):
         instantiate(compose_config(["experiment=colon_cls", "model.warmup_steps=-1"]).model)
     sched = "{_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _partial_: true, T_max: 2}"
