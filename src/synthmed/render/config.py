@@ -150,7 +150,7 @@ def _check_values(c: dict) -> None:
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
     need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
     need("shader.grain_patch_contrast", 0 <= c["shader"]["grain_patch_contrast"] <= 1,
-         "must be in [0, 1] (the grain is scaled by 1 - this .. 1 + this)")
+         "must be in [0, 1] (the grooves' relief is scaled by 1 - this .. 1 + this)")
     need("shader.grain_patch_edges", c["shader"]["grain_patch_edges"][0] < c["shader"]["grain_patch_edges"][1],
          "must be [low, high] noise values, low < high")
     endo = c["endoscope"]

@@ -141,8 +141,8 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     darkened along them toward `dark` (by up to `groove_darkening` x `params.mucosa.grain`) and the tissue's
     normal, sunk along them (`groove_strength` x `mucosa.grain`, `groove_depth_mm`; that relief x 1 - c .. 1 + c
     across the wall by a slow noise, c = `grain_patch_contrast`: close to a glint the grooves show in patches, not
-    as one web; the colour was left even, as its patches cost the CNN 20-30 epochs of plateau, docs/render.md,
-    versions 10 and 11); with both shader gains 0,
+    as one web; the colour is left even: its patches kept the CNN 4-17 epochs longer on the chance plateau,
+    docs/render.md, versions 10 and 11); with both shader gains 0,
     `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
     (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
