@@ -302,6 +302,10 @@ def test_bad_values_name_the_key():
         resolve_config(tiny("render.shader.grain_patch_contrast=-0.2"))
     with pytest.raises(RenderConfigError, match=r"render.shader.grain_patch_edges' must be \[low, high\]"):
         resolve_config(tiny("render.shader.grain_patch_edges=[0.6,0.4]"))
+    with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut' must be in \[0, 1\].*got 1.5"):
+        resolve_config(tiny("render.shader.groove_cut=1.5"))
+    with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut_edges' must be \[low, high\]"):
+        resolve_config(tiny("render.shader.groove_cut_edges=[0.5,0.5]"))
     # a plain mapping would bypass the schema: refused, naming the way to compose one
     with pytest.raises(RenderConfigError, match="compose_render"):
         resolve_config({"engine": {"sampels": 3}})

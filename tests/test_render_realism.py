@@ -479,3 +479,25 @@ def test_the_grooves_relief_is_deep_in_places_and_faint_in_others(tmp_path):
     ratio = shade_patched[grooves] / shade_even[grooves]
     faint, deep = (ratio < 0.5).mean(), (ratio > 1.5).mean()
     assert faint > 0.1 and deep > 0.1, (faint, deep)  # 0.35 and 0.27 of the 31% of the wall the grooves shade
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_the_grooves_are_cut_into_open_strokes(tmp_path):
+    """`shader.groove_cut`: a finer noise lifts the grooves back to the surface in places, so the closed lines of
+    version 11 become open strokes: the cut lines only lose colour, about half of the lined wall keeps some, and
+    what is left falls apart into more, shorter pieces."""
+    from scipy import ndimage
+
+    grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0", "render.shader.groove_strength=0")
+    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_darkening=0", *grain)
+    closed, cut = (_wet_render(tmp_path / f"cut{c}.npz", f"render.shader.groove_cut={c}", *grain) for c in (0, 1))
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    dark_closed, dark_cut = ((plain["albedo"] - r["albedo"]) @ luma for r in (closed, cut))
+    wall = plain["depth"] < 1e9
+    assert (dark_cut[wall] <= dark_closed[wall] + 1e-6).all()  # the cut only lifts lines, never adds any
+    lines_closed, lines_cut = (wall & (d > 1e-3) for d in (dark_closed, dark_cut))
+    kept = lines_cut.sum() / lines_closed.sum()
+    assert 0.25 < kept < 0.8, kept  # 0.48 (17% of the wall lined, 8% after the cut)
+    pieces_closed, pieces_cut = (ndimage.label(lines, structure=np.ones((3, 3)))[1] for lines in (lines_closed, lines_cut))
+    # pixels per piece: shorter strokes (3.1 -> 1.7 at 64 px)
+    assert lines_cut.sum() / pieces_cut < 0.7 * lines_closed.sum() / pieces_closed, (pieces_closed, pieces_cut, kept)

@@ -22,7 +22,7 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 11
+RENDERER_VERSION = 12
 RENDERER_DATE = "2026-12-05"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
@@ -149,6 +149,10 @@ def _check_values(c: dict) -> None:
             need(f"shader.{key}", len(value) == size, f"must have {size} entries")
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
     need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
+    need("shader.groove_cut", 0 <= c["shader"]["groove_cut"] <= 1,
+         "must be in [0, 1] (0: the grooves' closed lines, 1: cut into strokes)")
+    need("shader.groove_cut_edges", c["shader"]["groove_cut_edges"][0] < c["shader"]["groove_cut_edges"][1],
+         "must be [low, high] noise values, low < high")
     need("shader.grain_patch_contrast", 0 <= c["shader"]["grain_patch_contrast"] <= 1,
          "must be in [0, 1] (the grooves' relief is scaled by 1 - this .. 1 + this)")
     need("shader.grain_patch_edges", c["shader"]["grain_patch_edges"][0] < c["shader"]["grain_patch_edges"][1],

@@ -142,7 +142,9 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     normal, sunk along them (`groove_strength` x `mucosa.grain`, `groove_depth_mm`; that relief x 1 - c .. 1 + c
     across the wall by a slow noise, c = `grain_patch_contrast`: close to a glint the grooves show in patches, not
     as one web; the colour is left even: its patches kept the CNN 4-17 epochs longer on the chance plateau,
-    docs/render.md, versions 10 and 11); with both shader gains 0,
+    docs/render.md, versions 10 and 11). A noise `groove_cut_scale` times finer lifts the lines back to the surface
+    where it is below `groove_cut_edges` (by `groove_cut`, 0: none, version 11): closed loops become open strokes
+    (version 12). With both shader gains 0,
     `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
     (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
@@ -163,6 +165,14 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
                         float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
+    cut = float(shader["groove_cut"])
+    if cut:  # the lines cut into open strokes: a finer noise lifts them back to the surface where it is low
+        pieces = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 19.0)),
+                             graph.math("MULTIPLY", knob["mucosa.grain_scale"],
+                                        float(shader["groove_scale"]) * float(shader["groove_cut_scale"])), 0.0)
+        low, high = (float(v) for v in shader["groove_cut_edges"])
+        gone = graph.map_range(pieces, low, high, cut, 0.0, "SMOOTHSTEP")  # cut .. 0: how far a stroke is lifted
+        height = graph.math("MULTIPLY_ADD", graph.math("SUBTRACT", 1.0, height), gone, height)
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height),
                            graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
     normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", relief, float(shader["groove_strength"])),

@@ -162,6 +162,9 @@ class ShaderConfig:
     groove_strength: float = MISSING
     groove_depth_mm: float = MISSING
     groove_darkening: float = MISSING
+    groove_cut: float = MISSING
+    groove_cut_scale: float = MISSING
+    groove_cut_edges: list[float] = MISSING
     grain_patch_scale: float = MISSING
     grain_patch_detail: float = MISSING
     grain_patch_edges: list[float] = MISSING
