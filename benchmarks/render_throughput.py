@@ -72,13 +72,15 @@ class RssTrack(threading.Thread):
                 self.samples.append((done, rss))
 
     def summary(self, frames: int) -> dict:
-        """Workers' RSS over the first and the last tenth of the frames: flat memory means equal figures."""
+        """Workers' RSS over the first, the middle and the last tenth of the frames: flat memory means equal figures."""
         s = [(d, r) for d, r in self.samples if d > 0]
         if len(s) < 4:
             return {}
         early = [r for d, r in s if d <= frames * 0.1] or [s[0][1]]
         late = [r for d, r in s if d >= frames * 0.9] or [s[-1][1]]
-        return {"workers_rss_mib_first_10pct": round(max(early), 1), "workers_rss_mib_last_10pct": round(max(late), 1),
+        middle = [r for d, r in s if frames * 0.45 <= d <= frames * 0.55] or [s[len(s) // 2][1]]  # still growing?
+        return {"workers_rss_mib_first_10pct": round(max(early), 1), "workers_rss_mib_middle_10pct": round(max(middle), 1),
+                "workers_rss_mib_last_10pct": round(max(late), 1),
                 "workers_rss_mib_max": round(max(r for _, r in s), 1), "rss_samples": len(s)}
 
 

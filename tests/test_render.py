@@ -96,6 +96,13 @@ def test_workers_identical(clean, tmp_path):
     assert _files(tmp_path) == _files(clean)
 
 
+def test_a_renewed_cycles_scene_renders_the_same_frames(clean, tmp_path):
+    """`render.session_frames`: every n-th render of a worker runs without Cycles' persistent data, which frees
+    what the kept scene piled up for past lesions (docs/render.md, version 12's memory); no byte may change."""
+    render_dataset(tiny("render.workers=1", "render.session_frames=2"), tmp_path, progress=False)
+    assert _files(tmp_path) == _files(clean)
+
+
 def test_shards_merge(clean, tmp_path):
     render_dataset(tiny("render.workers=1", "render.num_shards=2", "render.shard=1"), tmp_path, progress=False)
     assert not (tmp_path / "manifest.csv").exists()  # shard 0's frames are still missing
@@ -254,7 +261,8 @@ def test_shader_constant_from_the_config(clean, tmp_path):
 
 
 def test_dataset_name_ignores_how_the_work_is_spread(monkeypatch):
-    assert dataset_name(tiny("render.workers=1")) == dataset_name(tiny("render.workers=3", "render.threads=2"))
+    assert dataset_name(tiny("render.workers=1")) == dataset_name(tiny("render.workers=3", "render.threads=2",
+                                                                       "render.session_frames=7"))
     before = dataset_name(tiny())
     monkeypatch.setattr("synthmed.render.config.RENDERER_VERSION", RENDERER_VERSION + 1)
     assert dataset_name(tiny()) != before, "a new renderer version must not reuse the old datasets"
@@ -304,6 +312,8 @@ def test_bad_values_name_the_key():
         resolve_config(tiny("render.shader.grain_patch_edges=[0.6,0.4]"))
     with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut' must be in \[0, 1\].*got 1.5"):
         resolve_config(tiny("render.shader.groove_cut=1.5"))
+    with pytest.raises(RenderConfigError, match=r"render.session_frames' must be >= 0.*got -1"):
+        resolve_config(tiny("render.session_frames=-1"))
     with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut_edges' must be \[low, high\]"):
         resolve_config(tiny("render.shader.groove_cut_edges=[0.5,0.5]"))
     # a plain mapping would bypass the schema: refused, naming the way to compose one

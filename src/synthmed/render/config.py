@@ -19,7 +19,7 @@ import numpy as np
 from synthmed.utils import config_hash
 
 # How the work is spread: never changes a pixel, so never part of the dataset's name.
-RUN_KEYS = ("workers", "threads", "shard", "num_shards")
+RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
 RENDERER_VERSION = 12
@@ -134,6 +134,7 @@ def _check_values(c: dict) -> None:
     need("num_frames", c["num_frames"] >= 0, "must be >= 0")
     need("shard", 0 <= c["shard"] < c["num_shards"], "must be in [0, num_shards)")
     need("threads", c["threads"] is None or c["threads"] >= 1, "must be null or >= 1")
+    need("session_frames", c["session_frames"] >= 0, "must be >= 0 (0: Cycles keeps its scene for every frame)")
     need("lesion_probability", 0 <= c["lesion_probability"] <= 1, "must be in [0, 1]")
     need("min_visible_pixels", c["min_visible_pixels"] >= 1, "must be >= 1")
     tx = c["textures"]

@@ -49,6 +49,7 @@ class ColonScene:
         self.clutter = Clutter(bpy, self.scene, cfg)
         self.endoscope = Endoscope(bpy, self.scene, cfg)
         self.exr_path = self._build_compositor()
+        self.renders = 0  # renders so far: every `session_frames`-th one rebuilds Cycles' kept scene
 
     def _use_gpus(self) -> list[str]:
         """Enable every OptiX (else CUDA) device Cycles finds; return their names. Raises RuntimeError naming
@@ -227,7 +228,14 @@ class ColonScene:
             self.scene.update_tag()
         if os.path.exists(self.exr_path):
             os.remove(self.exr_path)
+        self.renders += 1
+        every = int(self.cfg["session_frames"])
+        renew = every > 0 and self.renders % every == 0
+        if renew:  # persistent data keeps something of every past lesion mesh (about 7 KB a frame at 128 px):
+            self.scene.render.use_persistent_data = False  # a render without it frees the kept scene; same bytes
         self.bpy.ops.render.render()
+        if renew:
+            self.scene.render.use_persistent_data = True
         channels = read_exr(self.exr_path)
         def stacked(name: str, axes: str = "RGB") -> np.ndarray:
             return np.stack([channels[f"{name}.{axis}"] for axis in axes], axis=-1)

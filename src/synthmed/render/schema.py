@@ -257,6 +257,7 @@ class RenderConfig:
     seed: int = MISSING
     workers: int = MISSING
     threads: int | None = MISSING
+    session_frames: int = MISSING
     device: Device = MISSING
     shard: int = MISSING
     num_shards: int = MISSING
