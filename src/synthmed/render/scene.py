@@ -231,11 +231,13 @@ class ColonScene:
         self.renders += 1
         every = int(self.cfg["session_frames"])
         renew = every > 0 and self.renders % every == 0
-        if renew:  # persistent data keeps something of every past lesion mesh (about 7 KB a frame at 128 px):
+        if renew:  # persistent data keeps something of every past lesion mesh (about 14 KB a frame at 128 px):
             self.scene.render.use_persistent_data = False  # a render without it frees the kept scene; same bytes
-        self.bpy.ops.render.render()
-        if renew:
-            self.scene.render.use_persistent_data = True
+        try:
+            self.bpy.ops.render.render()
+        finally:
+            if renew:
+                self.scene.render.use_persistent_data = True
         channels = read_exr(self.exr_path)
         def stacked(name: str, axes: str = "RGB") -> np.ndarray:
             return np.stack([channels[f"{name}.{axis}"] for axis in axes], axis=-1)
