@@ -292,30 +292,24 @@ def test_bad_key_or_type_fails_at_compose_time(override, key):
 
 def test_bad_values_name_the_key():
     """What the schema cannot see: distributions, ranges, parameter names in overrides."""
-    with pytest.raises(RenderConfigError, match="render.overrides.lesion.sise_mm"):
-        resolve_config(tiny("++render.overrides={lesion.sise_mm: 3}"))
-    with pytest.raises(RenderConfigError, match="render.params.lesion.size_mm"):
-        resolve_config(tiny("~render.params.lesion.size_mm", "+render.params.lesion.size_mm={uniform: [5]}"))
-    with pytest.raises(RenderConfigError, match="render.textures.vessel_scale"):
-        resolve_config(tiny("render.textures.vessel_scale=[0.05]"))
-    with pytest.raises(RenderConfigError, match="render.shard"):
-        resolve_config(tiny("render.shard=2"))
-    with pytest.raises(RenderConfigError, match="render.endoscope.exposure_percentile"):
-        resolve_config(tiny("render.endoscope.exposure_percentile=150"))
-    with pytest.raises(RenderConfigError, match="render.endoscope.tone_lift"):
-        resolve_config(tiny("render.endoscope.tone_lift=-1"))
-    with pytest.raises(RenderConfigError, match=r"render.shader.vessel_taper' must be in \[0, 1\].*got 1.5"):
-        resolve_config(tiny("render.shader.vessel_taper=1.5"))
-    with pytest.raises(RenderConfigError, match=r"render.shader.grain_patch_contrast' must be in \[0, 1\].*got -0.2"):
-        resolve_config(tiny("render.shader.grain_patch_contrast=-0.2"))
-    with pytest.raises(RenderConfigError, match=r"render.shader.grain_patch_edges' must be \[low, high\]"):
-        resolve_config(tiny("render.shader.grain_patch_edges=[0.6,0.4]"))
-    with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut' must be in \[0, 1\].*got 1.5"):
-        resolve_config(tiny("render.shader.groove_cut=1.5"))
-    with pytest.raises(RenderConfigError, match=r"render.session_frames' must be >= 0.*got -1"):
-        resolve_config(tiny("render.session_frames=-1"))
-    with pytest.raises(RenderConfigError, match=r"render.shader.groove_cut_edges' must be \[low, high\]"):
-        resolve_config(tiny("render.shader.groove_cut_edges=[0.5,0.5]"))
+    cases = [
+        (["++render.overrides={lesion.sise_mm: 3}"], "render.overrides.lesion.sise_mm"),
+        (["~render.params.lesion.size_mm", "+render.params.lesion.size_mm={uniform: [5]}"], "render.params.lesion.size_mm"),
+        (["render.textures.vessel_scale=[0.05]"], "render.textures.vessel_scale"),
+        (["render.shard=2"], "render.shard"),
+        (["render.endoscope.exposure_percentile=150"], "render.endoscope.exposure_percentile"),
+        (["render.endoscope.tone_lift=-1"], "render.endoscope.tone_lift"),
+        (["render.shader.vessel_taper=1.5"], r"render.shader.vessel_taper' must be in \[0, 1\].*got 1.5"),
+        (["render.shader.grain_patch_contrast=-0.2"], r"render.shader.grain_patch_contrast' must be in \[0, 1\].*got -0.2"),
+        (["render.shader.grain_patch_edges=[0.6,0.4]"], r"render.shader.grain_patch_edges' must be \[low, high\]"),
+        (["render.shader.groove_cut=1.5"], r"render.shader.groove_cut' must be in \[0, 1\].*got 1.5"),
+        (["render.session_frames=-1"], r"render.session_frames' must be >= 0.*got -1"),
+        (["render.shader.groove_cut_edges=[0.5,0.5]"], r"render.shader.groove_cut_edges' must be \[low, high\]"),
+        (["render.shader.lesion_base_edges=[0.6,0.0]"], r"render.shader.lesion_base_edges' must be \[low, high\]"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(RenderConfigError, match=message):
+            resolve_config(tiny(*overrides))
     # a plain mapping would bypass the schema: refused, naming the way to compose one
     with pytest.raises(RenderConfigError, match="compose_render"):
         resolve_config({"engine": {"sampels": 3}})

@@ -148,16 +148,14 @@ def _check_values(c: dict) -> None:
         if key.endswith(("_edges", "_radius", "_offset", "_direction", "_shift", "_tint")) and isinstance(value, list):
             size = 2 if key.endswith("_edges") else 3
             need(f"shader.{key}", len(value) == size, f"must have {size} entries")
+            if key.endswith("_edges"):  # the from-range of a map-range node: equal or falling ends make a step or
+                need(f"shader.{key}", value[0] < value[1], "must be [low, high], low < high")  # flip it
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
     need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
     need("shader.groove_cut", 0 <= c["shader"]["groove_cut"] <= 1,
          "must be in [0, 1] (0: the grooves' closed lines, 1: cut into strokes)")
-    need("shader.groove_cut_edges", c["shader"]["groove_cut_edges"][0] < c["shader"]["groove_cut_edges"][1],
-         "must be [low, high] noise values, low < high")
     need("shader.grain_patch_contrast", 0 <= c["shader"]["grain_patch_contrast"] <= 1,
          "must be in [0, 1] (the grooves' relief is scaled by 1 - this .. 1 + this)")
-    need("shader.grain_patch_edges", c["shader"]["grain_patch_edges"][0] < c["shader"]["grain_patch_edges"][1],
-         "must be [low, high] noise values, low < high")
     endo = c["endoscope"]
     need("endoscope.exposure_percentile", 0 < endo["exposure_percentile"] <= 100, "must be in (0, 100]")
     need("endoscope.exposure_target", endo["exposure_target"] > 0, "must be > 0")
