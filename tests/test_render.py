@@ -306,6 +306,9 @@ def test_bad_values_name_the_key():
         (["render.session_frames=-1"], r"render.session_frames' must be >= 0.*got -1"),
         (["render.shader.groove_cut_edges=[0.5,0.5]"], r"render.shader.groove_cut_edges' must be \[low, high\]"),
         (["render.shader.lesion_base_edges=[0.6,0.0]"], r"render.shader.lesion_base_edges' must be \[low, high\]"),
+        (["render.endoscope.far_smoothing_px=-1"], r"render.endoscope.far_smoothing_px' must be >= 0"),
+        (["render.endoscope.far_smoothing_mm=[120,60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
+        (["render.endoscope.far_smoothing_mm=[60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
     ]
     for overrides, message in cases:
         with pytest.raises(RenderConfigError, match=message):

@@ -501,3 +501,75 @@ def test_the_grooves_are_cut_into_open_strokes(tmp_path):
     pieces_closed, pieces_cut = (ndimage.label(lines, structure=np.ones((3, 3)))[1] for lines in (lines_closed, lines_cut))
     # pixels per piece: shorter strokes (3.1 -> 1.7 at 64 px)
     assert lines_cut.sum() / pieces_cut < 0.7 * lines_closed.sum() / pieces_closed, (pieces_closed, pieces_cut, kept)
+
+
+def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():
+    """post.far_smoothing: a speckle of lit and shadowed samples far down the lumen is averaged at its own
+    distance (the mean kept, the spread cut); the near wall is left exactly as it was, and a bright near fold
+    never bleeds onto the dark lumen behind it."""
+    from synthmed.render.post import far_smoothing
+
+    size = 64
+    rng = np.random.default_rng(0)
+    depth = np.full((size, size), 30.0)
+    depth[:, 32:] = 200.0  # the right half far down the lumen
+    depth[:4, 60:] = 1e10  # a corner that sees nothing
+    lin = np.full((size, size, 3), 0.8, np.float32)  # the near wall: bright
+    speckle = (rng.random((size, 32)) < 0.3).astype(np.float32)  # 30% of the far pixels shadowed
+    lin[:, 32:] = (0.1 * (1.0 - speckle))[..., None]
+    lin[:4, 60:] = 0.0
+    out = far_smoothing(lin, depth, 1.5, (60.0, 120.0), 1.3)
+    assert out.dtype == np.float32 and out.shape == lin.shape
+    assert np.array_equal(out[:, :32], lin[:, :32])  # nearer than the ramp: untouched
+    assert not out[:4, 60:].any()  # no surface: nothing
+    inner = (slice(8, 56), slice(40, 56))  # far pixels away from the frame's and the fold's edges
+    assert out[inner].std() < 0.4 * lin[inner].std(), (out[inner].std(), lin[inner].std())
+    assert out[inner].mean() == pytest.approx(lin[inner].mean(), rel=0.05)
+    assert out[:, 32:36].max() <= 0.1 + 1e-6  # next to the bright fold: no light from it
+    assert far_smoothing(lin, depth, 0.0, (60.0, 120.0), 1.3) is lin  # 0: off
+
+
+FAR_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from synthmed.render.config import compose_render, resolve_config, sample_params
+    from synthmed.render.scene import ColonScene
+
+    cfg = resolve_config(compose_render(["render.resolution=64", "render.textures.mode=procedural"]))
+    scene = ColonScene(cfg, threads=2)
+    # straight down the lumen: the far wall a few pixels wide, its folds and their crescents under a pixel
+    params = {**sample_params(cfg, 0), "camera.offset": 0.0, "camera.yaw_deg": 0.0, "camera.pitch_deg": 0.0,
+              "camera.view": "lumen", "camera.toward_wall_deg": 0.0, "camera.fov_deg": 150.0, "lesion.present": 0}
+    passes = {}
+    for seed in (1, 2):  # two Cycles seeds: the same scene, other samples
+        r = scene.render(params, seed)
+        passes.update({f"{k}{seed}": r[k] for k in ("rgb", "albedo", "diffuse", "index", "depth")})
+    np.savez(sys.argv[1], **passes)
+""")
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_far_smoothing_cuts_the_far_lumens_sampling_speckle(tmp_path, cfg):
+    """Rendered down the lumen with two Cycles seeds: far down it (past the middle of `endoscope.far_smoothing_mm`)
+    the two frames differ by much less with the smoothing than without (sampling speckle, not the scene); nearer
+    than the ramp's start the pixels are the same bytes either way."""
+    proc = subprocess.run([sys.executable, "-c", FAR_SCRIPT, str(tmp_path / "far.npz")], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = dict(np.load(tmp_path / "far.npz"))
+    params = {**sample_params(cfg, 0), "camera.fov_deg": 150.0}
+    off = {**cfg, "endoscope": {**cfg["endoscope"], "far_smoothing_px": 0.0}}
+    near_mm, far_mm = cfg["endoscope"]["far_smoothing_mm"]
+    images = {}
+    for name, c in (("on", cfg), ("off", off)):
+        for seed in (1, 2):
+            frame = {k: saved[f"{k}{seed}"] for k in ("rgb", "albedo", "diffuse", "index", "depth")}
+            images[name, seed] = finish_frame(frame, params, c)["image"].astype(np.float32)
+    depth = saved["depth1"]
+    inside = images["off", 1].any(axis=-1)
+    far, near = inside & (depth > 0.5 * (near_mm + far_mm)) & (depth < 1e9), inside & (depth < near_mm)
+    assert far.sum() > 40 and near.sum() > 1000, (far.sum(), near.sum())
+    for seed in (1, 2):
+        assert np.array_equal(images["on", seed][near], images["off", seed][near])
+    spread = {name: np.abs(images[name, 1] - images[name, 2]).mean(axis=-1)[far].mean() for name in ("on", "off")}
+    assert spread["on"] < 0.6 * spread["off"], spread

@@ -76,6 +76,38 @@ def fill_light(albedo: np.ndarray, depth: np.ndarray, p: Mapping[str, Any], endo
     return albedo * irradiance[..., None].astype(np.float32) * np.asarray(tint, np.float32)
 
 
+def depth_slices(depth: np.ndarray, ratio: float):
+    """Cut the surfaces seen (depth < 1e9, mm along each ray) into slices centred at `ratio` ** k mm. A pixel
+    belongs to its two nearest slices (linear weights in log depth). Yields (centre mm, HxW float32 weight)."""
+    surface = depth < 1e9
+    if not surface.any():
+        return
+    step = np.log(float(ratio))
+    position = np.where(surface, np.log(np.maximum(depth, 1e-6)) / step, 0.0)
+    lower = np.floor(position).astype(np.int64)
+    upper_weight = (position - lower).astype(np.float32)
+    for k in range(int(lower[surface].min()), int(lower[surface].max()) + 2):
+        weight = np.where(lower == k, 1.0 - upper_weight, 0.0) + np.where(lower + 1 == k, upper_weight, 0.0)
+        weight = (weight * surface).astype(np.float32)
+        if weight.any():
+            yield float(np.exp(k * step)), weight
+
+
+def _slice_share(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """A slice's share of `values` blurred over the slice's pixels only (a normalised convolution: its blurred
+    weighted values over its blurred weight, times its weight): nothing crosses to a surface at another distance.
+    Worked out on the slice's box grown by the gaussian's reach (what scipy's filter reads), not the whole frame:
+    the same numbers, since the rest is zero."""
+    share = np.zeros_like(values, dtype=np.float32)
+    rows, cols = np.nonzero(weight.any(axis=1))[0], np.nonzero(weight.any(axis=0))[0]
+    reach = int(4.0 * float(sigma) + 0.5)  # scipy's default truncate (4 sigmas)
+    box = (slice(max(rows[0] - reach, 0), rows[-1] + reach + 1), slice(max(cols[0] - reach, 0), cols[-1] + reach + 1))
+    w = weight[box]
+    total = gaussian_filter(w * values[box], sigma, mode="constant")
+    share[box] = w * total / np.maximum(gaussian_filter(w, sigma, mode="constant"), 1e-6)
+    return share
+
+
 def translucency(diffuse: np.ndarray, albedo: np.ndarray, depth: np.ndarray, focal_px: float,
                  radius_mm, depth_ratio: float) -> np.ndarray:
     """What light carried under the surface adds to the render (HxWx3, add it to the Combined pass): tissue is
@@ -85,33 +117,40 @@ def translucency(diffuse: np.ndarray, albedo: np.ndarray, depth: np.ndarray, foc
 
     `diffuse` is Cycles' Diffuse Direct pass (the light the diffuse closures received; albedo x it is their share
     of the Combined pass), `depth` the distance along each ray in mm (>= 1e9: no surface), `focal_px` the
-    fisheye's focal length in pixels (near the axis 1 mm at distance d spans focal_px / d pixels). Depth is cut
-    into slices centred at `depth_ratio` ** k mm; a pixel belongs to its two nearest slices (linear weights in log
-    depth), and each slice is blurred alone (a normalised convolution: its blurred light over its blurred weight) at
-    the sigma of its centre's distance. Spreads under 0.3 px are left out."""
+    fisheye's focal length in pixels (near the axis 1 mm at distance d spans focal_px / d pixels). Each of
+    `depth_slices` is blurred alone at the sigma of its centre's distance. Spreads under 0.3 px are left out."""
     light = np.nan_to_num(np.asarray(diffuse, np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: albedo 0
     depth = np.asarray(depth, np.float64)
-    surface = depth < 1e9
-    spread = light * ~surface[..., None]
-    if not surface.any():
+    spread = light * (depth >= 1e9)[..., None]
+    if not (depth < 1e9).any():
         return np.zeros_like(light)
-    step = np.log(float(depth_ratio))
-    position = np.where(surface, np.log(np.maximum(depth, 1e-6)) / step, 0.0)
-    lower = np.floor(position).astype(np.int64)
-    upper_weight = (position - lower).astype(np.float32)
-    for k in range(int(lower[surface].min()), int(lower[surface].max()) + 2):
-        weight = np.where(lower == k, 1.0 - upper_weight, 0.0) + np.where(lower + 1 == k, upper_weight, 0.0)
-        weight = (weight * surface).astype(np.float32)
-        if not weight.any():
-            continue
+    for centre, weight in depth_slices(depth, depth_ratio):
         for c, radius in enumerate(radius_mm):
-            sigma = float(radius) * focal_px / float(np.exp(k * step))
+            sigma = float(radius) * focal_px / centre
             if sigma < 0.3:
                 spread[..., c] += weight * light[..., c]
                 continue
-            total = gaussian_filter(weight * light[..., c], sigma, mode="constant")
-            spread[..., c] += weight * total / np.maximum(gaussian_filter(weight, sigma, mode="constant"), 1e-6)
+            spread[..., c] += _slice_share(light[..., c], weight, sigma)
     return np.asarray(albedo, np.float32) * (spread - light)
+
+
+def far_smoothing(lin: np.ndarray, depth: np.ndarray, sigma_px: float, ramp_mm, depth_ratio: float) -> np.ndarray:
+    """The far lumen's light averaged over neighbouring pixels at the same distance (linear RGB in and out). Far
+    down the lumen a pixel spans many folds and the crescents they shade; a camera's pixel averages them, a few
+    samples a pixel do not (a speckle of lit and shadowed samples). Each of `depth_slices` is blurred alone by a
+    gaussian of `sigma_px` x its ramp: 0 at `ramp_mm[0]` and nearer, 1 at `ramp_mm[1]` and beyond (linear
+    between). Fold edges against what lies behind them stay sharp; sigmas under 0.3 px are left out."""
+    near, far = (float(v) for v in ramp_mm)
+    if sigma_px <= 0.0:
+        return lin
+    out = np.array(lin, np.float32)
+    for centre, weight in depth_slices(np.asarray(depth, np.float64), depth_ratio):
+        sigma = float(sigma_px) * float(np.clip((centre - near) / (far - near), 0.0, 1.0))
+        if sigma < 0.3:
+            continue  # the slice's share of the pixels stays as it is
+        for c in range(out.shape[-1]):
+            out[..., c] += _slice_share(lin[..., c], weight, sigma) - weight * lin[..., c]
+    return out
 
 
 def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
@@ -147,6 +186,8 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
         rgb = rgb + translucency(rendered["diffuse"], rendered["albedo"], rendered["depth"], focal, radius,
                                  float(shader["translucency_depth_ratio"]))
     lit = np.clip(rgb, 0.0, None) + fill_light(np.asarray(rendered["albedo"], np.float32), rendered["depth"], p, endo, tint)
+    lit = far_smoothing(lit, rendered["depth"], float(endo["far_smoothing_px"]), endo["far_smoothing_mm"],
+                        float(cfg["shader"]["translucency_depth_ratio"]))
     lin = processor(optics(lit, p, endo), inside, endo)
     lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
