@@ -1,4 +1,5 @@
-"""Render noise: how far two Cycles seeds of the same frames are apart, with and without post.translucency.
+"""Render noise: how far two Cycles seeds of the same frames are apart, with and without post.translucency and
+post.far_smoothing.
 
     python benchmarks/render_noise.py [--frames 6] [--resolution 128] [--seed 3]
 
@@ -6,8 +7,9 @@ Renders frames 0 .. N-1 of the default config (lesion forced present, the patter
 bake is needed) twice, with Cycles seeds 1 and 2, and finishes each render twice: as the pipeline does, and with
 the Diffuse Direct pass set to zero, which makes the translucency add nothing (it spreads that pass). Prints ONE
 JSON line: the mean absolute difference between the two seeds' 8-bit frames inside the scope's border (0-255),
-per frame and averaged, with and without translucency. The frames, their draws and their masks are the same
-either way; only Cycles' sampling noise differs.
+per frame and averaged, with and without translucency; and, over the far lumen only (pixels past the middle of
+`endoscope.far_smoothing_mm`, all frames pooled), the same with the config's far smoothing and with it off. The
+frames, their draws and their masks are the same either way; only Cycles' sampling noise differs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> None:
     cfg = resolve_config(cfg)
     scene = ColonScene(cfg, threads=None)
     noise = {"with": [], "without": []}
+    far_sum, far_pixels = {"on": 0.0, "off": 0.0}, 0
+    no_smoothing = {**cfg, "endoscope": {**cfg["endoscope"], "far_smoothing_px": 0.0}}
+    far_from = 0.5 * sum(float(v) for v in cfg["endoscope"]["far_smoothing_mm"])
     try:
         for index in range(args.frames):
             params = sample_params(cfg, index)
@@ -45,13 +50,21 @@ def main() -> None:
                         for r in renders)
                 inside = a.any(-1) | b.any(-1)
                 noise[name].append(round(float(np.abs(a.astype(int) - b.astype(int))[inside].mean()), 3))
+            far = inside & (renders[0]["depth"] > far_from) & (renders[0]["depth"] < 1e9)  # the border is the frame's
+            for name, c in (("on", cfg), ("off", no_smoothing)):
+                a, b = (finish_frame(r, params, c)["image"].astype(int) for r in renders)
+                far_sum[name] += float(np.abs(a - b)[far].mean(-1).sum())
+            far_pixels += int(far.sum())
     finally:
         scene.close()
     print(json.dumps({"benchmark": "render_noise", "frames": args.frames, "resolution": args.resolution,
                       "seed": args.seed, "seed_difference_with_translucency": noise["with"],
                       "seed_difference_without_translucency": noise["without"],
                       "mean_with": round(float(np.mean(noise["with"])), 3),
-                      "mean_without": round(float(np.mean(noise["without"])), 3)}))
+                      "mean_without": round(float(np.mean(noise["without"])), 3), "far_from_mm": far_from,
+                      "far_pixels": far_pixels,
+                      "far_seed_difference_smoothed": round(far_sum["on"] / max(far_pixels, 1), 3),
+                      "far_seed_difference_unsmoothed": round(far_sum["off"] / max(far_pixels, 1), 3)}))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Render the figures of docs/render.md into docs/gallery/ (small PNGs, about 2 MB in all).
 
     python scripts/make_gallery.py [--frames 8] [--resolution 256] [--out docs/gallery]
-    python scripts/make_gallery.py --compare <dataset A> <dataset B> --to docs/gallery/renderer_3_vs_4.png
+    python scripts/make_gallery.py --compare <dataset A> <dataset B> --to docs/gallery/renderer_3_vs_4.png [--frames 10] [--zoom 1]
 
---compare renders nothing: it sets frames 0-9 of two rendered datasets (their images/) in two rows, A above B
-(two renderers' versions of the same frames: docs/render.md, "The wall's look").
+--compare renders nothing: it sets frames 0-9 (--frames) of two rendered datasets (their images/) in two rows, A
+above B (two renderers' versions of the same frames: docs/render.md, "The wall's look"); --zoom 2 enlarges each
+frame twice, pixel for pixel (what a 128 px frame holds, as the CNN sees it).
 
 gallery.png     frames of the default config (lesion forced present), mask outlines in green
 varied.png      frames of render=varied (lesion forced present), mask outlines in green
@@ -113,32 +114,38 @@ def _scenes(base: list[str], clean: dict, tmp: Path, out: Path) -> None:
                                           None, tmp, "r")))
 
 
-def compare(datasets: list[Path], to: Path, frames: int = 10) -> None:
-    """Frames 0 .. frames-1 of each dataset (its images/, no mask outlines), one row a dataset."""
+def compare(datasets: list[Path], to: Path, frames: int = 10, zoom: int = 1) -> None:
+    """Frames 0 .. frames-1 of each dataset (its images/, no mask outlines), one row a dataset, each pixel a
+    zoom x zoom block."""
     rows = []
     for root in datasets:
         missing = [i for i in range(frames) if not (root / "images" / f"{i:06d}.png").is_file()]
         if missing:
             raise SystemExit(f"{root}: no images/{missing[0]:06d}.png (--compare takes rendered datasets)")
-        rows.append(_row([np.asarray(Image.open(root / "images" / f"{i:06d}.png").convert("RGB")) for i in range(frames)]))
+        tiles = [np.asarray(Image.open(root / "images" / f"{i:06d}.png").convert("RGB")) for i in range(frames)]
+        rows.append(_row([t.repeat(zoom, axis=0).repeat(zoom, axis=1) for t in tiles]))
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     _save(to, np.concatenate([part for row in rows for part in (row, gap)][:-1], 0))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=None, help="frames to render (8), or with --compare to set (10)")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", default="docs/gallery")
     ap.add_argument("--compare", nargs=2, type=Path, metavar="DATASET", help="set two datasets' frames 0-9 in rows")
     ap.add_argument("--to", type=Path, help="with --compare: the PNG to write")
+    ap.add_argument("--zoom", type=int, default=1, help="with --compare: enlarge each frame this many times")
     args = ap.parse_args()
     if args.compare:
         if args.to is None:
             ap.error("--compare needs --to <file.png>")
-        compare(args.compare, args.to)
+        if args.zoom < 1:
+            ap.error(f"--zoom must be >= 1, got {args.zoom}")
+        compare(args.compare, args.to, args.frames or 10, args.zoom)
         return
+    args.frames = args.frames or 8
 
     from synthmed.render import render_dataset
 

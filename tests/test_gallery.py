@@ -72,3 +72,25 @@ def test_compare_sets_two_datasets_in_rows_and_names_a_folder_without_frames(tmp
     proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "--to" in proc.stderr
+
+
+def test_compare_zooms_pixel_for_pixel_and_sets_the_frames_asked(tmp_path):
+    roots = []
+    for k in range(2):
+        root = tmp_path / f"frames_{k}"
+        (root / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_wall(16, 10 * k + i)).save(root / "images" / f"{i:06d}.png")
+        roots.append(root)
+    out = tmp_path / "zoomed.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(out), "--frames",
+                           "3", "--zoom", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert figure.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)  # three frames a row, each 2 x 16 px
+    first = np.asarray(Image.open(roots[0] / "images" / "000000.png")).astype(int)
+    blocks = first.repeat(2, axis=0).repeat(2, axis=1)  # each pixel a 2 x 2 block (then dithered onto the palette)
+    assert np.abs(figure[:32, :32] - blocks).mean() < 4.0
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(tmp_path / "z0.png"),
+                           "--zoom", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--zoom" in proc.stderr and not (tmp_path / "z0.png").exists()

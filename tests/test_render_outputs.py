@@ -89,11 +89,23 @@ def test_coco_json_is_reproducible(coco_set):
     from synthmed.render.outputs import finalize
 
     before = (coco_set / "coco.json").read_bytes()
+    manifest = (coco_set / "manifest.csv").read_bytes()
     (coco_set / "coco.json").unlink()
-    cfg = compose_render([*TINY, "render.num_frames=4", "render.workers=1", "render.coco=true",
-                          "++render.overrides={lesion.present: 1, lesion.view_offaxis: 0.5, lesion.size_mm: 12.0}"])
-    finalize(resolve_config(cfg), coco_set)
+    (coco_set / "manifest.csv").unlink()
+    cfg = resolve_config(compose_render([*TINY, "render.num_frames=4", "render.workers=1", "render.coco=true",
+                                         "++render.overrides={lesion.present: 1, lesion.view_offaxis: 0.5, lesion.size_mm: 12.0}"]))
+    finalize(cfg, coco_set)
     assert (coco_set / "coco.json").read_bytes() == before
+    assert (coco_set / "manifest.csv").read_bytes() == manifest  # rows streamed from the sidecars: the same bytes
+    # a sidecar that cannot be read: one error naming it, and the manifest of before left as it was
+    side = coco_set / "frames" / "000002.json"
+    good = side.read_bytes()
+    side.write_bytes(good[: len(good) // 2])
+    with pytest.raises(RuntimeError, match=r"000002\.json: frame 2's sidecar cannot be read"):
+        finalize(cfg, coco_set)
+    assert (coco_set / "manifest.csv").read_bytes() == manifest
+    assert not [f for f in coco_set.iterdir() if f.name.startswith(".manifest.csv.")]  # no temp file left
+    side.write_bytes(good)
 
 
 # --------------------------------------------------------------------------------- CPUs and devices

@@ -6,7 +6,6 @@ No bpy here.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from collections.abc import Mapping
@@ -51,24 +50,38 @@ def _fmt(v: Any) -> str:
 
 
 def finalize(c: dict, out: Path, patterns: Path | None = None) -> None:
-    """Assemble manifest.csv (+ preview, coco) from the sidecars, then dataset.yaml last."""
+    """Assemble manifest.csv (+ preview, coco) from the sidecars, then dataset.yaml last. The sidecars are read
+    one at a time and each row goes straight to the manifest: what is kept per frame is only what the preview,
+    coco.json and the sequences need (a whole sidecar is ~18 KB in Python: 1.8 GB for 100,000 frames)."""
     n = int(c["num_frames"])
-    sides = [json.loads(sidecar(out, i).read_text()) for i in range(n)]
-    rows = [s["row"] for s in sides]
-    if c["mode"] == "sequence":
+    sequences = c["mode"] == "sequence"
+    if sequences:
         columns = (list(FIXED_COLUMNS) + list(SEQUENCE_COLUMNS) + param_names(c) + list(DERIVED_COLUMNS)
                    + list(SEQUENCE_DERIVED))
     else:  # the motion parameters params.sequence.* mean nothing to a still frame
         columns = (list(FIXED_COLUMNS) + [k for k in param_names(c) if not k.startswith("sequence.")]
                    + list(DERIVED_COLUMNS))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([_fmt(r.get(k)) for k in columns])
-    write_preview(out, rows[: int(c["preview_frames"])])
+    sides, blender = [], None
     with atomic_path(out / "manifest.csv") as tmp:
-        tmp.write_text(buf.getvalue())
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(columns)
+            for i in range(n):
+                path = sidecar(out, i)
+                try:
+                    side = json.loads(path.read_text())
+                except (OSError, ValueError) as e:  # nothing is replaced: the manifest of before stays
+                    raise RuntimeError(f"{path}: frame {i}'s sidecar cannot be read ({type(e).__name__}: {e}); "
+                                       "delete it and render again: the frame is redone") from e
+                row = side["row"]
+                w.writerow([_fmt(row.get(k)) for k in columns])
+                blender = side["blender"] if blender is None else blender
+                kept = {"row": {k: row[k] for k in ("id", "label", "sequence") if k in row}}
+                if sequences:
+                    kept.update({k: side[k] for k in ("intrinsics", "camera_to_world", "lesion_mm")})
+                sides.append(kept)
+        rows = [s["row"] for s in sides]
+        write_preview(out, rows[: int(c["preview_frames"])])
     from omegaconf import OmegaConf
 
     import synthmed
@@ -77,7 +90,7 @@ def finalize(c: dict, out: Path, patterns: Path | None = None) -> None:
         "name": resolved_name(c),
         "renderer_version": RENDERER_VERSION,
         "synthmed_version": getattr(synthmed, "__version__", "unknown"),
-        "blender_version": sides[0]["blender"] if sides else None,
+        "blender_version": blender,
         "num_frames": n,
         "num_lesion_frames": int(sum(int(r["label"]) for r in rows)),
         "config": dataset_config(c),
