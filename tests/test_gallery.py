@@ -30,6 +30,18 @@ def _wall(size: int, seed: int) -> np.ndarray:
     return np.clip(rgb + rng.normal(0, 6, rgb.shape), 0, 255).astype(np.uint8)
 
 
+def _datasets(tmp: Path, frames: int) -> list[Path]:
+    """Two folders laid out as rendered datasets: images/000000.png ... of 16 px walls."""
+    roots = []
+    for k in range(2):
+        root = tmp / f"frames_{k}"
+        (root / "images").mkdir(parents=True)
+        for i in range(frames):
+            Image.fromarray(_wall(16, 10 * k + i)).save(root / "images" / f"{i:06d}.png")
+        roots.append(root)
+    return roots
+
+
 def test_saved_figure_keeps_outlines_exact_and_no_outline_green_elsewhere(tmp_path):
     gallery = _gallery()
     image = _wall(96, 0)
@@ -46,13 +58,7 @@ def test_saved_figure_keeps_outlines_exact_and_no_outline_green_elsewhere(tmp_pa
 
 
 def test_compare_sets_two_datasets_in_rows_and_names_a_folder_without_frames(tmp_path):
-    roots = []
-    for k in range(2):
-        root = tmp_path / f"frames_{k}"
-        (root / "images").mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(_wall(16, 10 * k + i)).save(root / "images" / f"{i:06d}.png")
-        roots.append(root)
+    roots = _datasets(tmp_path, 10)
     out = tmp_path / "a_vs_b.png"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(out)],
                           capture_output=True, text=True, timeout=120)
@@ -75,13 +81,7 @@ def test_compare_sets_two_datasets_in_rows_and_names_a_folder_without_frames(tmp
 
 
 def test_compare_zooms_pixel_for_pixel_and_sets_the_frames_asked(tmp_path):
-    roots = []
-    for k in range(2):
-        root = tmp_path / f"frames_{k}"
-        (root / "images").mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(_wall(16, 10 * k + i)).save(root / "images" / f"{i:06d}.png")
-        roots.append(root)
+    roots = _datasets(tmp_path, 3)
     out = tmp_path / "zoomed.png"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(out), "--frames",
                            "3", "--zoom", "2"], capture_output=True, text=True, timeout=120)
