@@ -121,8 +121,9 @@ def translucency(diffuse: np.ndarray, albedo: np.ndarray, depth: np.ndarray, foc
     `depth_slices` is blurred alone at the sigma of its centre's distance. Spreads under 0.3 px are left out."""
     light = np.nan_to_num(np.asarray(diffuse, np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # NaN: albedo 0
     depth = np.asarray(depth, np.float64)
-    spread = light * (depth >= 1e9)[..., None]
-    if not (depth < 1e9).any():
+    surface = depth < 1e9
+    spread = light * ~surface[..., None]
+    if not surface.any():
         return np.zeros_like(light)
     for centre, weight in depth_slices(depth, depth_ratio):
         for c, radius in enumerate(radius_mm):
