@@ -8,7 +8,8 @@ bake is needed) twice, with Cycles seeds 1 and 2, and finishes each render twice
 the Diffuse Direct pass set to zero, which makes the translucency add nothing (it spreads that pass). Prints ONE
 JSON line: the mean absolute difference between the two seeds' 8-bit frames inside the scope's border (0-255),
 per frame and averaged, with and without translucency; and, over the far lumen only (pixels past the middle of
-`endoscope.far_smoothing_mm`, all frames pooled), the same with the config's far smoothing and with it off. The
+`endoscope.far_smoothing_mm`, all frames pooled), the same with the config's far smoothing and with it off; and,
+without far smoothing, the same by depth band (mm along the ray, all frames pooled): where the noise lies. The
 frames, their draws and their masks are the same either way; only Cycles' sampling noise differs.
 """
 
@@ -41,6 +42,8 @@ def main() -> None:
     far_sum, far_pixels = {"on": 0.0, "off": 0.0}, 0
     no_smoothing = {**cfg, "endoscope": {**cfg["endoscope"], "far_smoothing_px": 0.0}}
     far_from = 0.5 * sum(float(v) for v in cfg["endoscope"]["far_smoothing_mm"])
+    bands = (0, 30, 60, 90, 120, 150)  # mm: the last band is open
+    band_sum, band_pixels = np.zeros(len(bands)), np.zeros(len(bands), np.int64)
     try:
         for index in range(args.frames):
             params = sample_params(cfg, index)
@@ -55,6 +58,10 @@ def main() -> None:
                 a, b = (finish_frame(r, params, c)["image"].astype(int) for r in renders)
                 far_sum[name] += float(np.abs(a - b)[far].mean(-1).sum())
             far_pixels += int(far.sum())
+            seen = inside & (renders[0]["depth"] < 1e9)
+            band = np.digitize(renders[0]["depth"], bands) - 1
+            np.add.at(band_sum, band[seen], np.abs(a - b).mean(-1)[seen])  # a, b: the last pair, unsmoothed
+            np.add.at(band_pixels, band[seen], 1)
     finally:
         scene.close()
     print(json.dumps({"benchmark": "render_noise", "frames": args.frames, "resolution": args.resolution,
@@ -64,7 +71,11 @@ def main() -> None:
                       "mean_without": round(float(np.mean(noise["without"])), 3), "far_from_mm": far_from,
                       "far_pixels": far_pixels,
                       "far_seed_difference_smoothed": round(far_sum["on"] / max(far_pixels, 1), 3),
-                      "far_seed_difference_unsmoothed": round(far_sum["off"] / max(far_pixels, 1), 3)}))
+                      "far_seed_difference_unsmoothed": round(far_sum["off"] / max(far_pixels, 1), 3),
+                      "unsmoothed_seed_difference_by_depth_mm": {
+                          f"{lo}-{hi}": round(float(band_sum[k] / band_pixels[k]), 3) if band_pixels[k] else None
+                          for k, (lo, hi) in enumerate(zip(bands, [*bands[1:], "inf"]))},
+                      "pixels_by_depth_mm": [int(v) for v in band_pixels]}))
 
 
 if __name__ == "__main__":
