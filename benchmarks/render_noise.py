@@ -74,7 +74,7 @@ def main() -> None:
                       "far_seed_difference_unsmoothed": round(far_sum["off"] / max(far_pixels, 1), 3),
                       "unsmoothed_seed_difference_by_depth_mm": {
                           f"{lo}-{hi}": round(float(band_sum[k] / band_pixels[k]), 3) if band_pixels[k] else None
-                          for k, (lo, hi) in enumerate(zip(bands, [*bands[1:], "inf"]))},
+                          for k, (lo, hi) in enumerate(zip(bands, [*bands[1:], "inf"], strict=True))},
                       "pixels_by_depth_mm": [int(v) for v in band_pixels]}))
 
 
