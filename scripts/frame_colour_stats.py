@@ -4,26 +4,33 @@
     python scripts/frame_colour_stats.py ../shared/reference/real_colonoscopy_examples.png --grid 3x3
 
 Per frame: the median HSV hue, saturation and value of the lit pixels (value > 0.08: the black border and the
-darkest lumen left out), and the share of the field that is near black (value < 8/255). A figure of several
-frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the
-number of frames and, for each statistic, the 10th, 50th and 90th percentile over the frames.
+darkest lumen left out), and the shares of the field that are near black (every channel < 8/255) and dark
+(< 32/255). The field is the endoscope's circular or octagonal window: from the frames' manifest.csv (a rendered
+dataset's images folder), else every pixel that is not pure black plus the black holes inside them (a lumen
+clamped to black still counts; the black corners do not). A figure of several frames is cut into a grid
+(`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the number of frames and, for
+each statistic, the 10th, 50th and 90th percentile over the frames.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import binary_fill_holes
 
 
-def frame_stats(rgb: np.ndarray) -> dict[str, float]:
-    """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, and the share
-    of the field (pixels not pure black: the border is black) that is near black."""
+def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, float]:
+    """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, and the shares
+    of the field that are near black and dark. `field` (bool, the endoscope's window) defaults to the pixels
+    not pure black with the holes among them filled."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
-    field = rgb.max(axis=-1) > 0
+    if field is None:
+        field = binary_fill_holes(rgb.max(axis=-1) > 0)
     lit = field & (hsv[..., 2] > 0.08)
     if not lit.any():
         raise ValueError("a frame with no lit pixel")
@@ -31,7 +38,28 @@ def frame_stats(rgb: np.ndarray) -> dict[str, float]:
     hue = np.where(hue > 0.5, hue - 1.0, hue)
     return {"hue": float(np.median(hue)), "saturation": float(np.median(hsv[..., 1][lit])),
             "value": float(np.median(hsv[..., 2][lit])),
-            "near_black": float((rgb.max(axis=-1)[field] < 8).mean()) if field.any() else 0.0}
+            "near_black": float((rgb.max(axis=-1)[field] < 8).mean()),
+            "dark": float((rgb.max(axis=-1)[field] < 32).mean())}
+
+
+def rendered_fields(folder: Path, files: list[Path]) -> list[np.ndarray | None]:
+    """Each rendered frame's window, from the border columns of the dataset's manifest.csv (None without one)."""
+    manifest = folder.parent / "manifest.csv"
+    if not manifest.is_file():
+        return [None] * len(files)
+    from synthmed.render.config import compose_render
+    from synthmed.render.post import border_mask
+    cut = float(compose_render([])["endoscope"]["octagon_cut"])
+    with open(manifest, newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    fields = []
+    for file in files:
+        row = rows.get(file.stem)
+        if row is None:
+            raise SystemExit(f"{manifest}: no row for {file.name}")
+        size = Image.open(file).size[0]
+        fields.append(border_mask(size, row["endoscope.border"], float(row["endoscope.border_radius"]), cut))
+    return fields
 
 
 def tiles(path: Path, grid: str | None) -> list[np.ndarray]:
@@ -55,11 +83,13 @@ def main() -> None:
         if not files:
             raise SystemExit(f"{path}: no PNG frames")
         frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        fields = rendered_fields(path, files)
     elif path.is_file():
         frames = tiles(path, args.grid)
+        fields = [None] * len(frames)
     else:
         raise SystemExit(f"{path}: no such file or folder")
-    stats = [frame_stats(f) for f in frames]
+    stats = [frame_stats(f, field) for f, field in zip(frames, fields, strict=True)]
     out = {"path": str(path), "frames": len(stats)}
     for key in stats[0]:
         out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]

@@ -169,7 +169,7 @@ def test_optics_blur_the_image_only(cfg):
 
 
 def test_processor_regulates_brightness_and_lifts_shadows_keeping_hue(cfg):
-    endo = cfg["endoscope"]
+    endo = {**cfg["endoscope"], "black_level": 0.0}  # the curve alone; the black level has its own test
     frame = _frame()["rgb"]
     inside = np.ones(frame.shape[:2], bool)
     out = processor(frame, inside, endo)
@@ -191,6 +191,33 @@ def test_processor_regulates_brightness_and_lifts_shadows_keeping_hue(cfg):
     flat = processor(frame, inside, {**endo, "tone_lift": 0.0})
     assert np.allclose(flat / frame, (flat / frame)[0, 0], rtol=1e-4)
     assert not processor(np.zeros_like(frame), inside, endo).any()
+
+
+def test_black_level_takes_the_pedestal_off_the_curve_keeping_hue(cfg):
+    weights = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    frame = _frame()["rgb"]
+    frame[:, :8] *= np.linspace(0.0, 0.1, 64, dtype=np.float32)[:, None, None]  # a far lumen fading to black
+    inside = np.ones(frame.shape[:2], bool)
+    b = float(cfg["endoscope"]["black_level"])
+    assert 0.0 < b < 0.1  # the default is on, and small
+    curve = processor(frame, inside, {**cfg["endoscope"], "black_level": 0.0})
+    out = processor(frame, inside, cfg["endoscope"])
+    y, y_b = curve @ weights, out @ weights
+    # the curve's output below the pedestal goes black; above it, y -> (y - b) / (1 - b)
+    dark = y <= b
+    assert dark.any() and (~dark).any()
+    assert not out[dark].any()
+    assert y_b[~dark] == pytest.approx((y[~dark] - b) / (1 - b), rel=1e-4, abs=1e-6)
+    # full scale stays full scale (1 -> 1), and nothing under it gets brighter
+    assert ((y_b <= y + 1e-6) | (y > 1.0)).all()
+    # hue and saturation kept where the pixel is not black
+    lit = np.argwhere(~dark)[0]
+    px, ref = out[tuple(lit)], curve[tuple(lit)]
+    assert (px / px.sum()) == pytest.approx(ref / ref.sum(), rel=1e-4)
+    # the darker the pixel, the more of it goes: the pedestal is taken off, not a gain
+    assert (y_b / np.maximum(y, 1e-9))[~dark].min() < 0.5 < (y_b / np.maximum(y, 1e-9))[y > 0.5].min()
+    # an all-black frame stays black
+    assert not processor(np.zeros_like(frame), inside, cfg["endoscope"]).any()
 
 
 def test_motion_kernel_is_a_normalised_streak():

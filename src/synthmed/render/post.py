@@ -1,6 +1,6 @@
 """Numpy post-processing of a rendered frame: translucency (light the tissue carries under its surface), the
 fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus,
-motion blur), the video processor (light control, tone curve), exposure, vignetting, the endoscope's
+motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, the endoscope's
 field-of-view border, sRGB encoding, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     `exposure_percentile` of the luminance inside the border to `exposure_target` (no more than
     `exposure_max_gain`, nor less than 1 / it: the scope's light control); the curve
     y = (1 + k) L / (1 + k L), k = `tone_lift`, then lifts the shadows (the wall a few folds down stays
-    visible) and scales each pixel's RGB by y / L, keeping its hue and saturation. k = 0 is a plain gain."""
+    visible); the black level b = `black_level` then takes the pedestal off, y -> max(y - b, 0) / (1 - b), so
+    the darkest of the far lumen goes black as a video chain's clamp leaves it. Each pixel's RGB is scaled
+    by the result / L, keeping its hue and saturation. k = 0 and b = 0: a plain gain."""
     lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     level = float(np.percentile(lum[inside], float(endo["exposure_percentile"]))) if inside.any() else 0.0
     limit = float(endo["exposure_max_gain"])
@@ -167,6 +169,10 @@ def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     lum = lum * np.float32(gain)
     k = np.float32(endo["tone_lift"])
     scale = np.float32(gain) * (1.0 + k) / (1.0 + k * lum)
+    b = np.float32(endo["black_level"])
+    if b > 0:  # y / L -> (y - b) / ((1 - b) L): the curve's output y is lum * scale / gain
+        y = lum * scale / np.float32(gain)
+        scale = scale * np.where(y > b, (y - b) / (np.maximum(y, b) * (1 - b)), np.float32(0.0))
     return lin * scale[..., None]
 
 

@@ -76,6 +76,7 @@ class EndoscopeConfig:
     exposure_target: float = MISSING
     exposure_max_gain: float = MISSING
     tone_lift: float = MISSING
+    black_level: float = MISSING
     far_smoothing_px: float = MISSING
     far_smoothing_mm: list[float] = MISSING
 

@@ -1,0 +1,64 @@
+"""scripts/frame_colour_stats.py: the shares of the endoscope's window that are near black and dark. A lumen the
+processor's black level clamps to pure black is inside the window and must count, whether the window comes from
+the rendered dataset's manifest or, for a real figure, from the lit pixels around it. No Blender needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthmed.render.post import border_mask
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "frame_colour_stats.py"
+
+
+def _frame(size: int = 64) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A circular window of pink wall with a pure-black lumen (a 10 x 10 hole) and a dark ring (level 20) around it."""
+    inside = border_mask(size, "circle", 0.95, 0.2)
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[inside] = (200, 110, 90)
+    rgb[22:42, 22:42] = (20, 12, 10)  # dark (< 32), not near black
+    rgb[27:37, 27:37] = 0  # the clamped lumen
+    return rgb, inside, 100, 400 - 100
+
+
+def _run(*args: str) -> dict:
+    done = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(tmp_path):
+    rgb, inside, hole, ring = _frame()
+    field = int(inside.sum())
+    root = tmp_path / "frames_x"
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rgb).save(root / "images" / f"{i:06d}.png")
+    # a real figure (no manifest): the window is the lit pixels and the holes among them
+    alone = _run(root / "images" / "000000.png")
+    assert alone["frames"] == 1
+    assert alone["near_black"][1] == pytest.approx(hole / field, abs=1e-3)
+    assert alone["dark"][1] == pytest.approx((hole + ring) / field, abs=1e-3)
+    # a rendered dataset: the window comes from the manifest's border columns, the same here
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "endoscope.border", "endoscope.border_radius"])
+        writer.writerows([f"{i:06d}", 1, "circle", 0.95] for i in range(3))
+    rendered = _run(root / "images", "--limit", 2)
+    assert rendered["frames"] == 2
+    assert rendered["near_black"] == [alone["near_black"][1]] * 3
+    assert rendered["dark"] == [alone["dark"][1]] * 3
+    # hue and the rest come from the lit pixels only: the wall's saturation, (200 - 90) / 200
+    assert rendered["saturation"][1] == pytest.approx(0.55, abs=0.01)
+    # a frame the manifest does not know is named
+    Image.fromarray(rgb).save(root / "images" / "000009.png")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
+    assert done.returncode != 0 and "no row for 000009.png" in done.stderr
