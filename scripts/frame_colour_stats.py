@@ -5,11 +5,11 @@
 
 Per frame: the median HSV hue, saturation and value of the lit pixels (value > 0.08: the black border and the
 darkest lumen left out), and the shares of the field that are near black (every channel < 8/255) and dark
-(< 32/255). The field is the endoscope's circular or octagonal window: from the frames' manifest.csv (a rendered
-dataset's images folder), else every pixel that is not pure black plus the black holes inside them (a lumen
-clamped to black still counts; the black corners do not). A figure of several frames is cut into a grid
-(`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the number of frames and, for
-each statistic, the 10th, 50th and 90th percentile over the frames.
+(< 32/255). The field is the endoscope's circular or octagonal window: from the frames' manifest.csv and
+dataset.yaml (a rendered dataset's images folder), else every pixel that is not pure black plus the black holes
+inside them (a lumen clamped to black still counts; the black corners do not). A figure of several frames is cut
+into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the number of frames
+and, for each statistic, the 10th, 50th and 90th percentile over the frames.
 """
 
 from __future__ import annotations
@@ -47,9 +47,15 @@ def rendered_fields(folder: Path, files: list[Path]) -> list[np.ndarray | None]:
     manifest = folder.parent / "manifest.csv"
     if not manifest.is_file():
         return [None] * len(files)
-    from synthmed.render.config import compose_render
+    import yaml
+
     from synthmed.render.post import border_mask
-    cut = float(compose_render([])["endoscope"]["octagon_cut"])
+    meta = folder.parent / "dataset.yaml"  # the config it was rendered with; else today's default
+    if meta.is_file():
+        cut = float(yaml.safe_load(meta.read_text())["config"]["endoscope"]["octagon_cut"])
+    else:
+        from synthmed.render.config import compose_render
+        cut = float(compose_render([])["endoscope"]["octagon_cut"])
     with open(manifest, newline="") as f:
         rows = {row["id"]: row for row in csv.DictReader(f)}
     fields = []

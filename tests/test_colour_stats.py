@@ -47,7 +47,9 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     assert alone["frames"] == 1
     assert alone["near_black"][1] == pytest.approx(hole / field, abs=1e-3)
     assert alone["dark"][1] == pytest.approx((hole + ring) / field, abs=1e-3)
-    # a rendered dataset: the window comes from the manifest's border columns, the same here
+    # a rendered dataset: the window comes from the manifest's border columns (and dataset.yaml's octagon
+    # cut), the same here
+    (root / "dataset.yaml").write_text("name: frames_x\nconfig:\n  endoscope:\n    octagon_cut: 0.2\n")
     with open(root / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "label", "endoscope.border", "endoscope.border_radius"])
