@@ -4,12 +4,14 @@
     python scripts/frame_colour_stats.py ../shared/reference/real_colonoscopy_examples.png --grid 3x3
 
 Per frame: the median HSV hue, saturation and value of the lit pixels (value > 0.08: the black border and the
-darkest lumen left out), and the shares of the field that are near black (every channel < 8/255) and dark
-(< 32/255). The field is the endoscope's circular or octagonal window: from the frames' manifest.csv and
-dataset.yaml (a rendered dataset's images folder), else every pixel that is not pure black plus the black holes
-inside them (a lumen clamped to black still counts; the black corners do not). A figure of several frames is cut
-into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON line: the number of frames
-and, for each statistic, the 10th, 50th and 90th percentile over the frames.
+darkest lumen left out); the shares of the field that are near black (every channel < 8/255) and dark
+(< 32/255); glints, the blobs of near-white pixels (every channel >= 225) not touching the image's edge: how
+many per 10,000 pixels of the field, and the percent of the field they cover (their mean size is the one over
+the other, at that resolution). The field is the endoscope's circular or octagonal window: from the frames'
+manifest.csv and dataset.yaml (a rendered dataset's images folder), else every pixel that is not pure black plus
+the black holes inside them (a lumen clamped to black still counts; the black corners do not). A figure of
+several frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON
+line: the number of frames and, for each statistic, the 10th, 50th and 90th percentile over the frames.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_fill_holes
+from scipy.ndimage import binary_fill_holes, label
 
 
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, float]:
@@ -36,10 +38,18 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, f
         raise ValueError("a frame with no lit pixel")
     hue = hsv[..., 0][lit]
     hue = np.where(hue > 0.5, hue - 1.0, hue)
+    # glints: blobs of near-white pixels (every channel >= 225) in the field, not touching the image's edge
+    # (a figure's white background does)
+    blobs, count = label(rgb.min(axis=-1) >= 225)
+    edge = np.unique(np.concatenate([blobs[0], blobs[-1], blobs[:, 0], blobs[:, -1]]))
+    inner = np.setdiff1d(np.unique(blobs[field]), np.append(edge, 0))
+    area = float(field.sum())
     return {"hue": float(np.median(hue)), "saturation": float(np.median(hsv[..., 1][lit])),
             "value": float(np.median(hsv[..., 2][lit])),
             "near_black": float((rgb.max(axis=-1)[field] < 8).mean()),
-            "dark": float((rgb.max(axis=-1)[field] < 32).mean())}
+            "dark": float((rgb.max(axis=-1)[field] < 32).mean()),
+            "glints_per_10k_px": inner.size / area * 1e4,
+            "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area}
 
 
 def rendered_fields(folder: Path, files: list[Path]) -> list[np.ndarray | None]:

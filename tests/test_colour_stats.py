@@ -5,6 +5,7 @@ the rendered dataset's manifest or, for a real figure, from the lit pixels aroun
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def _frame(size: int = 64) -> tuple[np.ndarray, np.ndarray, int, int]:
     rgb[inside] = (200, 110, 90)
     rgb[22:42, 22:42] = (20, 12, 10)  # dark (< 32), not near black
     rgb[27:37, 27:37] = 0  # the clamped lumen
+    rgb[10:12, 30:33] = 255  # two glints of 6 and 1 px
+    rgb[50, 20] = (240, 235, 230)
     return rgb, inside, 100, 400 - 100
 
 
@@ -47,6 +50,8 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     assert alone["frames"] == 1
     assert alone["near_black"][1] == pytest.approx(hole / field, abs=1e-3)
     assert alone["dark"][1] == pytest.approx((hole + ring) / field, abs=1e-3)
+    assert alone["glints_per_10k_px"][1] == pytest.approx(2 / field * 1e4, abs=1e-3)
+    assert alone["glint_area_pct"][1] == pytest.approx(100 * 7 / field, abs=1e-3)
     # a rendered dataset: the window comes from the manifest's border columns (and dataset.yaml's octagon
     # cut), the same here
     (root / "dataset.yaml").write_text("name: frames_x\nconfig:\n  endoscope:\n    octagon_cut: 0.2\n")
@@ -60,6 +65,14 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     assert rendered["dark"] == [alone["dark"][1]] * 3
     # hue and the rest come from the lit pixels only: the wall's saturation, (200 - 90) / 200
     assert rendered["saturation"][1] == pytest.approx(0.55, abs=0.01)
+    # white that touches the image's edge (a figure's background around a tile) is not a glint
+    spec = importlib.util.spec_from_file_location("frame_colour_stats", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    framed = rgb.copy()
+    framed[0:3, :] = 255
+    framed[0:3, 20:40] = 255  # ... though it reaches into the window
+    assert script.frame_stats(framed, inside)["glints_per_10k_px"] == pytest.approx(2 / field * 1e4)
     # a frame the manifest does not know is named
     Image.fromarray(rgb).save(root / "images" / "000009.png")
     done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
