@@ -52,7 +52,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, f
             "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area}
 
 
-def rendered_fields(folder: Path, files: list[Path]) -> list[np.ndarray | None]:
+def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[np.ndarray | None]:
     """Each rendered frame's window, from the border columns of the dataset's manifest.csv (None without one)."""
     manifest = folder.parent / "manifest.csv"
     if not manifest.is_file():
@@ -69,11 +69,10 @@ def rendered_fields(folder: Path, files: list[Path]) -> list[np.ndarray | None]:
     with open(manifest, newline="") as f:
         rows = {row["id"]: row for row in csv.DictReader(f)}
     fields = []
-    for file in files:
+    for file, size in zip(files, sizes, strict=True):
         row = rows.get(file.stem)
         if row is None:
             raise SystemExit(f"{manifest}: no row for {file.name}")
-        size = Image.open(file).size[0]
         fields.append(border_mask(size, row["endoscope.border"], float(row["endoscope.border_radius"]), cut))
     return fields
 
@@ -99,7 +98,7 @@ def main() -> None:
         if not files:
             raise SystemExit(f"{path}: no PNG frames")
         frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-        fields = rendered_fields(path, files)
+        fields = rendered_fields(path, files, [f.shape[0] for f in frames])
     elif path.is_file():
         frames = tiles(path, args.grid)
         fields = [None] * len(frames)
