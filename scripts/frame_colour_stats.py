@@ -27,8 +27,8 @@ from scipy.ndimage import binary_fill_holes, label
 
 
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, float]:
-    """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, and the shares
-    of the field that are near black and dark. `field` (bool, the endoscope's window) defaults to the pixels
+    """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
+    the field that are near black and dark, and its glints (per 10,000 field pixels; percent covered). `field` (bool, the endoscope's window) defaults to the pixels
     not pure black with the holes among them filled."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
     if field is None:
@@ -40,7 +40,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, f
     hue = np.where(hue > 0.5, hue - 1.0, hue)
     # glints: blobs of near-white pixels (every channel >= 225) in the field, not touching the image's edge
     # (a figure's white background does)
-    blobs, count = label(rgb.min(axis=-1) >= 225)
+    blobs, _ = label(rgb.min(axis=-1) >= 225)
     edge = np.unique(np.concatenate([blobs[0], blobs[-1], blobs[:, 0], blobs[:, -1]]))
     inner = np.setdiff1d(np.unique(blobs[field]), np.append(edge, 0))
     area = float(field.sum())
@@ -62,7 +62,10 @@ def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[n
     from synthmed.render.post import border_mask
     meta = folder.parent / "dataset.yaml"  # the config it was rendered with; else today's default
     if meta.is_file():
-        cut = float(yaml.safe_load(meta.read_text())["config"]["endoscope"]["octagon_cut"])
+        try:
+            cut = float(yaml.safe_load(meta.read_text())["config"]["endoscope"]["octagon_cut"])
+        except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+            raise SystemExit(f"{meta}: no config.endoscope.octagon_cut ({exc!r})") from None
     else:
         from synthmed.render.config import compose_render
         cut = float(compose_render([])["endoscope"]["octagon_cut"])

@@ -73,6 +73,11 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     framed[0:3, :] = 255
     framed[0:3, 20:40] = 255  # ... though it reaches into the window
     assert script.frame_stats(framed, inside)["glints_per_10k_px"] == pytest.approx(2 / field * 1e4)
+    # a dataset.yaml without the octagon's cut is named
+    (root / "dataset.yaml").write_text("name: frames_x\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
+    assert done.returncode != 0 and "dataset.yaml: no config.endoscope.octagon_cut" in done.stderr
+    (root / "dataset.yaml").write_text("name: frames_x\nconfig:\n  endoscope:\n    octagon_cut: 0.2\n")
     # a frame the manifest does not know is named
     Image.fromarray(rgb).save(root / "images" / "000009.png")
     done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
