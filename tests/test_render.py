@@ -308,6 +308,7 @@ def test_bad_values_name_the_key():
         (["render.shader.lesion_base_edges=[0.6,0.0]"], r"render.shader.lesion_base_edges' must be \[low, high\]"),
         (["render.endoscope.far_smoothing_px=-1"], r"render.endoscope.far_smoothing_px' must be >= 0"),
         (["render.endoscope.black_level=1"], r"render.endoscope.black_level' must be in \[0, 1\)"),
+        (["render.endoscope.lens_halo_sigma=0"], r"render.endoscope.lens_halo_sigma' must be > 0"),
         (["render.endoscope.far_smoothing_mm=[120,60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
         (["render.endoscope.far_smoothing_mm=[60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
     ]

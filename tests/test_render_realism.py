@@ -162,10 +162,36 @@ def test_optics_blur_the_image_only(cfg):
         again = finish_frame(frame, {**sharp, **change}, cfg)
         assert np.array_equal(again["image"], blurred["image"])  # deterministic
     # glare adds light around the highlight and nowhere far from it
-    glared = optics(frame["rgb"], {**sharp, "optics.glare": 1.0}, cfg["endoscope"])
+    no_halo = {**cfg["endoscope"], "lens_halo": 0.0}  # the halo has its own test
+    glared = optics(frame["rgb"], {**sharp, "optics.glare": 1.0}, no_halo)
     added = glared - frame["rgb"]
     assert added.min() >= 0.0
     assert added[22, 24:30].mean() > 0.05 and added[0:5, 0:5].max() < 1e-3
+
+
+def test_lens_halo_widens_a_strong_glint_and_keeps_the_light(cfg):
+    """The lens's halo: a glint tens of times over full scale (a specular peak) stays over full scale a pixel
+    around its core, a weak one does not, a flat wall is unchanged, no light is made or lost; 0 is off."""
+    endo = cfg["endoscope"]
+    p = {"optics.glare": 0.0, "optics.defocus": 0, "optics.motion_blur": 0}
+    assert 0.0 < float(endo["lens_halo"]) < 1.0
+    wall = np.full((128, 128, 3), 0.3, np.float32)
+    frame = wall.copy()
+    frame[40, 40] = 40.0  # a specular peak in one pixel
+    frame[90, 90] = 1.2  # a faint highlight
+    out = optics(frame, p, endo)
+    assert all(out[40 + dy, 40 + dx].min() > 1.0 for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # white 3 px across
+    assert out[36, 40].max() < 0.35  # and not far from it
+    assert (out[89:92, 89:92] < 1.0).all() and out[90, 90].max() < 1.2  # the faint one softens, no more
+    assert out[10:30, 10:30] == pytest.approx(wall[10:30, 10:30], abs=1e-5)  # a flat wall is unchanged
+    assert float(out.sum()) == pytest.approx(float(frame.sum()), rel=1e-5)  # spread, not made
+    # the halo is a fraction of the frame's width: the same glint at twice the size (2 x 2 pixels) covers
+    # about four times the pixels
+    big = np.full((256, 256, 3), 0.3, np.float32)
+    big[80:82, 80:82] = 40.0
+    white = int((optics(big, p, endo)[..., 0] > 1.0).sum())
+    assert 3 * int((out[..., 0] > 1.0).sum()) <= white <= 5 * int((out[..., 0] > 1.0).sum())
+    assert np.array_equal(optics(frame, p, {**endo, "lens_halo": 0.0}), frame)
 
 
 def test_processor_regulates_brightness_and_lifts_shadows_keeping_hue(cfg):
@@ -585,6 +611,7 @@ def test_far_smoothing_cuts_the_far_lumens_sampling_speckle(tmp_path, cfg):
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = dict(np.load(tmp_path / "far.npz"))
     params = {**sample_params(cfg, 0), "camera.fov_deg": 150.0}
+    cfg = {**cfg, "endoscope": {**cfg["endoscope"], "lens_halo": 0.0}}  # the halo mixes near and far pixels a little
     off = {**cfg, "endoscope": {**cfg["endoscope"], "far_smoothing_px": 0.0}}
     near_mm, far_mm = cfg["endoscope"]["far_smoothing_mm"]
     images = {}

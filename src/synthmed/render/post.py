@@ -42,13 +42,20 @@ def line_kernel(length: float, angle_deg: float) -> np.ndarray:
 
 
 def optics(lin: np.ndarray, p: Mapping[str, Any], endo: Mapping) -> np.ndarray:
-    """The scope's optics on linear RGB: glare (highlights bloom: `optics.glare`), defocus (a gaussian of
-    `optics.defocus_sigma` of the width) and motion blur (a streak of `optics.motion_blur_length` of the width).
-    Only the image: the lesion mask stays the geometry's."""
+    """The scope's optics on linear RGB: the lens's halo (a fraction `endoscope.lens_halo` of every pixel's
+    light spread over a gaussian of `lens_halo_sigma` of the width: a glint tens of times over full scale
+    stays white a pixel or two around its core, as a real scope's do, while the rest barely softens), glare
+    (highlights bloom: `optics.glare`), defocus (a gaussian of `optics.defocus_sigma` of the width) and motion
+    blur (a streak of `optics.motion_blur_length` of the width). Only the image: the lesion mask stays the
+    geometry's."""
     from scipy import ndimage
 
     size = lin.shape[1]
     out = lin.astype(np.float32, copy=True)
+    halo = float(endo["lens_halo"])
+    if halo > 0.0:
+        sigma = float(endo["lens_halo_sigma"]) * size
+        out = (1.0 - halo) * out + halo * ndimage.gaussian_filter(out, (sigma, sigma, 0.0), mode="nearest")
     glare = float(p["optics.glare"])
     if glare > 0.0:
         excess = np.clip(out.max(axis=-1) - float(endo["glare_threshold"]), 0.0, None)

@@ -69,6 +69,8 @@ class EndoscopeConfig:
     fill_min_distance_mm: float = MISSING
     octagon_cut: float = MISSING
     vignette_power: float = MISSING
+    lens_halo: float = MISSING
+    lens_halo_sigma: float = MISSING
     glare_threshold: float = MISSING
     glare_sigma: float = MISSING
     glare_gain: float = MISSING
