@@ -6,12 +6,14 @@
 Per frame: the median HSV hue, saturation and value of the lit pixels (value > 0.08: the black border and the
 darkest lumen left out); the shares of the field that are near black (every channel < 8/255) and dark
 (< 32/255); glints, the blobs of near-white pixels (every channel >= 225) not touching the image's edge: how
-many per 10,000 pixels of the field, and the percent of the field they cover (their mean size is the one over
-the other, at that resolution). The field is the endoscope's circular or octagonal window: from the frames'
+many in the frame and per 10,000 pixels of the field, and the percent of the field they cover. Over all the
+frames, `glint_size_pct`: the glints' total area over their number, in percent of the field (one glint's size,
+comparable across resolutions). The field is the endoscope's circular or octagonal window: from the frames'
 manifest.csv and dataset.yaml (a rendered dataset's images folder), else every pixel that is not pure black plus
 the black holes inside them (a lumen clamped to black still counts; the black corners do not). A figure of
 several frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON
-line: the number of frames and, for each statistic, the 10th, 50th and 90th percentile over the frames.
+line: the number of frames, for each statistic the 10th, 50th and 90th percentile over the frames, and
+`glint_size_pct` (null when no frame has a glint).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, f
             "value": float(np.median(hsv[..., 2][lit])),
             "near_black": float((rgb.max(axis=-1)[field] < 8).mean()),
             "dark": float((rgb.max(axis=-1)[field] < 32).mean()),
-            "glints_per_10k_px": inner.size / area * 1e4,
+            "glints": float(inner.size), "glints_per_10k_px": inner.size / area * 1e4,
             "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area}
 
 
@@ -111,6 +113,8 @@ def main() -> None:
     out = {"path": str(path), "frames": len(stats)}
     for key in stats[0]:
         out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]
+    count = sum(s["glints"] for s in stats)
+    out["glint_size_pct"] = round(sum(s["glint_area_pct"] for s in stats) / count, 4) if count else None
     print(json.dumps(out))
 
 

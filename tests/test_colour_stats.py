@@ -52,6 +52,13 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     assert alone["dark"][1] == pytest.approx((hole + ring) / field, abs=1e-3)
     assert alone["glints_per_10k_px"][1] == pytest.approx(2 / field * 1e4, abs=1e-3)
     assert alone["glint_area_pct"][1] == pytest.approx(100 * 7 / field, abs=1e-3)
+    assert alone["glints"] == [2.0] * 3
+    assert alone["glint_size_pct"] == pytest.approx(100 * 3.5 / field, abs=1e-4)  # 7 px over two glints
+    dull = rgb.copy()
+    dull[dull.min(axis=-1) >= 225] = (200, 110, 90)
+    Image.fromarray(dull).save(tmp_path / "dull.png")
+    none = _run(tmp_path / "dull.png")
+    assert none["glints"] == [0.0] * 3 and none["glint_size_pct"] is None  # no glint: no size, not a division by 0
     # a rendered dataset: the window comes from the manifest's border columns (and dataset.yaml's octagon
     # cut), the same here
     (root / "dataset.yaml").write_text("name: frames_x\nconfig:\n  endoscope:\n    octagon_cut: 0.2\n")
@@ -63,6 +70,7 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     assert rendered["frames"] == 2
     assert rendered["near_black"] == [alone["near_black"][1]] * 3
     assert rendered["dark"] == [alone["dark"][1]] * 3
+    assert rendered["glint_size_pct"] == alone["glint_size_pct"]  # pooled over frames: the same size
     # hue and the rest come from the lit pixels only: the wall's saturation, (200 - 90) / 200
     assert rendered["saturation"][1] == pytest.approx(0.55, abs=0.01)
     # white that touches the image's edge (a figure's background around a tile) is not a glint
