@@ -13,7 +13,9 @@ manifest.csv and dataset.yaml (a rendered dataset's images folder), else every p
 the black holes inside them (a lumen clamped to black still counts; the black corners do not). A figure of
 several frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from each tile). Prints ONE JSON
 line: the number of frames, for each statistic the 10th, 50th and 90th percentile over the frames, and
-`glint_size_pct` (null when no frame has a glint).
+`glint_size_pct` (null when no frame has a glint), and over the glints of 4 pixels or more (`glints_of_4px`) the
+10th, 50th and 90th percentile of how drawn out they are (`glint_elongation`: 1 a round spot, n a streak n
+pixels long and one wide; null when there are none).
 """
 
 from __future__ import annotations
@@ -28,23 +30,44 @@ from PIL import Image
 from scipy.ndimage import binary_fill_holes, label
 
 
+def window(rgb: np.ndarray, field: np.ndarray | None) -> np.ndarray:
+    """The field given, else the pixels not pure black with the holes among them filled."""
+    return binary_fill_holes(rgb.max(axis=-1) > 0) if field is None else field
+
+
+def glints(rgb: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs of near-white pixels (every channel >= 225) in the field, not touching the image's edge (a figure's
+    white background does): the labelled image and the glints' labels."""
+    blobs, _ = label(rgb.min(axis=-1) >= 225)
+    edge = np.unique(np.concatenate([blobs[0], blobs[-1], blobs[:, 0], blobs[:, -1]]))
+    return blobs, np.setdiff1d(np.unique(blobs[field]), np.append(edge, 0))
+
+
+def glint_elongations(rgb: np.ndarray, field: np.ndarray | None = None, min_px: int = 4) -> list[float]:
+    """How drawn out each glint of at least `min_px` pixels is: the square root of the ratio of its pixels'
+    principal variances, each plus 1/12 (a pixel's own extent): a row of n pixels gives n, a square 1."""
+    blobs, inner = glints(rgb, window(rgb, field))
+    out = []
+    for k in inner:
+        ys, xs = np.nonzero(blobs == k)
+        if ys.size >= min_px:
+            low, high = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64), bias=True)) + 1.0 / 12.0
+            out.append(float(np.sqrt(high / low)))
+    return out
+
+
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, float]:
     """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
-    the field that are near black and dark, and its glints (per 10,000 field pixels; percent covered). `field` (bool, the endoscope's window) defaults to the pixels
-    not pure black with the holes among them filled."""
+    the field that are near black and dark, and its glints (how many, per 10,000 field pixels, percent covered).
+    `field` (bool, the endoscope's window) defaults to `window`'s."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
-    if field is None:
-        field = binary_fill_holes(rgb.max(axis=-1) > 0)
+    field = window(rgb, field)
     lit = field & (hsv[..., 2] > 0.08)
     if not lit.any():
         raise ValueError("a frame with no lit pixel")
     hue = hsv[..., 0][lit]
     hue = np.where(hue > 0.5, hue - 1.0, hue)
-    # glints: blobs of near-white pixels (every channel >= 225) in the field, not touching the image's edge
-    # (a figure's white background does)
-    blobs, _ = label(rgb.min(axis=-1) >= 225)
-    edge = np.unique(np.concatenate([blobs[0], blobs[-1], blobs[:, 0], blobs[:, -1]]))
-    inner = np.setdiff1d(np.unique(blobs[field]), np.append(edge, 0))
+    blobs, inner = glints(rgb, field)
     area = float(field.sum())
     return {"hue": float(np.median(hue)), "saturation": float(np.median(hsv[..., 1][lit])),
             "value": float(np.median(hsv[..., 2][lit])),
@@ -115,6 +138,9 @@ def main() -> None:
         out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]
     count = sum(s["glints"] for s in stats)
     out["glint_size_pct"] = round(sum(s["glint_area_pct"] for s in stats) / count, 4) if count else None
+    shapes = [e for f, field in zip(frames, fields, strict=True) for e in glint_elongations(f, field)]
+    out["glints_of_4px"] = len(shapes)
+    out["glint_elongation"] = [round(float(v), 2) for v in np.percentile(shapes, [10, 50, 90])] if shapes else None
     print(json.dumps(out))
 
 

@@ -59,6 +59,7 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     Image.fromarray(dull).save(tmp_path / "dull.png")
     none = _run(tmp_path / "dull.png")
     assert none["glints"] == [0.0] * 3 and none["glint_size_pct"] is None  # no glint: no size, not a division by 0
+    assert none["glints_of_4px"] == 0 and none["glint_elongation"] is None
     # a rendered dataset: the window comes from the manifest's border columns (and dataset.yaml's octagon
     # cut), the same here
     (root / "dataset.yaml").write_text("name: frames_x\nconfig:\n  endoscope:\n    octagon_cut: 0.2\n")
@@ -81,6 +82,12 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     framed[0:3, :] = 255
     framed[0:3, 20:40] = 255  # ... though it reaches into the window
     assert script.frame_stats(framed, inside)["glints_per_10k_px"] == pytest.approx(2 / field * 1e4)
+    # how drawn out a glint is: a streak 8 px long and one wide gives 8, a 3 x 3 spot 1, glints under 4 px none
+    shaped = rgb.copy()
+    shaped[20, 12:20] = 255
+    shaped[44:47, 40:43] = 255
+    assert sorted(script.glint_elongations(shaped, inside)) == pytest.approx([1.0, 1.5, 8.0])  # and the 3 x 2
+    assert alone["glints_of_4px"] == 1 and alone["glint_elongation"] == [1.5] * 3
     # a dataset.yaml without the octagon's cut is named
     (root / "dataset.yaml").write_text("name: frames_x\n")
     done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
