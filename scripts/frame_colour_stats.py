@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_fill_holes, label
+from scipy.ndimage import binary_fill_holes, find_objects, label
 
 
 def window(rgb: np.ndarray, field: np.ndarray | None) -> np.ndarray:
@@ -43,23 +43,24 @@ def glints(rgb: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blobs, np.setdiff1d(np.unique(blobs[field]), np.append(edge, 0))
 
 
-def glint_elongations(rgb: np.ndarray, field: np.ndarray | None = None, min_px: int = 4) -> list[float]:
-    """How drawn out each glint of at least `min_px` pixels is: the square root of the ratio of its pixels'
-    principal variances, each plus 1/12 (a pixel's own extent): a row of n pixels gives n, a square 1."""
-    blobs, inner = glints(rgb, window(rgb, field))
+def glint_elongations(blobs: np.ndarray, inner: np.ndarray, min_px: int = 4) -> list[float]:
+    """How drawn out each glint (`glints`' labels) of at least `min_px` pixels is: the square root of the ratio of
+    its pixels' principal variances, each plus 1/12 (a pixel's own extent): a row of n pixels gives n, a square 1."""
     out = []
+    boxes = find_objects(blobs)
     for k in inner:
-        ys, xs = np.nonzero(blobs == k)
+        ys, xs = np.nonzero(blobs[boxes[k - 1]] == k)
         if ys.size >= min_px:
             low, high = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64), bias=True)) + 1.0 / 12.0
             out.append(float(np.sqrt(high / low)))
     return out
 
 
-def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, float]:
+def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
     """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
-    the field that are near black and dark, and its glints (how many, per 10,000 field pixels, percent covered).
-    `field` (bool, the endoscope's window) defaults to `window`'s."""
+    the field that are near black and dark, and its glints (how many, per 10,000 field pixels, percent covered,
+    and under `glint_elongations` a list: how drawn out each one of 4 px or more is). `field` (bool, the
+    endoscope's window) defaults to `window`'s."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
     field = window(rgb, field)
     lit = field & (hsv[..., 2] > 0.08)
@@ -74,7 +75,8 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict[str, f
             "near_black": float((rgb.max(axis=-1)[field] < 8).mean()),
             "dark": float((rgb.max(axis=-1)[field] < 32).mean()),
             "glints": float(inner.size), "glints_per_10k_px": inner.size / area * 1e4,
-            "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area}
+            "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area,
+            "glint_elongations": glint_elongations(blobs, inner)}
 
 
 def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[np.ndarray | None]:
@@ -133,12 +135,12 @@ def main() -> None:
     else:
         raise SystemExit(f"{path}: no such file or folder")
     stats = [frame_stats(f, field) for f, field in zip(frames, fields, strict=True)]
+    shapes = [e for s in stats for e in s.pop("glint_elongations")]
     out = {"path": str(path), "frames": len(stats)}
     for key in stats[0]:
         out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]
     count = sum(s["glints"] for s in stats)
     out["glint_size_pct"] = round(sum(s["glint_area_pct"] for s in stats) / count, 4) if count else None
-    shapes = [e for f, field in zip(frames, fields, strict=True) for e in glint_elongations(f, field)]
     out["glints_of_4px"] = len(shapes)
     out["glint_elongation"] = [round(float(v), 2) for v in np.percentile(shapes, [10, 50, 90])] if shapes else None
     print(json.dumps(out))

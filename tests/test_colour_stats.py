@@ -86,7 +86,7 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     shaped = rgb.copy()
     shaped[20, 12:20] = 255
     shaped[44:47, 40:43] = 255
-    assert sorted(script.glint_elongations(shaped, inside)) == pytest.approx([1.0, 1.5, 8.0])  # and the 3 x 2
+    assert sorted(script.frame_stats(shaped, inside)["glint_elongations"]) == pytest.approx([1.0, 1.5, 8.0])  # + the 3 x 2
     assert alone["glints_of_4px"] == 1 and alone["glint_elongation"] == [1.5] * 3
     # a dataset.yaml without the octagon's cut is named
     (root / "dataset.yaml").write_text("name: frames_x\n")
