@@ -18,7 +18,16 @@ import pytest
 from synthmed.render import compose_render
 from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
 from synthmed.render.lesions import lesion_colour
-from synthmed.render.post import fill_light, finish_frame, line_kernel, optics, processor, translucency
+from synthmed.render.post import (
+    border_mask,
+    enhance,
+    fill_light,
+    finish_frame,
+    line_kernel,
+    optics,
+    processor,
+    translucency,
+)
 
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 
@@ -169,6 +178,40 @@ def test_optics_blur_the_image_only(cfg):
     assert added[22, 24:30].mean() > 0.05 and added[0:5, 0:5].max() < 1e-3
 
 
+def test_structure_enhancement_sharpens_luma_only_and_leaves_no_rim(cfg):
+    """post.enhance: the luma's detail finer than a gaussian, x amount, added to R, G and B alike: a flat field
+    inside a black border is unchanged (no rim), an edge overshoots on both sides, chroma is kept, a glint gets
+    a darker ring; amount 0 is the identity. In a frame, the mask stays the geometry's."""
+    size = 64
+    inside = border_mask(size, "circle", 1.0, 0.2)
+    flat = np.where(inside[..., None], np.float32([0.7, 0.45, 0.35]), np.float32(0.0))
+    assert np.abs(enhance(flat, inside, 1.5, 2.0) - flat).max() < 1e-5  # the black surround leaves no rim
+    assert np.array_equal(enhance(flat, inside, 0.0, 2.0), flat)
+    edge = flat.copy()
+    edge[:, 32:] *= np.float32(0.5)  # a darker right half: a fold's shadow
+    out = enhance(edge, inside, 1.0, 2.0)
+    row, before = out[32], edge[32]
+    assert row[31, 0] > before[31, 0] + 0.03 and row[32, 0] < before[32, 0] - 0.03  # overshoot both sides
+    assert np.abs(row[5:27] - before[5:27]).max() < 0.02  # far from the edge: unchanged
+    added = out - edge
+    assert np.abs(added[..., 0] - added[..., 1]).max() < 1e-5 and np.abs(added[..., 1] - added[..., 2]).max() < 1e-5
+    glint = flat.copy()
+    glint[30:33, 30:33] = 1.0
+    ringed = enhance(glint, inside, 1.0, 2.0)
+    assert (ringed[30:33, 30:33] >= glint[30:33, 30:33] - 1e-6).all()
+    assert ringed[31, 35, 1] < glint[31, 35, 1] - 0.01 and ringed[35, 31, 1] < glint[35, 31, 1] - 0.01
+    # in a frame: sharper (more detail), the same mask, deterministic
+    p = {**sample_params(cfg, 0), "endoscope.border": "circle", "endoscope.border_radius": 1.0,
+         "endoscope.vignette": 0.0, "endoscope.exposure_ev": 0.0, "optics.glare": 0.0, "optics.defocus": 0,
+         "optics.motion_blur": 0}
+    frame = _frame()
+    soft, sharp = (finish_frame(frame, {**p, "endoscope.enhance": a}, cfg) for a in (0.0, 1.5))
+    detail = [float(np.abs(np.diff(f["image"].astype(np.float32), axis=1)).mean()) for f in (soft, sharp)]
+    assert detail[1] > 1.1 * detail[0], detail
+    assert np.array_equal(soft["mask"], sharp["mask"]) and soft["label"] == sharp["label"]
+    assert np.array_equal(finish_frame(frame, {**p, "endoscope.enhance": 1.5}, cfg)["image"], sharp["image"])
+
+
 def test_lens_halo_widens_a_strong_glint_and_keeps_the_light(cfg):
     """The lens's halo: a glint tens of times over full scale (a specular peak) stays over full scale a pixel
     around its core, a weak one does not, a flat wall is unchanged, no light is made or lost; 0 is off."""
@@ -275,6 +318,7 @@ SCRIPT = textwrap.dedent("""
             "camera.roll_deg": 0.0, "camera.fov_deg": 140.0, "light.power_w": 40.0,
             "endoscope.exposure_ev": 0.0, "endoscope.border": "circle", "endoscope.border_radius": 1.0,
             "optics.glare": 0.0, "optics.defocus": 0, "optics.motion_blur": 0,
+            "endoscope.enhance": 0.0,  # the processor rings what is bright (test_structure_enhancement...)
             "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0, "clutter.red_patch": 0,
             "lesion.present": 0, "lesion.placement": "view", "lesion.view_offaxis": 0.5, "lesion.view_azimuth_deg": 270.0,
             "lesion.tilt_deg": 0.0, "lesion.behind_fold": 0, "lesion.mucus": 0, "lesion.hue_jitter": 0.0}
@@ -610,8 +654,9 @@ def test_far_smoothing_cuts_the_far_lumens_sampling_speckle(tmp_path, cfg):
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = dict(np.load(tmp_path / "far.npz"))
-    params = {**sample_params(cfg, 0), "camera.fov_deg": 150.0}
-    cfg = {**cfg, "endoscope": {**cfg["endoscope"], "lens_halo": 0.0}}  # the halo mixes near and far pixels a little
+    # the halo and the processor's enhancement mix near and far pixels a little
+    params = {**sample_params(cfg, 0), "camera.fov_deg": 150.0, "endoscope.enhance": 0.0}
+    cfg = {**cfg, "endoscope": {**cfg["endoscope"], "lens_halo": 0.0}}
     off = {**cfg, "endoscope": {**cfg["endoscope"], "far_smoothing_px": 0.0}}
     near_mm, far_mm = cfg["endoscope"]["far_smoothing_mm"]
     images = {}

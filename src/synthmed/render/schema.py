@@ -71,6 +71,7 @@ class EndoscopeConfig:
     vignette_power: float = MISSING
     lens_halo: float = MISSING
     lens_halo_sigma: float = MISSING
+    enhance_sigma: float = MISSING
     glare_threshold: float = MISSING
     glare_sigma: float = MISSING
     glare_gain: float = MISSING
