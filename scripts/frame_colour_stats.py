@@ -15,7 +15,11 @@ several frames is cut into a grid (`--grid RxC`, a margin of 10 px trimmed from 
 line: the number of frames, for each statistic the 10th, 50th and 90th percentile over the frames, and
 `glint_size_pct` (null when no frame has a glint), and over the glints of 4 pixels or more (`glints_of_4px`) the
 10th, 50th and 90th percentile of how drawn out they are (`glint_elongation`: 1 a round spot, n a streak n
-pixels long and one wide; null when there are none).
+pixels long and one wide; null when there are none). `fine_texture`: how much detail finer than a couple of
+pixels a copy of the frame 128 px wide shows (every frame compared at one scale): the robust spread (1.4826 x the
+median absolute deviation) of its luma less a gaussian blur of it (sigma 1.5 px), over the blur, on the field's
+pixels 4 px or more inside its edge and 2 px or more from glints and shadows (luma 40-215 of 255); null for a
+frame with under 200 such pixels. A smooth, plastic wall is near 0.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_fill_holes, find_objects, label
+from scipy.ndimage import binary_erosion, binary_fill_holes, find_objects, gaussian_filter, label
 
 
 def window(rgb: np.ndarray, field: np.ndarray | None) -> np.ndarray:
@@ -56,11 +60,29 @@ def glint_elongations(blobs: np.ndarray, inner: np.ndarray, min_px: int = 4) -> 
     return out
 
 
+def fine_texture(rgb: np.ndarray, field: np.ndarray, width: int = 128) -> float | None:
+    """The robust relative spread of the luma's detail (luma less its gaussian blur, sigma 1.5 px, over the blur)
+    in a copy of the frame `width` px wide, on the field away from its edge (4 px), glints and shadows (luma
+    40-215, 2 px): see the module's text. None under 200 such pixels."""
+    if rgb.shape[1] != width:
+        height = max(1, round(rgb.shape[0] * width / rgb.shape[1]))
+        rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.LANCZOS))
+        field = np.asarray(Image.fromarray(field.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+    luma = rgb.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
+    kept = binary_erosion(binary_erosion(field, iterations=4) & (luma > 40) & (luma < 215), iterations=2)
+    if kept.sum() < 200:
+        return None
+    blur = gaussian_filter(luma, 1.5)
+    detail = ((luma - blur) / np.maximum(blur, 1.0))[kept]
+    return float(1.4826 * np.median(np.abs(detail - np.median(detail))))
+
+
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
     """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
-    the field that are near black and dark, and its glints (how many, per 10,000 field pixels, percent covered,
-    and under `glint_elongations` a list: how drawn out each one of 4 px or more is). `field` (bool, the
-    endoscope's window) defaults to `window`'s."""
+    the field that are near black and dark, its glints (how many, per 10,000 field pixels, percent covered,
+    and under `glint_elongations` a list: how drawn out each one of 4 px or more is) and `fine_texture` (NaN
+    when too little of the field is left to measure it). `field` (bool, the endoscope's window) defaults to
+    `window`'s."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
     field = window(rgb, field)
     lit = field & (hsv[..., 2] > 0.08)
@@ -76,7 +98,8 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
             "dark": float((rgb.max(axis=-1)[field] < 32).mean()),
             "glints": float(inner.size), "glints_per_10k_px": inner.size / area * 1e4,
             "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area,
-            "glint_elongations": glint_elongations(blobs, inner)}
+            "glint_elongations": glint_elongations(blobs, inner),
+            "fine_texture": np.nan if (texture := fine_texture(rgb, field)) is None else texture}
 
 
 def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[np.ndarray | None]:
@@ -138,7 +161,9 @@ def main() -> None:
     shapes = [e for s in stats for e in s.pop("glint_elongations")]
     out = {"path": str(path), "frames": len(stats)}
     for key in stats[0]:
-        out[key] = [round(float(v), 3) for v in np.percentile([s[key] for s in stats], [10, 50, 90])]
+        values = [s[key] for s in stats if not np.isnan(s[key])]  # fine_texture: frames with too few pixels left out
+        out[key] = [round(float(v), 4 if key == "fine_texture" else 3) for v in np.percentile(values, [10, 50, 90])] \
+            if values else None
     count = sum(s["glints"] for s in stats)
     out["glint_size_pct"] = round(sum(s["glint_area_pct"] for s in stats) / count, 4) if count else None
     out["glints_of_4px"] = len(shapes)

@@ -97,3 +97,30 @@ def test_a_black_lumen_counts_in_the_window_from_the_manifest_or_the_lit_pixels(
     Image.fromarray(rgb).save(root / "images" / "000009.png")
     done = subprocess.run([sys.executable, str(SCRIPT), str(root / "images")], capture_output=True, text=True)
     assert done.returncode != 0 and "no row for 000009.png" in done.stderr
+
+
+def test_fine_texture_is_the_relative_detail_at_one_scale():
+    """fine_texture: a smooth wall is 0; a pixel-fine noise of 5% of the wall's luma reads about 0.05 (the blur
+    keeps little of it), twice the noise twice it; a frame at 256 px (each pixel doubled) is compared on a copy
+    128 px wide and reads about as the 128-px frame does; too small a field gives None (NaN in frame_stats)."""
+    spec = importlib.util.spec_from_file_location("frame_colour_stats", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    size = 128
+    inside = border_mask(size, "circle", 0.95, 0.2)
+    wall = np.where(inside[..., None], np.float64([190.0, 120.0, 100.0]), 0.0)
+    assert script.fine_texture(wall.astype(np.uint8), inside) == pytest.approx(0.0, abs=1e-9)
+    noise = np.random.default_rng(0).normal(0.0, 1.0, (size, size, 1))
+
+    def textured(amplitude):
+        return np.clip(wall * (1.0 + amplitude * noise) + 0.5, 0, 255).astype(np.uint8)
+
+    one, two = script.fine_texture(textured(0.05), inside), script.fine_texture(textured(0.10), inside)
+    assert 0.04 < one < 0.055 and two == pytest.approx(2.0 * one, rel=0.1), (one, two)
+    big = np.kron(textured(0.05), np.ones((2, 2, 1), np.uint8))
+    halved = script.fine_texture(big, np.kron(inside, np.ones((2, 2), bool)))
+    assert 0.7 * one < halved <= one, (halved, one)  # the LANCZOS resize softens pixel-fine noise by about a fifth
+    tiny = np.zeros((size, size), bool)
+    tiny[60:70, 60:70] = True
+    assert script.fine_texture(textured(0.05), tiny) is None
+    assert np.isnan(script.frame_stats(textured(0.05), tiny)["fine_texture"])
