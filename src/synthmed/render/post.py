@@ -1,7 +1,8 @@
 """Numpy post-processing of a rendered frame: translucency (light the tissue carries under its surface), the
 fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus,
-motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, the endoscope's
-field-of-view border, sRGB encoding, the processor's structure enhancement, the exact lesion mask and its box. Deterministic: same arrays in, same bytes out."""
+motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, sRGB encoding,
+the processor's structure enhancement, the endoscope's field-of-view border, the exact lesion mask and its box.
+Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
 
