@@ -18,8 +18,8 @@ line: the number of frames, for each statistic the 10th, 50th and 90th percentil
 pixels long and one wide; null when there are none). `fine_texture`: how much detail finer than a couple of
 pixels a copy of the frame 128 px wide shows (every frame compared at one scale): the robust spread (1.4826 x the
 median absolute deviation) of its luma less a gaussian blur of it (sigma 1.5 px), over the blur, on the field's
-pixels 4 px or more inside its edge and 2 px or more from glints and shadows (luma 40-215 of 255); null for a
-frame with under 200 such pixels. A smooth, plastic wall is near 0.
+pixels 4 px or more inside its edge and 2 px or more from glints and shadows (luma 40-215 of 255); a frame with
+under 200 such pixels is left out (null when every frame is). A smooth, plastic wall is near 0.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def glint_elongations(blobs: np.ndarray, inner: np.ndarray, min_px: int = 4) -> 
     return out
 
 
-def fine_texture(rgb: np.ndarray, field: np.ndarray, width: int = 128) -> float | None:
+def fine_texture(rgb: np.ndarray, field: np.ndarray, width: int = 128) -> float:
     """The robust relative spread of the luma's detail (luma less its gaussian blur, sigma 1.5 px, over the blur)
     in a copy of the frame `width` px wide, on the field away from its edge (4 px), glints and shadows (luma
-    40-215, 2 px): see the module's text. None under 200 such pixels."""
+    40-215, 2 px): see the module's text. NaN under 200 such pixels."""
     if rgb.shape[1] != width:
         height = max(1, round(rgb.shape[0] * width / rgb.shape[1]))
         rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.LANCZOS))
@@ -71,7 +71,7 @@ def fine_texture(rgb: np.ndarray, field: np.ndarray, width: int = 128) -> float 
     luma = rgb.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
     kept = binary_erosion(binary_erosion(field, iterations=4) & (luma > 40) & (luma < 215), iterations=2)
     if kept.sum() < 200:
-        return None
+        return float("nan")
     blur = gaussian_filter(luma, 1.5)
     detail = ((luma - blur) / np.maximum(blur, 1.0))[kept]
     return float(1.4826 * np.median(np.abs(detail - np.median(detail))))
@@ -99,7 +99,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
             "glints": float(inner.size), "glints_per_10k_px": inner.size / area * 1e4,
             "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area,
             "glint_elongations": glint_elongations(blobs, inner),
-            "fine_texture": np.nan if (texture := fine_texture(rgb, field)) is None else texture}
+            "fine_texture": fine_texture(rgb, field)}
 
 
 def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[np.ndarray | None]:
