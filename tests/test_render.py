@@ -233,12 +233,12 @@ def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
     control is held (`endoscope.exposure_max_gain=1`): it sets a frame's gain from the 99th percentile of its
     luminance, and on renderer 7's frame 0 (speckled with small vessels at 48 px) the two lookups' percentiles
     differed by ~1%, which moved every pixel (mean 1.01 with it, 0.23 without). The processor's structure
-    enhancement is off too: it multiplies fine differences by up to 2.5x (frame 0: mean 0.57 with it)."""
-    held = ("render.endoscope.exposure_max_gain=1.0", "render.params.endoscope.enhance=0")
+    enhancement is off too: it multiplies fine differences by up to 2.5x (frame 0: mean 0.57 with it). Both runs
+    set the texel: the capillary net's lines are drawn no thinner than it in either mode (`capillary_line`)."""
+    held = ("render.endoscope.exposure_max_gain=1.0", "render.params.endoscope.enhance=0", "render.textures.texel_mm=0.4")
     procedural = render_dataset(tiny("render.num_frames=3", "render.workers=1", "render.textures.mode=procedural", *held),
                                 tmp_path / "procedural", progress=False)
-    baked = render_dataset(tiny("render.num_frames=3", "render.workers=1", "render.textures.texel_mm=0.4", *held),
-                           tmp_path / "baked", progress=False)
+    baked = render_dataset(tiny("render.num_frames=3", "render.workers=1", *held), tmp_path / "baked", progress=False)
     for i in range(3):
         name = f"{i:06d}.png"
         assert (procedural / "masks" / name).read_bytes() == (clean / "masks" / name).read_bytes()
@@ -311,6 +311,9 @@ def test_bad_values_name_the_key():
         (["render.endoscope.black_level=1"], r"render.endoscope.black_level' must be in \[0, 1\)"),
         (["render.endoscope.lens_halo_sigma=0"], r"render.endoscope.lens_halo_sigma' must be > 0"),
         (["render.endoscope.enhance_sigma=0"], r"render.endoscope.enhance_sigma' must be > 0"),
+        (["render.textures.capillary_width=0"], r"render.textures.capillary_width' must be > 0"),
+        (["render.shader.capillary_fade_edges=[3,1]"], r"render.shader.capillary_fade_edges' must be \[low, high\]"),
+        (["render.shader.capillary_patch_floor=2"], r"render.shader.capillary_patch_floor' must be in \[0, 1\]"),
         (["render.endoscope.far_smoothing_mm=[120,60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
         (["render.endoscope.far_smoothing_mm=[60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
     ]

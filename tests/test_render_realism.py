@@ -488,26 +488,30 @@ def test_the_light_is_kept_inside_the_lumen():
 
 
 WET_SCRIPT = textwrap.dedent("""
+    import json
     import sys
     import numpy as np
     from synthmed.render.config import compose_render, resolve_config, sample_params
     from synthmed.render.scene import ColonScene
 
     cfg = resolve_config(compose_render(["render.resolution=64", "render.samples=4", "render.textures.mode=procedural",
-                                         *sys.argv[2:]]))
+                                         *sys.argv[3:]]))
     scene = ColonScene(cfg, threads=2)
     # close to the wall (1 mm grooves span pixels), nothing in front of it
     params = {**sample_params(cfg, 5), "camera.view": "wall", "camera.offset": 0.6, "camera.toward_wall_deg": 60.0,
               "lesion.present": 0, "clutter.bubbles": 0, "clutter.debris": 0, "clutter.fluid": 0,
-              "optics.motion_blur": 0, "optics.defocus": 0, "mucosa.wetness": 1.0, "mucosa.coat_roughness": 0.03}
+              "optics.motion_blur": 0, "optics.defocus": 0, "mucosa.wetness": 1.0, "mucosa.coat_roughness": 0.03,
+              **json.loads(sys.argv[2])}
     r = scene.render(params, 1)
-    np.savez(sys.argv[1], rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"])
+    np.savez(sys.argv[1], rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"],
+             texels_per_mm=scene.mucosa.pattern_inputs(params)["capillary.texels_per_mm"])
 """)
 
 
-def _wet_render(out, *overrides: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, str(out), *overrides], capture_output=True, text=True,
-                          timeout=180)
+def _wet_render(out, *overrides: str, params: dict | None = None) -> dict:
+    """WET_SCRIPT's frame, with config `overrides` and frame `params` over its own."""
+    proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, str(out), json.dumps(params or {}), *overrides],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(np.load(out))
 
@@ -598,6 +602,62 @@ def test_the_grooves_are_cut_into_open_strokes(tmp_path):
     pieces_closed, pieces_cut = (ndimage.label(lines, structure=np.ones((3, 3)))[1] for lines in (lines_closed, lines_cut))
     # pixels per piece: shorter strokes (3.1 -> 1.7 at 64 px)
     assert lines_cut.sum() / pieces_cut < 0.7 * lines_closed.sum() / pieces_closed, (pieces_closed, pieces_cut, kept)
+
+
+BAKE_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from synthmed.render.config import compose_render, resolve_config
+    from synthmed.render.scene import ColonScene
+
+    cfg = resolve_config(compose_render(["render.resolution=64", *sys.argv[2:]]))
+    np.save(sys.argv[1], ColonScene(cfg, threads=2).bake_pattern(0))
+""")
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_the_capillary_net_keeps_its_ink_at_any_texel(tmp_path, cfg):
+    """The capillary net (the baked pattern's fifth channel) is drawn no thinner than a texel: at the 128-px
+    texel (0.4 mm, 0.12 cells) its 0.07-cell lines are widened and faded to 0.07 / 0.12 of full strength, at
+    0.2 mm they are drawn whole; either way the net's mean (its ink) is the one the shader fades to far away
+    (`shader.capillary_mean`), and it is a net of lines, not a tint."""
+    textures, shader = cfg["textures"], cfg["shader"]
+    for texel in (0.4, 0.2):
+        proc = subprocess.run([sys.executable, "-c", BAKE_SCRIPT, str(tmp_path / "p.npy"),
+                               f"render.textures.texel_mm={texel}"], capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        net = np.load(tmp_path / "p.npy")[..., 4] / 255.0
+        strength = min(1.0, textures["capillary_width"] / (texel * textures["capillary_scale"]))
+        assert net.max() == pytest.approx(strength, abs=1.5 / 255), (texel, net.max())
+        assert net.mean() == pytest.approx(shader["capillary_mean"], rel=0.1), (texel, net.mean())
+        lined = (net > 0.5 * strength).mean()
+        assert 0.05 < lined < 0.4, (texel, lined)
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_the_capillary_net_draws_lines_near_and_its_mean_tint_far(tmp_path):
+    """`vessels.capillary_contrast` turns the wall toward the vessels' colour along the capillary net's lines
+    where a pixel spans under a texel of the pattern, and evenly (its mean) where a pixel spans many: fine lines
+    near the lens, no speckle far away, and no step in brightness between the two. Down the lumen from beside
+    the wall: near wall and far lumen in one frame."""
+    from scipy import ndimage
+
+    view = {"camera.view": "lumen", "camera.offset": 0.7, "camera.toward_wall_deg": 0.0}
+    plain, netted = (_wet_render(tmp_path / f"c{c}.npz", f"render.params.vessels.capillary_contrast={c}", params=view)
+                     for c in (0, 1))
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    darker = (plain["albedo"] - netted["albedo"]) @ luma
+    wall = plain["depth"] < 1e9
+    assert darker[wall].min() > -1e-6, darker[wall].min()  # toward the (darker) vessels' colour only
+    spans = plain["depth"] * float(plain["texels_per_mm"])  # texels a pixel spans on a wall facing the lens
+    near = ndimage.binary_erosion(wall & (spans < 1.5), iterations=2)
+    far = ndimage.binary_erosion(wall & (spans > 2.5), iterations=2)  # over shader.capillary_fade_edges, obliquely
+    assert near.sum() > 500 and far.sum() > 30, (near.sum(), far.sum())  # 2006 and 211 pixels
+    detail = np.abs(darker - ndimage.gaussian_filter(darker, 1.0))
+    line_near, line_far = (np.mean(detail[m]) / np.mean(darker[m]) for m in (near, far))
+    # 0.36 and 0.07 (far, without the fade: 0.49)
+    assert line_near > 0.2 and line_far < 0.15, (line_near, line_far)
+    assert 0.7 < np.mean(darker[far]) / np.mean(darker[near]) < 1.4, (darker[far].mean(), darker[near].mean())  # 1.14
 
 
 def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():

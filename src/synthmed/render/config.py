@@ -22,7 +22,7 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 16
+RENDERER_VERSION = 17
 RENDERER_DATE = "2026-12-06"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
@@ -141,7 +141,7 @@ def _check_values(c: dict) -> None:
     need("textures.patterns", tx["patterns"] >= 1, "must be a positive integer")
     need("textures.vessel_scale", len(tx["vessel_scale"]) == 2 and all(v > 0 for v in tx["vessel_scale"]),
          "must be [low, high] cells per mm, > 0")
-    for key in ("reference_radius_mm", "length_mm", "branch_scale"):
+    for key in ("reference_radius_mm", "length_mm", "branch_scale", "capillary_scale", "capillary_width"):
         need(f"textures.{key}", tx[key] > 0, "must be > 0")
     need("textures.texel_mm", tx["texel_mm"] is None or tx["texel_mm"] > 0, "must be null or > 0")
     for key, value in c["shader"].items():
@@ -151,6 +151,7 @@ def _check_values(c: dict) -> None:
             if key.endswith("_edges"):  # the from-range of a map-range node: equal or falling ends make a step or
                 need(f"shader.{key}", value[0] < value[1], "must be [low, high], low < high")  # flip it
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
+    need("shader.capillary_patch_floor", 0 <= c["shader"]["capillary_patch_floor"] <= 1, "must be in [0, 1]")
     need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
     need("shader.groove_cut", 0 <= c["shader"]["groove_cut"] <= 1,
          "must be in [0, 1] (0: the grooves' closed lines, 1: cut into strokes)")

@@ -1,6 +1,6 @@
-"""The mucosa: its material (mottled colour, vessels, fake translucency, wet droplets under a coat) over a
-vessel pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per sample
-(`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and
+"""The mucosa: its material (mottled colour, vessels and a fine capillary net, fake translucency, wet droplets
+under a coat) over a vessel pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per
+sample (`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and
 geometry-node trees share: the bake evaluates exactly what the procedural shader does.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from synthmed.render.camera import fisheye_focal_px
 from synthmed.render.config import pattern_lane
 from synthmed.render.lumen import TAU
 from synthmed.render.nodes import (
@@ -53,8 +54,9 @@ def lane_vessel_scale(textures: Mapping, lane: int) -> float:
 # ------------------------------------------------------------------------------ the pattern as nodes
 def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) -> dict[str, Any]:
     """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
-    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells).
-    `lane` and `scale` (vessel cells per mm) are numbers or sockets."""
+    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells) and
+    capillary (the fine net's line, 0..1: `capillary_line`). `lane` and `scale` (vessel cells per mm) are
+    numbers or sockets."""
     textures, shader = cfg["textures"], cfg["shader"]
     radius = float(textures["reference_radius_mm"])
     point = graph.node("ShaderNodeCombineXYZ", {0: graph.math("MULTIPLY", graph.math("COSINE", theta), radius),
@@ -85,13 +87,35 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
     fine = graph.math("MULTIPLY", scale, float(textures["branch_scale"]))
     main_at = warped(point, shader["pattern_main_warp_offset"], shader["pattern_main_warp_scale"], scale)
     branch_at = warped(main_at, shader["pattern_branch_warp_offset"], shader["pattern_branch_warp_scale"], fine)
+    capillary_cells = float(textures["capillary_scale"])
+    capillary_at = warped(point, shader["pattern_capillary_warp_offset"], shader["pattern_capillary_warp_scale"],
+                          capillary_cells)
+    # the net cut into open strokes: a noise `capillary_cut_scale` x finer than its cells (read where the net's
+    # meander is, at another scale) keeps a line where it is high (x 1) and leaves `capillary_cut_floor` where low
+    low, high = (float(v) for v in shader["capillary_cut_edges"])
+    kept = graph.map_range(noise(shader["pattern_capillary_warp_offset"],
+                                 capillary_cells * float(shader["capillary_cut_scale"]), 0.0),
+                           low, high, float(shader["capillary_cut_floor"]), 1.0, "SMOOTHSTEP")
+    capillary = graph.math("MULTIPLY", capillary_line(graph, edges(capillary_at, capillary_cells), cfg), kept)
     return {"mottle": noise((0.0, 0.0, 0.0), shader["pattern_mottle_scale"], shader["pattern_mottle_detail"]),
-            "main": edges(main_at, scale), "branch": edges(branch_at, fine),
+            "main": edges(main_at, scale), "branch": edges(branch_at, fine), "capillary": capillary,
             "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"])}
 
 
-def baked_channels(graph: NodeGraph, theta, axial, lane, image, cfg: Mapping) -> dict[str, Any]:
-    """The same channels as `pattern_channels`, read from the baked texture (lanes stacked bottom-up)."""
+def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
+    """The capillary net's line (0..1) at `distance` (cells) from its cells' edges, drawn for the baked texel h:
+    a line of half-width w = `textures.capillary_width` (cells) under a texel is widened to h and faded to
+    w / h: it keeps its ink and is never missed between two texels (a thin line sampled at texel centres would
+    break into dashes)."""
+    textures = cfg["textures"]
+    width = float(textures["capillary_width"])
+    wide = max(width, texel_mm(cfg) * float(textures["capillary_scale"]))
+    return graph.math("MULTIPLY", graph.map_range(distance, wide, 0.0, 0.0, 1.0, "SMOOTHSTEP"), width / wide)
+
+
+def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> dict[str, Any]:
+    """The same channels as `pattern_channels`, read from the baked textures (lanes stacked bottom-up): the
+    first image holds mottle, main, branch and patch, the second's red the capillary line."""
     textures, vessel_range = cfg["textures"], float(cfg["shader"]["pattern_vessel_range"])
     rows = pattern_grid(cfg)[0]
     around = graph.math("FLOORED_MODULO", theta, 2.0 * math.pi)
@@ -101,11 +125,13 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, image, cfg: Mapping) ->
     v = graph.math("DIVIDE", graph.math("MULTIPLY_ADD", lane, float(rows), row), float(rows * int(textures["patterns"])))
     u = graph.math("DIVIDE", axial, float(textures["length_mm"]))
     uv = graph.node("ShaderNodeCombineXYZ", {0: u, 1: v, 2: 0.0}).outputs[0]
-    texture = graph.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
-    texture.image = image
+    texture, fine = (graph.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
+                     for _ in images)
+    texture.image, fine.image = images
     rgb = graph.node("ShaderNodeSeparateColor", {0: texture.outputs["Color"]})
     return {"mottle": rgb.outputs[0], "main": graph.math("MULTIPLY", rgb.outputs[1], vessel_range),
-            "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"]}
+            "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"],
+            "capillary": graph.node("ShaderNodeSeparateColor", {0: fine.outputs["Color"]}).outputs[0]}
 
 
 def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None):
@@ -192,7 +218,7 @@ class Mucosa:
         self.bpy, self.cfg = bpy, cfg
         self.material, graph = new_material(bpy, "mucosa")
         self.inputs = NodeInputs(graph)
-        self.pattern_image = None
+        self.pattern_images: tuple = ()  # baked mode: the pattern's two textures (`baked_channels`)
         self.pattern_lanes: frozenset[int] = frozenset()  # the baked patterns `set_pattern` loaded
         self._build(graph)
 
@@ -209,10 +235,12 @@ class Mucosa:
         z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
         axial = graph.math("MULTIPLY_ADD", z, knob["pattern.axial_scale"], knob["pattern.axial_offset"])
         if textures["mode"] == "baked":
-            self.pattern_image = bpy.data.images.new("mucosa_pattern", 1, 1, alpha=True, float_buffer=False)
-            self.pattern_image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
-            self.pattern_image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
-            channels = baked_channels(graph, theta, axial, knob["pattern.lane"], self.pattern_image, cfg)
+            self.pattern_images = tuple(bpy.data.images.new(name, 1, 1, alpha=True, float_buffer=False)
+                                        for name in ("mucosa_pattern", "mucosa_pattern_fine"))
+            for image in self.pattern_images:
+                image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
+                image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
+            channels = baked_channels(graph, theta, axial, knob["pattern.lane"], self.pattern_images, cfg)
         elif textures["mode"] == "procedural":
             channels = pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
         else:
@@ -240,6 +268,7 @@ class Mucosa:
         vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
                              knob["vessels.contrast"])
         coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
+        coloured = graph.mix_colour(self._capillaries(graph, channels), coloured, knob.rgb("vessels.colour"))
         # a reddened patch (erythema, a hard negative: lesion-coloured, but no lesion): redder within a
         # noisy radius of a point on the wall (axial, angle around the lumen)
         raw_angle = graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0])
@@ -272,6 +301,29 @@ class Mucosa:
             graph.connect(float(shader["subsurface_scale"]), bsdf.inputs["Subsurface Scale"])
         material_output(graph, bsdf.outputs[0])
 
+    def _capillaries(self, graph: NodeGraph, channels: Mapping[str, Any]):
+        """How far the wall turns toward the vessels' colour for the capillary net: its line x
+        `vessels.capillary_contrast`, shown everywhere but stronger where the vessel patches are (x floor + (1 -
+        floor) x patch, floor = `shader.capillary_patch_floor`). Where a pixel spans more than a texel of the
+        pattern (far, or oblique: the texels a pixel spans = its distance x `capillary.texels_per_mm` / the
+        cosine of the view to the surface) the texture would alias into speckle: the line gives way, over
+        `shader.capillary_fade_edges` texels a pixel, to its mean over the wall (`capillary_mean`), the tint a
+        pixel that spans many cells sees."""
+        shader, knob = self.cfg["shader"], self.inputs
+        geometry = graph.node("ShaderNodeNewGeometry")
+        facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
+                                                          geometry.outputs["Incoming"]))
+        distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
+        spans = graph.math("DIVIDE", graph.math("MULTIPLY", distance, knob["capillary.texels_per_mm"]),
+                           graph.math("MAXIMUM", facing, 0.2))
+        low, high = (float(v) for v in shader["capillary_fade_edges"])
+        fade = graph.map_range(spans, low, high, 0.0, 1.0, "SMOOTHSTEP")
+        line = channels["capillary"]
+        line = graph.math("MULTIPLY_ADD", fade, graph.math("SUBTRACT", float(shader["capillary_mean"]), line), line)
+        floor = float(shader["capillary_patch_floor"])
+        shown = graph.math("MULTIPLY_ADD", channels["patch"], 1.0 - floor, floor)
+        return graph.math("MULTIPLY", graph.math("MULTIPLY", line, shown), knob["vessels.capillary_contrast"])
+
     # -------------------------------------------------------------------------- per frame
     def pattern_inputs(self, params: Mapping[str, Any]) -> dict[str, float]:
         """Where this frame's wall lies on the mucosa pattern: which pattern, turned and shifted how, and the
@@ -284,9 +336,12 @@ class Mucosa:
         first = (float(params["camera.axial_mm"]) - float(cfg["shader"]["pattern_margin_mm"])) * scale
         free = float(textures["length_mm"]) - (float(cfg["scene"]["tube_length_mm"]) * scale - first)
         offset = -first + max(free, 0.0) * float(params["mucosa.pattern_shift"])
+        # a pixel at distance d spans d / f mm of a wall facing it, d / f x scale mm of the pattern
+        focal = fisheye_focal_px(float(params["camera.fov_deg"]), int(cfg["resolution"]))
         return {"pattern.lane": float(lane), "pattern.angle": math.radians(float(params["mucosa.pattern_angle_deg"])),
                 "pattern.axial_scale": scale, "pattern.axial_offset": offset,
-                "pattern.vessel_scale": lane_vessel_scale(textures, lane)}
+                "pattern.vessel_scale": lane_vessel_scale(textures, lane),
+                "capillary.texels_per_mm": scale / (focal * texel_mm(cfg))}
 
     def pose(self, params: Mapping[str, Any]) -> dict[str, float]:
         """Set the material's per-frame inputs (colours from the sampled HSV); return the pattern inputs."""
@@ -312,7 +367,8 @@ class Mucosa:
     # -------------------------------------------------------------------------- the baked pattern
     def bake_pattern(self, scene, lane: int) -> np.ndarray:
         """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
-        procedural shader runs per sample). Returns (rows, cols, 4) uint8; see `pattern_grid`."""
+        procedural shader runs per sample). Returns (rows, cols, 5) uint8: mottle, main, branch, patch and
+        capillary; see `pattern_grid`."""
         bpy, cfg = self.bpy, self.cfg
         rows, cols, texel_theta, texel_axial = pattern_grid(cfg)
         tree = new_geometry_tree(bpy, "MucosaPatternBake")
@@ -330,8 +386,9 @@ class Mucosa:
                                                      2: channels["branch"]}).outputs[0]
         store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": points.outputs[0], "Name": "rgb",
                                                                "Value": packed}, data_type="FLOAT_VECTOR", domain="POINT")
-        store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": "a",
-                                                               "Value": channels["patch"]}, data_type="FLOAT", domain="POINT")
+        for name, value in (("a", channels["patch"]), ("c", channels["capillary"])):
+            store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": name,
+                                                                   "Value": value}, data_type="FLOAT", domain="POINT")
         graph.connect(store.outputs[0], graph.node("NodeGroupOutput").inputs[0])
         mesh = bpy.data.meshes.new("mucosa_pattern_bake")
         bake_object = bpy.data.objects.new("mucosa_pattern_bake", mesh)
@@ -348,35 +405,42 @@ class Mucosa:
                 raise RuntimeError(f"pattern bake produced {len(evaluated_mesh.vertices)} points, expected {count}")
             rgb = np.empty(count * 3, np.float32)
             evaluated_mesh.attributes["rgb"].data.foreach_get("vector", rgb)
-            alpha = np.empty(count, np.float32)
+            alpha, capillary = np.empty(count, np.float32), np.empty(count, np.float32)
             evaluated_mesh.attributes["a"].data.foreach_get("value", alpha)
+            evaluated_mesh.attributes["c"].data.foreach_get("value", capillary)
             evaluated.to_mesh_clear()
         finally:
             bpy.data.objects.remove(bake_object)
             bpy.data.meshes.remove(mesh)
             bpy.data.node_groups.remove(tree)
-        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None]], axis=1)
+        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], capillary[:, None]], axis=1)
         values[:, 1:3] /= float(cfg["shader"]["pattern_vessel_range"])  # distances to a vessel -> [0, 1]
-        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, 4)
+        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, 5)
 
     def set_pattern(self, lanes: Mapping[int, np.ndarray]) -> None:
         """Load baked patterns ({lane: `bake_pattern(lane)`}) into the texture the material looks up. Lanes no
         frame of this run shows may be left out (their rows stay empty)."""
         rows, cols = pattern_grid(self.cfg)[:2]
-        empty = np.zeros((rows, cols, 4), np.uint8)
+        empty = np.zeros((rows, cols, 5), np.uint8)
+        for lane, pattern in lanes.items():
+            if pattern.shape != empty.shape:
+                raise ValueError(f"baked mucosa pattern {lane}: shape {pattern.shape}, expected {empty.shape} "
+                                 "(baked by another renderer version or texel size? bake it again)")
         # lane k occupies rows k*rows .. (k+1)*rows - 1
         texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
+        fine = np.zeros(texture.shape[:2] + (4,), np.uint8)
+        fine[..., 0], fine[..., 3] = texture[..., 4], 255
         height, width = texture.shape[:2]
-        image = self.pattern_image
-        image.scale(width, height)
-        # Blender images store rows bottom-up; v = 0 is row 0 of our array
-        image.pixels.foreach_set((texture.astype(np.float32) / 255.0).ravel())
-        image.update()
+        for image, pixels in zip(self.pattern_images, (texture[..., :4], fine), strict=True):
+            image.scale(width, height)
+            # Blender images store rows bottom-up; v = 0 is row 0 of our array
+            image.pixels.foreach_set((pixels.astype(np.float32) / 255.0).ravel())
+            image.update()
         self.pattern_lanes = frozenset(lanes)
 
     def check_pattern(self, params: Mapping[str, Any]) -> None:
         """Baked mode: the frame's pattern must be loaded (a missing one would render a blank wall)."""
         lane = pattern_lane(self.cfg, params)
-        if self.pattern_image is not None and lane not in self.pattern_lanes:
+        if self.pattern_images and lane not in self.pattern_lanes:
             raise RuntimeError(f"textures.mode=baked: pattern {lane} of this frame is not loaded "
                                f"(loaded: {sorted(self.pattern_lanes)}); bake it and pass it to set_pattern()")

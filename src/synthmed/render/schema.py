@@ -55,6 +55,8 @@ class TexturesConfig:
     branch_reach: float = MISSING
     branch_width: float = MISSING
     branch_contrast: float = MISSING
+    capillary_scale: float = MISSING
+    capillary_width: float = MISSING
     reference_radius_mm: float = MISSING
     length_mm: float = MISSING
     texel_mm: float | None = MISSING
@@ -140,6 +142,11 @@ class ShaderConfig:
     pattern_main_warp_scale: float = MISSING
     pattern_branch_warp_offset: list[float] = MISSING
     pattern_branch_warp_scale: float = MISSING
+    pattern_capillary_warp_offset: list[float] = MISSING
+    pattern_capillary_warp_scale: float = MISSING
+    capillary_cut_scale: float = MISSING
+    capillary_cut_edges: list[float] = MISSING
+    capillary_cut_floor: float = MISSING
     pattern_warp_detail: float = MISSING
     pattern_mottle_scale: float = MISSING
     pattern_mottle_detail: float = MISSING
@@ -156,6 +163,9 @@ class ShaderConfig:
     vessels_patch_density_gain: float = MISSING
     vessels_patch_band: float = MISSING
     vessel_taper: float = MISSING
+    capillary_patch_floor: float = MISSING
+    capillary_fade_edges: list[float] = MISSING
+    capillary_mean: float = MISSING
     droplet_threshold: float = MISSING
     droplet_density_gain: float = MISSING
     droplet_band: float = MISSING
