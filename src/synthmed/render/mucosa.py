@@ -422,10 +422,6 @@ class Mucosa:
         frame of this run shows may be left out (their rows stay empty)."""
         rows, cols = pattern_grid(self.cfg)[:2]
         empty = np.zeros((rows, cols, 5), np.uint8)
-        for lane, pattern in lanes.items():
-            if pattern.shape != empty.shape:
-                raise ValueError(f"baked mucosa pattern {lane}: shape {pattern.shape}, expected {empty.shape} "
-                                 "(baked by another renderer version or texel size? bake it again)")
         # lane k occupies rows k*rows .. (k+1)*rows - 1
         texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
         fine = np.zeros(texture.shape[:2] + (4,), np.uint8)
