@@ -503,7 +503,7 @@ WET_SCRIPT = textwrap.dedent("""
               "optics.motion_blur": 0, "optics.defocus": 0, "mucosa.wetness": 1.0, "mucosa.coat_roughness": 0.03,
               **json.loads(sys.argv[2])}
     r = scene.render(params, 1)
-    np.savez(sys.argv[1], rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"],
+    np.savez(sys.argv[1], rgb=r["rgb"], albedo=r["albedo"], depth=r["depth"], index=r["index"],
              texels_per_mm=scene.mucosa.pattern_inputs(params)["capillary.texels_per_mm"])
 """)
 
@@ -661,6 +661,35 @@ def test_the_capillary_net_draws_lines_near_and_its_mean_tint_far(tmp_path):
     # 0.36 and 0.07 (far, without the fade: 0.49)
     assert line_near > 0.2 and line_far < 0.15, (line_near, line_far)
     assert 0.7 < np.mean(darker[far]) / np.mean(darker[near]) < 1.4, (darker[far].mean(), darker[near].mean())  # 1.14
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
+    """`lesion.wall_pattern`: the mucosa's pattern (mottle, vessels, capillary net) runs on over a lesion, read
+    where the wall around its foot reads it (`LumenGeometry.angle_map`). A flat lesion of the mucosa's own colour
+    and no texture of its own shows, at 1, the pattern the bare wall shows at its pixels (its chromaticity, which
+    the coat's and sheen's grey reflections leave alone, correlates with the bare wall's; 0.58: it stands 0.6 mm
+    proud, a pixel of parallax, and the capillary lines are a pixel wide), and at 0 one flat colour."""
+    lesion = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
+              "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
+              "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
+              "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
+              "vessels.density": 1.0, "vessels.contrast": 0.85, "vessels.capillary_contrast": 1.0}
+    bare, covered, flat = (_wet_render(tmp_path / f"{name}.npz", "render.resolution=96", params={**lesion, **extra})
+                           for name, extra in (("bare", {"lesion.present": 0}), ("covered", {"lesion.wall_pattern": 1.0}),
+                                               ("flat", {"lesion.wall_pattern": 0.0})))
+    from scipy import ndimage
+
+    on = ndimage.binary_erosion(covered["index"] > 0.5)  # the lesion, but for its outline's mixed pixels
+    assert on.sum() > 500, on.sum()  # 1282
+
+    def chroma(render):
+        albedo = np.maximum(render["albedo"], 1e-6)
+        return np.log(albedo[..., 1] / albedo[..., 0])[on]
+
+    wall, shown, plain = chroma(bare), chroma(covered), chroma(flat)
+    assert np.corrcoef(shown, wall)[0, 1] > 0.4, np.corrcoef(shown, wall)[0, 1]
+    assert shown.std() > 0.5 * wall.std() and plain.std() < 0.1 * shown.std(), (wall.std(), shown.std(), plain.std())
 
 
 def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():

@@ -16,7 +16,7 @@ import numpy as np
 
 from synthmed.render.config import LESION_SURFACES, LESION_TYPES
 from synthmed.render.lumen import centreline, centreline_frame
-from synthmed.render.mucosa import droplet_bump, groove_bump
+from synthmed.render.mucosa import droplet_bump, groove_bump, wall_colour, wall_pattern
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
@@ -32,13 +32,16 @@ from synthmed.render.nodes import (
 )
 
 LESION_INDEX = 1  # object pass index of every lesion (the lumen is 0)
+# where the lesion's foot reads the wall's pattern (`Lesions.place` sets it): nothing until it is placed
+WALL_ANGLE_UNSET = {"lesion.wall_angle_x": 0.0, "lesion.wall_angle_y": 0.0, "lesion.wall_angle_z": 0.0,
+                    "lesion.wall_angle_offset": 0.0}
 
 
 class Lesions:
     """The lesion models (`objects`, one a type, hidden until placed), their shape tree and material."""
 
-    def __init__(self, bpy, scene, cfg: Mapping) -> None:
-        self.bpy, self.cfg = bpy, cfg
+    def __init__(self, bpy, scene, cfg: Mapping, mucosa, lumen) -> None:
+        self.bpy, self.cfg, self.mucosa, self.lumen = bpy, cfg, mucosa, lumen
         tree = new_geometry_tree(bpy, "LesionShape")
         shape_graph = NodeGraph(tree)
         self.shape_inputs = NodeInputs(shape_graph)
@@ -104,7 +107,22 @@ class Lesions:
         low, high = (float(v) for v in shader["lesion_mottle_edges"])
         mottle = graph.math("MULTIPLY", graph.map_range(noise, low, high),
                             graph.math("MULTIPLY", knob["lesion.texture_strength"], float(shader["lesion_mottle_gain"])))
-        colour = graph.mix_colour(mottle, knob.rgb("lesion.colour"), knob.rgb("lesion.colour_dark"))
+        # the mucosa covers the lesion: the wall's pattern (its mottle, vessels and capillary net, read where the
+        # wall around the foot reads it: the angle around the lumen a linear map of world position, set where the
+        # lesion is placed, `LumenGeometry.angle_map`) runs on over it, tinted by lesion colour / mucosa colour,
+        # by `lesion.wall_pattern` (0: the lesion's own flat colour, as before version 18)
+        position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
+        gradient = graph.node("ShaderNodeCombineXYZ", {i: knob[f"lesion.wall_angle_{axis}"]
+                                                       for i, axis in enumerate("xyz")}).outputs[0]
+        angle = graph.math("ADD", graph.vector_math("DOT_PRODUCT", gradient, position), knob["lesion.wall_angle_offset"])
+        channels = wall_pattern(graph, angle, graph.node("ShaderNodeSeparateXYZ", {0: position}).outputs[2], knob,
+                                self.mucosa.pattern_images, self.cfg)
+        wall = wall_colour(graph, channels, knob, self.cfg)
+        tinted = graph.socket(graph.node("ShaderNodeMix", {"Factor_Float": 1.0, "A_Color": wall,
+                                                           "B_Color": knob.rgb("lesion.wall_tint")},
+                                         data_type="RGBA", blend_type="MULTIPLY").outputs, "Result_Color")
+        colour = graph.mix_colour(knob["lesion.wall_pattern"], knob.rgb("lesion.colour"), tinted)
+        colour = graph.mix_colour(mottle, colour, knob.rgb("lesion.colour_dark"))
         # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model, its lookup
         # warped by a noise of twice the cells' frequency (`lesion_pattern_warp` cells), so cells are not polygons
         warp = graph.node("ShaderNodeTexNoise", {"Vector": seeded, "Scale": graph.math("MULTIPLY", knob["lesion.pattern_scale_obj"], 2.0),
@@ -138,18 +156,17 @@ class Lesions:
         patchy = graph.map_range(noise, patch_low, patch_high, float(shader["lesion_mucus_patch_floor"]), 1.0)
         cap = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.map_range(z, cap_low, cap_high, 0.0, 1.0, "SMOOTHSTEP"),
                                                 patchy), knob["lesion.mucus"])
-        # the base: the lesion grows out of the mucosa, so its colour and pattern fade into the wall's colour
+        # the base: the lesion grows out of the mucosa, so its colour and pattern fade into the wall's (untinted)
         # toward the model's foot (a stalk is the wall's tissue)
         base_low, base_high = (float(v) for v in shader["lesion_base_edges"])
-        colour = graph.mix_colour(graph.map_range(z, base_low, base_high, 0.0, 1.0, "SMOOTHSTEP"),
-                                  knob.rgb("lesion.mucosa_colour"), colour)
+        colour = graph.mix_colour(graph.map_range(z, base_low, base_high, 0.0, 1.0, "SMOOTHSTEP"), wall, colour)
         colour = graph.mix_colour(graph.math("MULTIPLY", cap, float(shader["lesion_mucus_opacity"])), colour,
                                   knob.rgb("lesion.mucus_colour"))
         height = graph.math("ADD", graph.math("ADD", graph.math("MULTIPLY", noise, knob["lesion.texture_strength"]),
                                               graph.math("MULTIPLY", pits, -1.0)), ridges)
         # the wall's fine grooves run on over the lesion (world position: continuous across its foot)
-        position = graph.node("ShaderNodeNewGeometry").outputs["Position"]
-        colour, tissue = groove_bump(graph, position, knob, self.cfg, colour, knob.rgb("lesion.colour_dark"))
+        colour, tissue = groove_bump(graph, position, knob, self.cfg, colour, knob.rgb("lesion.colour_dark"),
+                                     patches=channels["relief"])
         bump = graph.node("ShaderNodeBump", {
             "Strength": float(shader["lesion_bump_gain"]),
             "Distance": float(shader["lesion_bump_distance"]), "Height": height, "Normal": tissue})
@@ -158,7 +175,8 @@ class Lesions:
             "Base Color": colour, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],
             "Coat Weight": graph.math("ADD", knob["mucosa.wetness"], cap),
             "Coat Roughness": knob["mucosa.coat_roughness"], "Coat IOR": float(shader["mucosa_coat_ior"]),
-            "Coat Normal": droplet_bump(graph, position, knob, self.cfg, normal=bump.outputs[0]),
+            "Coat Normal": droplet_bump(graph, position, knob, self.cfg, normal=bump.outputs[0],
+                                        ripple=channels["ripple"]),
             "Specular IOR Level": float(shader["mucosa_specular"]),
         })
         material_output(graph, bsdf.outputs[0])
@@ -194,7 +212,8 @@ class Lesions:
     def pose(self, params: Mapping[str, Any]) -> None:
         """Hide every lesion and set the shape and material inputs of this frame's lesion."""
         values, colours = lesion_inputs(params, self.cfg["shader"])
-        self.material_inputs.set(values, colours)
+        wall_values, wall_colours = self.mucosa.frame_inputs(params)
+        self.material_inputs.set({**wall_values, **values, **WALL_ANGLE_UNSET}, {**wall_colours, **colours})
         self.shape_inputs.set(values, {})
         for lesion in self.objects.values():
             lesion.hide_render = True
@@ -248,6 +267,9 @@ class Lesions:
                 local = (local - np.array([0.0, 0.0, 0.5])) / 0.5
             if np.linalg.norm(local) < float(self.cfg["shader"]["lesion_lens_clearance"]):
                 return {"lesion.placed": 0, "lesion.distance_mm": -1.0}
+        gradient, offset = self.lumen.angle_map(location, normal)
+        wall_angle = {f"lesion.wall_angle_{axis}": float(g) for axis, g in zip("xyz", gradient, strict=True)}
+        self.material_inputs.set_some({**wall_angle, "lesion.wall_angle_offset": offset})
         lesion.hide_render = False
         return {"lesion.placed": 1, "lesion.distance_mm": float(np.linalg.norm(location - camera_position))}
 
@@ -283,12 +305,15 @@ def lesion_colour(params: Mapping[str, Any], shader: Mapping) -> tuple[float, fl
 def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str, float], dict[str, Any]]:
     """The shape and material inputs of a frame's lesion (values, colours) from its parameters."""
     hue, saturation, value = lesion_colour(params, shader)
-    colours = {"lesion.colour": hsv_colour(hue, saturation, value),
+    mucosa = hsv_colour(float(params["mucosa.hue"]), float(params["mucosa.saturation"]), float(params["mucosa.value"]))
+    own = hsv_colour(hue, saturation, value)
+    colours = {"lesion.colour": own,
+               # the wall's colour x this = the lesion's colour, where the wall shows its plain mucosa
+               "lesion.wall_tint": tuple(c / max(m, 1e-4) for c, m in zip(own, mucosa, strict=True)),
                "lesion.colour_dark": shifted_colour(hue, saturation, value, shader["lesion_dark"]),
                "lesion.vessel_colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"],
                                                   params["vessels.value"]),
-               "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"])),
-               "lesion.mucosa_colour": hsv_colour(params["mucosa.hue"], params["mucosa.saturation"], params["mucosa.value"])}
+               "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"]))}
     surface, strength = params["lesion.surface"], float(params["lesion.surface_strength"])
     if surface not in LESION_SURFACES:
         raise ValueError(f"render.params.lesion.surface: unknown surface {surface!r} ({', '.join(LESION_SURFACES)})")

@@ -46,6 +46,7 @@ class LumenGeometry:
 
     def __init__(self, bpy, scene, cfg: Mapping, material) -> None:
         self.bpy, self.scene = bpy, scene
+        self.segments_around = int(cfg["scene"]["segments_around"])
         tree = new_geometry_tree(bpy, "ColonLumen")
         graph = NodeGraph(tree)
         self.inputs = NodeInputs(graph)
@@ -188,6 +189,10 @@ class LumenGeometry:
             self.mesh_object.hide_viewport = True  # not evaluated (or needed) in the viewport depsgraph
             self.scene.collection.objects.link(self.mesh_object)
             self._positions = np.empty(len(self.mesh_object.data.vertices) * 3, np.float32)
+            around = np.empty(len(self._positions), np.float32)
+            evaluated.data.attributes["around"].data.foreach_get("vector", around)
+            self._angles = np.arctan2(around[1::3], around[0::3])  # what the mucosa reads (`mucosa.wall_pattern`)
+            evaluated.data.vertices.foreach_get("co", self._positions)
             return
         source, target = evaluated.data.vertices, self.mesh_object.data.vertices
         if len(source) != len(target):
@@ -196,6 +201,23 @@ class LumenGeometry:
         source.foreach_get("co", self._positions)
         target.foreach_set("co", self._positions)
         self.mesh_object.data.update()
+
+    def angle_map(self, location: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, float]:
+        """The angle around the lumen the mucosa reads (`mucosa.wall_pattern`) near the wall point `location`
+        (normal `normal`), as a linear function of world position p: gradient . p + offset. Fitted at the wall
+        vertex nearest `location` from its neighbours (the angle changes around a ring, not along the lumen, and
+        not off the wall), so that a lesion's foot reads the wall's pattern where it grows out of it."""
+        count = int(self.segments_around)
+        positions = self._positions.reshape(-1, 3).astype(np.float64)
+        nearest = int(np.argmin(((positions - location) ** 2).sum(axis=1)))
+        ring, j = divmod(nearest, count)
+        rings = len(positions) // count
+        before, after = ring * count + (j - 1) % count, ring * count + (j + 1) % count
+        behind, ahead = max(ring - 1, 0) * count + j, min(ring + 1, rings - 1) * count + j
+        turn = float(np.angle(np.exp(1j * (self._angles[after] - self._angles[before]))))  # wrapped
+        system = np.stack([positions[after] - positions[before], positions[ahead] - positions[behind], normal])
+        gradient = np.linalg.solve(system, np.array([turn, 0.0, 0.0]))
+        return gradient, float(self._angles[nearest] - gradient @ positions[nearest])
 
     def ray_cast(self, origin: np.ndarray, direction: np.ndarray, depsgraph):
         """The first wall hit from `origin` along `direction`: (location, normal, distance), or None."""

@@ -26,8 +26,10 @@ from synthmed.render.nodes import (
     shifted_toward,
 )
 
-
 # ------------------------------------------------------------------------------ the pattern's texel grid
+CHANNELS = 7  # a baked texel: mottle, main, branch, patch (the first image), capillary, ripple, relief (the second)
+
+
 def texel_mm(cfg: Mapping) -> float:
     """The baked pattern's texel: `textures.texel_mm`, or (null) 0.4 mm at 128 px, finer for larger frames."""
     texel = cfg["textures"]["texel_mm"]
@@ -54,8 +56,9 @@ def lane_vessel_scale(textures: Mapping, lane: int) -> float:
 # ------------------------------------------------------------------------------ the pattern as nodes
 def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) -> dict[str, Any]:
     """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
-    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells) and
-    capillary (the fine net's line, 0..1: `capillary_line`). `lane` and `scale` (vessel cells per mm) are
+    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells),
+    capillary (the fine net's line, 0..1: `capillary_line`), and two slow noises the wet film and the grooves
+    read: ripple (`droplet_bump`) and relief (`groove_bump`). `lane` and `scale` (vessel cells per mm) are
     numbers or sockets."""
     textures, shader = cfg["textures"], cfg["shader"]
     radius = float(textures["reference_radius_mm"])
@@ -99,7 +102,9 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
     capillary = graph.math("MULTIPLY", capillary_line(graph, edges(capillary_at, capillary_cells), cfg), kept)
     return {"mottle": noise((0.0, 0.0, 0.0), shader["pattern_mottle_scale"], shader["pattern_mottle_detail"]),
             "main": edges(main_at, scale), "branch": edges(branch_at, fine), "capillary": capillary,
-            "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"])}
+            "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"]),
+            "ripple": noise(shader["pattern_ripple_offset"], shader["coat_ripple_scale"], shader["coat_ripple_detail"]),
+            "relief": noise(shader["pattern_relief_offset"], shader["grain_patch_scale"], shader["grain_patch_detail"])}
 
 
 def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
@@ -115,7 +120,7 @@ def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
 
 def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> dict[str, Any]:
     """The same channels as `pattern_channels`, read from the baked textures (lanes stacked bottom-up): the
-    first image holds mottle, main, branch and patch, the second's red the capillary line."""
+    first image holds mottle, main, branch and patch, the second the capillary line, ripple and relief."""
     textures, vessel_range = cfg["textures"], float(cfg["shader"]["pattern_vessel_range"])
     rows = pattern_grid(cfg)[0]
     around = graph.math("FLOORED_MODULO", theta, 2.0 * math.pi)
@@ -129,12 +134,13 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -
                      for _ in images)
     texture.image, fine.image = images
     rgb = graph.node("ShaderNodeSeparateColor", {0: texture.outputs["Color"]})
+    slow = graph.node("ShaderNodeSeparateColor", {0: fine.outputs["Color"]})
     return {"mottle": rgb.outputs[0], "main": graph.math("MULTIPLY", rgb.outputs[1], vessel_range),
             "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"],
-            "capillary": graph.node("ShaderNodeSeparateColor", {0: fine.outputs["Color"]}).outputs[0]}
+            "capillary": slow.outputs[0], "ripple": slow.outputs[1], "relief": slow.outputs[2]}
 
 
-def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None):
+def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None, ripple=None):
     """The wet film's normal: small domes of mucus (where a seeded noise of `position`, in mm, rises above a
     threshold). Each dome holds every normal direction, so each catches the tip light as a glint. The mucosa and
     the lesions (reading the world position: the lumen's object space is the world's) share one field, so the
@@ -142,7 +148,8 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
     (tilting it too made a skin of goose bumps). A slow ripple of the film (`shader.coat_ripple_*`: a noise of
     `coat_ripple_scale` cells per mm, its height x `coat_ripple_gain` added to the domes') breaks the wall's
     glints into irregular streaks and patches, as a wet, uneven surface shows them. `normal`: the surface's own
-    (bumped) normal, if any."""
+    (bumped) normal, if any; `ripple`: the ripple noise as a socket (the mucosa's baked pattern channel: an image
+    lookup costs far less than a 3D noise the bump evaluates three times a sample), else a noise of `position`."""
     geometry, shader = cfg["scene"], cfg["shader"]
     noise = graph.noise(graph.seeded(position, knob["mucosa.bump_seed"]), float(geometry["mucosa_bump_scale"]),
                         float(shader["droplet_noise_detail"]))
@@ -150,8 +157,9 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
                      graph.math("MULTIPLY", knob["mucosa.droplets"], float(shader["droplet_density_gain"])))
     height = graph.map_range(noise, low, graph.math("ADD", low, float(shader["droplet_band"])), 0.0, 1.0, "SMOOTHSTEP")
     if float(shader["coat_ripple_gain"]):
-        ripple = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 7.0)),
-                             float(shader["coat_ripple_scale"]), float(shader["coat_ripple_detail"]))
+        if ripple is None:
+            ripple = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 7.0)),
+                                 float(shader["coat_ripple_scale"]), float(shader["coat_ripple_detail"]))
         height = graph.math("ADD", height, graph.math("MULTIPLY", ripple, float(shader["coat_ripple_gain"])))
     inputs = {"Strength": knob["mucosa.bump_strength"], "Distance": float(geometry["mucosa_bump_distance"]),
               "Height": height}
@@ -160,7 +168,7 @@ def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, nor
     return graph.node("ShaderNodeBump", inputs).outputs[0]
 
 
-def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colour, dark):
+def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colour, dark, patches=None):
     """The tissue's fine grooves (the lines that part the mucosa into small areas, seen where the light glints):
     the level-0.5 lines of a noise of `shader.groove_scale` x `params.mucosa.grain_scale` cells per mm,
     `groove_width` wide (noise units): they meander and close on themselves. Returns (colour, normal): `colour`
@@ -170,8 +178,8 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     as one web; the colour is left even: its patches kept the CNN 4-17 epochs longer on the chance plateau,
     docs/render.md, versions 10 and 11). A noise `groove_cut_scale` times finer lifts the lines back to the surface
     where it is below `groove_cut_edges` (by `groove_cut`, 0: none, version 11): closed loops become open strokes
-    (version 12). With both shader gains 0,
-    `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
+    (version 12). `patches`: the slow noise as a socket (the mucosa's baked pattern channel), else a noise of
+    `position`. With both shader gains 0, `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
     (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
     sample for the bump.)"""
@@ -181,8 +189,9 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     grain = relief = knob["mucosa.grain"]
     contrast = float(shader["grain_patch_contrast"])
     if contrast:  # the relief deep in some places, faint in others: x (1 - c .. 1 + c) by a slow noise, mean 1
-        patches = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 17.0)),
-                              float(shader["grain_patch_scale"]), float(shader["grain_patch_detail"]))
+        patches = patches if patches is not None else graph.noise(
+            graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 17.0)),
+            float(shader["grain_patch_scale"]), float(shader["grain_patch_detail"]))
         low, high = (float(v) for v in shader["grain_patch_edges"])
         relief = graph.math("MULTIPLY", grain, graph.map_range(patches, low, high, 1.0 - contrast, 1.0 + contrast,
                                                                "SMOOTHSTEP"))
@@ -191,18 +200,22 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
                         float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
     height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
-    cut = float(shader["groove_cut"])
+    cut, lines = float(shader["groove_cut"]), height
+    strength = graph.math("MULTIPLY", relief, float(shader["groove_strength"]))
     if cut:  # the lines cut into open strokes: a finer noise lifts them back to the surface where it is low
         pieces = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 19.0)),
                              graph.math("MULTIPLY", knob["mucosa.grain_scale"],
                                         float(shader["groove_scale"]) * float(shader["groove_cut_scale"])), 0.0)
         low, high = (float(v) for v in shader["groove_cut_edges"])
         gone = graph.map_range(pieces, low, high, cut, 0.0, "SMOOTHSTEP")  # cut .. 0: how far a stroke is lifted
-        height = graph.math("MULTIPLY_ADD", graph.math("SUBTRACT", 1.0, height), gone, height)
-    darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, height),
+        lines = graph.math("MULTIPLY_ADD", graph.math("SUBTRACT", 1.0, height), gone, height)
+        # the relief lifted by scaling the bump's strength, not its height: the cut noise is read once a sample,
+        # not three times (the strokes' ends lose only their own slope; version 18)
+        strength = graph.math("MULTIPLY", strength, graph.math("SUBTRACT", 1.0, gone))
+    darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, lines),
                            graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
-    normal = graph.node("ShaderNodeBump", {"Strength": graph.math("MULTIPLY", relief, float(shader["groove_strength"])),
-                                           "Distance": float(shader["groove_depth_mm"]), "Height": height})
+    normal = graph.node("ShaderNodeBump", {"Strength": strength, "Distance": float(shader["groove_depth_mm"]),
+                                           "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
 
 
@@ -211,6 +224,75 @@ def _vector(values) -> tuple[float, ...]:
 
 
 # ------------------------------------------------------------------------------ the material
+def wall_pattern(graph: NodeGraph, angle, z, knob: NodeInputs, images: tuple, cfg: Mapping) -> dict[str, Any]:
+    """The pattern's channels at the wall point `angle` (radians) around the lumen and `z` (world mm) along it:
+    this frame's pattern (`pattern.lane`), turned and shifted (`Mucosa.frame_inputs`), read from the baked
+    `images` or (`textures.mode: procedural`) evaluated per sample."""
+    textures = cfg["textures"]
+    theta = graph.math("ADD", angle, knob["pattern.angle"])
+    axial = graph.math("MULTIPLY_ADD", z, knob["pattern.axial_scale"], knob["pattern.axial_offset"])
+    if textures["mode"] == "baked":
+        return baked_channels(graph, theta, axial, knob["pattern.lane"], images, cfg)
+    if textures["mode"] == "procedural":
+        return pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
+    raise ValueError(f"render.textures.mode: unknown mode {textures['mode']!r} (baked, procedural)")
+
+
+def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs, cfg: Mapping):
+    """The wall's colour from its pattern `channels` (`wall_pattern`): the mucosa's mottled colour, its vessels
+    and capillary net (the mucosa's material, and a lesion's foot, which grows out of the wall)."""
+    textures, shader = cfg["textures"], cfg["shader"]
+    # mottled base colour
+    mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
+    mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
+    base = graph.mix_colour(mottle, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_dark"))
+    # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
+    # mask decides how much of the wall shows them (vascular density). Where a vessel fades out (a branch
+    # leaving its main vessel, a main vessel at a patch's edge) it also thins, to `vessel_taper` of its width
+    threshold = graph.math("SUBTRACT", float(shader["vessels_patch_threshold"]),
+                           graph.math("MULTIPLY", knob["vessels.density"], float(shader["vessels_patch_density_gain"])))
+    shown = graph.map_range(channels["patch"], threshold,
+                            graph.math("ADD", threshold, float(shader["vessels_patch_band"])), 0.0, 1.0, "SMOOTHSTEP")
+    near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
+    width, taper = knob["vessels.width"], float(shader["vessel_taper"])
+    branch_width = graph.math("MULTIPLY", width, float(textures["branch_width"]))
+    if taper != 1.0:
+        width = graph.math("MULTIPLY", width, graph.math("MULTIPLY_ADD", shown, 1.0 - taper, taper))
+        branch_width = graph.math("MULTIPLY", branch_width, graph.math("MULTIPLY_ADD", near_main, 1.0 - taper, taper))
+    main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+    branch = graph.map_range(channels["branch"], branch_width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+    branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
+    vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
+                         knob["vessels.contrast"])
+    coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
+    coloured = graph.mix_colour(_capillaries(graph, channels, knob, cfg), coloured, knob.rgb("vessels.colour"))
+    return coloured
+
+
+def _capillaries(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs, cfg: Mapping):
+    """How far the wall turns toward the vessels' colour for the capillary net: its line x
+    `vessels.capillary_contrast`, shown everywhere but stronger where the vessel patches are (x floor + (1 -
+    floor) x patch, floor = `shader.capillary_patch_floor`). Where a pixel spans more than a texel of the
+    pattern (far, or oblique: the texels a pixel spans = its distance x `capillary.texels_per_mm` / the
+    cosine of the view to the surface) the texture would alias into speckle: the line gives way, over
+    `shader.capillary_fade_edges` texels a pixel, to its mean over the wall (`capillary_mean`), the tint a
+    pixel that spans many cells sees."""
+    shader = cfg["shader"]
+    geometry = graph.node("ShaderNodeNewGeometry")
+    facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
+                                                      geometry.outputs["Incoming"]))
+    distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
+    spans = graph.math("DIVIDE", graph.math("MULTIPLY", distance, knob["capillary.texels_per_mm"]),
+                       graph.math("MAXIMUM", facing, 0.2))
+    low, high = (float(v) for v in shader["capillary_fade_edges"])
+    fade = graph.map_range(spans, low, high, 0.0, 1.0, "SMOOTHSTEP")
+    line = channels["capillary"]
+    line = graph.math("MULTIPLY_ADD", fade, graph.math("SUBTRACT", float(shader["capillary_mean"]), line), line)
+    floor = float(shader["capillary_patch_floor"])
+    shown = graph.math("MULTIPLY_ADD", channels["patch"], 1.0 - floor, floor)
+    return graph.math("MULTIPLY", graph.math("MULTIPLY", line, shown), knob["vessels.capillary_contrast"])
+
+
 class Mucosa:
     """The mucosa material (`material`), its per-frame inputs, and (baked mode) the pattern texture."""
 
@@ -224,54 +306,24 @@ class Mucosa:
 
     def _build(self, graph: NodeGraph) -> None:
         bpy, cfg, knob = self.bpy, self.cfg, self.inputs
-        textures, shader = cfg["textures"], cfg["shader"]
-        # where on the wall: the angle around the lumen and the axial position, mapped onto the pattern's
-        # reference cylinder and turned / shifted per frame (`pattern_inputs`)
-        around = graph.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
-        around_xyz = graph.node("ShaderNodeSeparateXYZ", {0: around})
-        theta = graph.math("ADD", graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0]),
-                           knob["pattern.angle"])
-        coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]
-        z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
-        axial = graph.math("MULTIPLY_ADD", z, knob["pattern.axial_scale"], knob["pattern.axial_offset"])
-        if textures["mode"] == "baked":
+        shader = cfg["shader"]
+        if cfg["textures"]["mode"] == "baked":
             self.pattern_images = tuple(bpy.data.images.new(name, 1, 1, alpha=True, float_buffer=False)
                                         for name in ("mucosa_pattern", "mucosa_pattern_fine"))
             for image in self.pattern_images:
                 image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
                 image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
-            channels = baked_channels(graph, theta, axial, knob["pattern.lane"], self.pattern_images, cfg)
-        elif textures["mode"] == "procedural":
-            channels = pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
-        else:
-            raise ValueError(f"render.textures.mode: unknown mode {textures['mode']!r} (baked, procedural)")
-        # mottled base colour
-        mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
-        mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
-        base = graph.mix_colour(mottle, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_dark"))
-        # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
-        # mask decides how much of the wall shows them (vascular density). Where a vessel fades out (a branch
-        # leaving its main vessel, a main vessel at a patch's edge) it also thins, to `vessel_taper` of its width
-        threshold = graph.math("SUBTRACT", float(shader["vessels_patch_threshold"]),
-                               graph.math("MULTIPLY", knob["vessels.density"], float(shader["vessels_patch_density_gain"])))
-        shown = graph.map_range(channels["patch"], threshold,
-                                graph.math("ADD", threshold, float(shader["vessels_patch_band"])), 0.0, 1.0, "SMOOTHSTEP")
-        near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        width, taper = knob["vessels.width"], float(shader["vessel_taper"])
-        branch_width = graph.math("MULTIPLY", width, float(textures["branch_width"]))
-        if taper != 1.0:
-            width = graph.math("MULTIPLY", width, graph.math("MULTIPLY_ADD", shown, 1.0 - taper, taper))
-            branch_width = graph.math("MULTIPLY", branch_width, graph.math("MULTIPLY_ADD", near_main, 1.0 - taper, taper))
-        main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        branch = graph.map_range(channels["branch"], branch_width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-        branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
-        vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
-                             knob["vessels.contrast"])
-        coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
-        coloured = graph.mix_colour(self._capillaries(graph, channels), coloured, knob.rgb("vessels.colour"))
+        # where on the wall: the angle around the lumen (from the profile direction each vertex keeps) and the
+        # axial position (the lumen's object space is the world's)
+        around = graph.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
+        around_xyz = graph.node("ShaderNodeSeparateXYZ", {0: around})
+        coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]
+        z = graph.node("ShaderNodeSeparateXYZ", {0: coordinates}).outputs[2]
+        raw_angle = graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0])
+        channels = wall_pattern(graph, raw_angle, z, knob, self.pattern_images, cfg)
+        coloured = wall_colour(graph, channels, knob, cfg)
         # a reddened patch (erythema, a hard negative: lesion-coloured, but no lesion): redder within a
         # noisy radius of a point on the wall (axial, angle around the lumen)
-        raw_angle = graph.math("ARCTAN2", around_xyz.outputs[1], around_xyz.outputs[0])
         turn = graph.math("SUBTRACT", raw_angle, knob["erythema.angle"])
         turn = graph.math("SUBTRACT", turn, graph.math("MULTIPLY", graph.math("ROUND", graph.math("DIVIDE", turn, TAU)), TAU))
         arc = graph.math("MULTIPLY", turn, knob["tube.radius_mm"])
@@ -287,8 +339,9 @@ class Mucosa:
         facing = graph.node("ShaderNodeLayerWeight", {"Blend": float(shader["mucosa_rim_blend"])}).outputs["Facing"]
         rim = graph.math("MULTIPLY", facing, knob["mucosa.translucency"])
         coloured = graph.mix_colour(rim, coloured, knob.rgb("mucosa.colour_rim"))
-        bump = droplet_bump(graph, coordinates, knob, cfg)
-        coloured, tissue = groove_bump(graph, coordinates, knob, cfg, coloured, knob.rgb("mucosa.colour_dark"))
+        bump = droplet_bump(graph, coordinates, knob, cfg, ripple=channels["ripple"])
+        coloured, tissue = groove_bump(graph, coordinates, knob, cfg, coloured, knob.rgb("mucosa.colour_dark"),
+                                       patches=channels["relief"])
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
             "Base Color": coloured, "Roughness": knob["mucosa.roughness"], "Normal": tissue,
             "Coat Weight": knob["mucosa.wetness"], "Coat Roughness": knob["mucosa.coat_roughness"],
@@ -300,29 +353,6 @@ class Mucosa:
             graph.connect(_vector(shader["subsurface_radius"]), bsdf.inputs["Subsurface Radius"])
             graph.connect(float(shader["subsurface_scale"]), bsdf.inputs["Subsurface Scale"])
         material_output(graph, bsdf.outputs[0])
-
-    def _capillaries(self, graph: NodeGraph, channels: Mapping[str, Any]):
-        """How far the wall turns toward the vessels' colour for the capillary net: its line x
-        `vessels.capillary_contrast`, shown everywhere but stronger where the vessel patches are (x floor + (1 -
-        floor) x patch, floor = `shader.capillary_patch_floor`). Where a pixel spans more than a texel of the
-        pattern (far, or oblique: the texels a pixel spans = its distance x `capillary.texels_per_mm` / the
-        cosine of the view to the surface) the texture would alias into speckle: the line gives way, over
-        `shader.capillary_fade_edges` texels a pixel, to its mean over the wall (`capillary_mean`), the tint a
-        pixel that spans many cells sees."""
-        shader, knob = self.cfg["shader"], self.inputs
-        geometry = graph.node("ShaderNodeNewGeometry")
-        facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
-                                                          geometry.outputs["Incoming"]))
-        distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
-        spans = graph.math("DIVIDE", graph.math("MULTIPLY", distance, knob["capillary.texels_per_mm"]),
-                           graph.math("MAXIMUM", facing, 0.2))
-        low, high = (float(v) for v in shader["capillary_fade_edges"])
-        fade = graph.map_range(spans, low, high, 0.0, 1.0, "SMOOTHSTEP")
-        line = channels["capillary"]
-        line = graph.math("MULTIPLY_ADD", fade, graph.math("SUBTRACT", float(shader["capillary_mean"]), line), line)
-        floor = float(shader["capillary_patch_floor"])
-        shown = graph.math("MULTIPLY_ADD", channels["patch"], 1.0 - floor, floor)
-        return graph.math("MULTIPLY", graph.math("MULTIPLY", line, shown), knob["vessels.capillary_contrast"])
 
     # -------------------------------------------------------------------------- per frame
     def pattern_inputs(self, params: Mapping[str, Any]) -> dict[str, float]:
@@ -343,8 +373,9 @@ class Mucosa:
                 "pattern.vessel_scale": lane_vessel_scale(textures, lane),
                 "capillary.texels_per_mm": scale / (focal * texel_mm(cfg))}
 
-    def pose(self, params: Mapping[str, Any]) -> dict[str, float]:
-        """Set the material's per-frame inputs (colours from the sampled HSV); return the pattern inputs."""
+    def frame_inputs(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The material's per-frame inputs (values, colours; colours from the sampled HSV). A lesion's material
+        reads the wall's part of them too (`wall_colour` at its foot)."""
         shader = self.cfg["shader"]
         hue, saturation, value = params["mucosa.hue"], params["mucosa.saturation"], params["mucosa.value"]
         colours = {
@@ -360,15 +391,19 @@ class Mucosa:
                     "erythema.angle": math.radians(float(params["clutter.red_patch_angle_deg"])),
                     "erythema.radius": float(params["clutter.red_patch_size_mm"]) / 2.0,
                     "erythema.strength": float(shader["erythema_opacity"]) if patch else 0.0}
-        pattern = self.pattern_inputs(params)
-        self.inputs.set({**params, **pattern, **erythema}, colours)
-        return pattern
+        return {**params, **self.pattern_inputs(params), **erythema}, colours
+
+    def pose(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """Set the material's per-frame inputs; return the pattern inputs."""
+        values, colours = self.frame_inputs(params)
+        self.inputs.set(values, colours)
+        return self.pattern_inputs(params)
 
     # -------------------------------------------------------------------------- the baked pattern
     def bake_pattern(self, scene, lane: int) -> np.ndarray:
         """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
-        procedural shader runs per sample). Returns (rows, cols, 5) uint8: mottle, main, branch, patch and
-        capillary; see `pattern_grid`."""
+        procedural shader runs per sample). Returns (rows, cols, `CHANNELS`) uint8: mottle, main, branch, patch,
+        capillary, ripple and relief; see `pattern_grid`."""
         bpy, cfg = self.bpy, self.cfg
         rows, cols, texel_theta, texel_axial = pattern_grid(cfg)
         tree = new_geometry_tree(bpy, "MucosaPatternBake")
@@ -386,7 +421,11 @@ class Mucosa:
                                                      2: channels["branch"]}).outputs[0]
         store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": points.outputs[0], "Name": "rgb",
                                                                "Value": packed}, data_type="FLOAT_VECTOR", domain="POINT")
-        for name, value in (("a", channels["patch"]), ("c", channels["capillary"])):
+        slow = graph.node("ShaderNodeCombineXYZ", {0: channels["capillary"], 1: channels["ripple"],
+                                                   2: channels["relief"]}).outputs[0]
+        store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": "fine",
+                                                               "Value": slow}, data_type="FLOAT_VECTOR", domain="POINT")
+        for name, value in (("a", channels["patch"]),):
             store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": name,
                                                                    "Value": value}, data_type="FLOAT", domain="POINT")
         graph.connect(store.outputs[0], graph.node("NodeGroupOutput").inputs[0])
@@ -403,29 +442,29 @@ class Mucosa:
             count = rows * cols
             if len(evaluated_mesh.vertices) != count:
                 raise RuntimeError(f"pattern bake produced {len(evaluated_mesh.vertices)} points, expected {count}")
-            rgb = np.empty(count * 3, np.float32)
+            rgb, fine = np.empty(count * 3, np.float32), np.empty(count * 3, np.float32)
             evaluated_mesh.attributes["rgb"].data.foreach_get("vector", rgb)
-            alpha, capillary = np.empty(count, np.float32), np.empty(count, np.float32)
+            evaluated_mesh.attributes["fine"].data.foreach_get("vector", fine)
+            alpha = np.empty(count, np.float32)
             evaluated_mesh.attributes["a"].data.foreach_get("value", alpha)
-            evaluated_mesh.attributes["c"].data.foreach_get("value", capillary)
             evaluated.to_mesh_clear()
         finally:
             bpy.data.objects.remove(bake_object)
             bpy.data.meshes.remove(mesh)
             bpy.data.node_groups.remove(tree)
-        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], capillary[:, None]], axis=1)
+        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], fine.reshape(count, 3)], axis=1)
         values[:, 1:3] /= float(cfg["shader"]["pattern_vessel_range"])  # distances to a vessel -> [0, 1]
-        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, 5)
+        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, CHANNELS)
 
     def set_pattern(self, lanes: Mapping[int, np.ndarray]) -> None:
         """Load baked patterns ({lane: `bake_pattern(lane)`}) into the texture the material looks up. Lanes no
         frame of this run shows may be left out (their rows stay empty)."""
         rows, cols = pattern_grid(self.cfg)[:2]
-        empty = np.zeros((rows, cols, 5), np.uint8)
+        empty = np.zeros((rows, cols, CHANNELS), np.uint8)
         # lane k occupies rows k*rows .. (k+1)*rows - 1
         texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
-        fine = np.zeros(texture.shape[:2] + (4,), np.uint8)
-        fine[..., 0], fine[..., 3] = texture[..., 4], 255
+        fine = np.full(texture.shape[:2] + (4,), 255, np.uint8)
+        fine[..., :3] = texture[..., 4:]
         height, width = texture.shape[:2]
         for image, pixels in zip(self.pattern_images, (texture[..., :4], fine), strict=True):
             image.scale(width, height)

@@ -106,6 +106,11 @@ class NodeInputs:
             self.nodes[key] = new
         return self.nodes[key].outputs[0]
 
+    def set_some(self, values: Mapping[str, float]) -> None:
+        """Set the value knobs named in `values` only."""
+        for name, value in values.items():
+            self.nodes[name].outputs[0].default_value = float(value)
+
     def set(self, values: Mapping[str, Any], colours: Mapping[str, Any]) -> None:
         """Set every knob: a value from `values`, a colour (name without `#rgb`) from `colours`."""
         for name, node in self.nodes.items():

@@ -45,7 +45,7 @@ class ColonScene:
         self._setup_render(threads)
         self.mucosa = Mucosa(bpy, cfg)
         self.lumen = LumenGeometry(bpy, self.scene, cfg, self.mucosa.material)
-        self.lesions = Lesions(bpy, self.scene, cfg)
+        self.lesions = Lesions(bpy, self.scene, cfg, self.mucosa, self.lumen)
         self.clutter = Clutter(bpy, self.scene, cfg)
         self.endoscope = Endoscope(bpy, self.scene, cfg)
         self.exr_path = self._build_compositor()

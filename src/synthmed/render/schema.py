@@ -147,6 +147,8 @@ class ShaderConfig:
     capillary_cut_scale: float = MISSING
     capillary_cut_edges: list[float] = MISSING
     capillary_cut_floor: float = MISSING
+    pattern_ripple_offset: list[float] = MISSING
+    pattern_relief_offset: list[float] = MISSING
     pattern_warp_detail: float = MISSING
     pattern_mottle_scale: float = MISSING
     pattern_mottle_detail: float = MISSING
