@@ -2,10 +2,12 @@
 
     python scripts/make_gallery.py [--frames 8] [--resolution 256] [--out docs/gallery]
     python scripts/make_gallery.py --compare <dataset A> <dataset B> --to docs/gallery/renderer_3_vs_4.png [--frames 10] [--zoom 1]
+                                   [--crop]
 
 --compare renders nothing: it sets frames 0-9 (--frames) of two rendered datasets (their images/) in two rows, A
 above B (two renderers' versions of the same frames: docs/render.md, "The wall's look"); --zoom 2 enlarges each
-frame twice, pixel for pixel (what a 128 px frame holds, as the CNN sees it).
+frame twice, pixel for pixel (what a 128 px frame holds, as the CNN sees it); --crop sets the first frames that
+show a lesion (in A's masks), each cut to a square around it and scaled back to the frame's size.
 
 gallery.png     frames of the default config (lesion forced present), mask outlines in green
 varied.png      frames of render=varied (lesion forced present), mask outlines in green
@@ -114,15 +116,43 @@ def _scenes(base: list[str], clean: dict, tmp: Path, out: Path) -> None:
                                           None, tmp, "r")))
 
 
-def compare(datasets: list[Path], to: Path, frames: int = 10, zoom: int = 1) -> None:
+def lesion_box(mask: np.ndarray, margin: int = 12, least: int = 24) -> tuple[int, int, int, int] | None:
+    """A square (top, left, bottom, right) around a mask's lesion, `margin` px beyond it and at least `least` px
+    from its centre to each side, moved inside the frame; None if the mask is empty."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    half = max(least, (max(np.ptp(rows), np.ptp(cols)) + 1) // 2 + margin)
+    half = min(half, min(mask.shape) // 2)
+    top = int(np.clip((rows.min() + rows.max()) // 2 - half, 0, mask.shape[0] - 2 * half))
+    left = int(np.clip((cols.min() + cols.max()) // 2 - half, 0, mask.shape[1] - 2 * half))
+    return top, left, top + 2 * half, left + 2 * half
+
+
+def compare(datasets: list[Path], to: Path, frames: int = 10, zoom: int = 1, crop: bool = False) -> None:
     """Frames 0 .. frames-1 of each dataset (its images/, no mask outlines), one row a dataset, each pixel a
-    zoom x zoom block."""
+    zoom x zoom block. `crop`: the first `frames` frames whose lesion shows in the first dataset's masks, each cut
+    to a square around it and scaled back to the frame's size (the same square in every row)."""
+    first = datasets[0]
+    count = len(list((first / "images").glob("*.png")))
+    picks, boxes = list(range(frames)), [None] * frames
+    if crop:
+        found = [(i, lesion_box(np.asarray(Image.open(first / "masks" / f"{i:06d}.png")))) for i in range(count)]
+        found = [(i, box) for i, box in found if box is not None][:frames]
+        if not found:
+            raise SystemExit(f"{first}: no frame shows a lesion (--crop needs one)")
+        picks, boxes = [i for i, _ in found], [box for _, box in found]
     rows = []
     for root in datasets:
-        missing = [i for i in range(frames) if not (root / "images" / f"{i:06d}.png").is_file()]
+        missing = [i for i in picks if not (root / "images" / f"{i:06d}.png").is_file()]
         if missing:
             raise SystemExit(f"{root}: no images/{missing[0]:06d}.png (--compare takes rendered datasets)")
-        tiles = [np.asarray(Image.open(root / "images" / f"{i:06d}.png").convert("RGB")) for i in range(frames)]
+        tiles = []
+        for i, box in zip(picks, boxes, strict=True):
+            image = Image.open(root / "images" / f"{i:06d}.png").convert("RGB")
+            if box is not None:
+                image = image.crop((box[1], box[0], box[3], box[2])).resize(image.size, Image.LANCZOS)
+            tiles.append(np.asarray(image))
         rows.append(_row([t.repeat(zoom, axis=0).repeat(zoom, axis=1) for t in tiles]))
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     _save(to, np.concatenate([part for row in rows for part in (row, gap)][:-1], 0))
@@ -137,13 +167,14 @@ def main() -> None:
     ap.add_argument("--compare", nargs=2, type=Path, metavar="DATASET", help="set two datasets' frames 0-9 in rows")
     ap.add_argument("--to", type=Path, help="with --compare: the PNG to write")
     ap.add_argument("--zoom", type=int, default=1, help="with --compare: enlarge each frame this many times")
+    ap.add_argument("--crop", action="store_true", help="with --compare: frames with a lesion, cut around it")
     args = ap.parse_args()
     if args.compare:
         if args.to is None:
             ap.error("--compare needs --to <file.png>")
         if args.zoom < 1:
             ap.error(f"--zoom must be >= 1, got {args.zoom}")
-        compare(args.compare, args.to, args.frames or 10, args.zoom)
+        compare(args.compare, args.to, args.frames or 10, args.zoom, args.crop)
         return
     args.frames = args.frames or 8
 

@@ -94,3 +94,41 @@ def test_compare_zooms_pixel_for_pixel_and_sets_the_frames_asked(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(tmp_path / "z0.png"),
                            "--zoom", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--zoom" in proc.stderr and not (tmp_path / "z0.png").exists()
+
+
+def test_lesion_box_is_a_square_around_the_lesion_inside_the_frame():
+    gallery = _gallery()
+    mask = np.zeros((64, 64), np.uint8)
+    assert gallery.lesion_box(mask) is None
+    mask[10:16, 20:26] = 255  # 6 x 6 px, centre (12, 22)
+    top, left, bottom, right = gallery.lesion_box(mask, margin=4, least=8)
+    assert bottom - top == right - left == 16 and (top, left) == (4, 14)  # 6 px / 2 + 4 = 7 < 8: the least, 8
+    mask[:] = 0
+    mask[0:4, 60:64] = 255  # in the corner: the square is moved inside the frame
+    assert gallery.lesion_box(mask, margin=4, least=8) == (0, 48, 16, 64)
+
+
+def test_compare_crop_sets_the_frames_with_a_lesion_cut_around_it(tmp_path):
+    roots = _datasets(tmp_path, 4)
+    for root in roots:
+        (root / "masks").mkdir()
+        for i in range(4):
+            mask = np.zeros((16, 16), np.uint8)
+            if i in (1, 3):
+                mask[4:8, 4:8] = 255
+            Image.fromarray(mask).save(root / "masks" / f"{i:06d}.png")
+    out = tmp_path / "crop.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(out), "--frames",
+                           "2", "--crop"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert figure.shape == (2 * 16 + 4, 2 * 16 + 4, 3)  # frames 1 and 3, the ones with a lesion
+    top, left, bottom, right = _gallery().lesion_box(np.asarray(Image.open(roots[0] / "masks" / "000003.png")))
+    cut = Image.open(roots[1] / "images" / "000003.png").convert("RGB").crop((left, top, right, bottom))
+    expected = np.asarray(cut.resize((16, 16), Image.LANCZOS)).astype(int)
+    assert np.abs(figure[20:, 20:] - expected).mean() < 4.0  # B's frame 3, cut where A's lesion is
+    for i in (1, 3):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(roots[0] / "masks" / f"{i:06d}.png")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--compare", *map(str, roots), "--to", str(tmp_path / "no.png"),
+                           "--crop"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and str(roots[0]) in proc.stderr and not (tmp_path / "no.png").exists()
