@@ -1,7 +1,8 @@
 """The lesions: one mesh model per Paris class (a pedunculated stalk and head; sessile, flat-elevated, flat and
 depressed domes) sharing one shape node tree (lobes, plateau, central depression) and one material (colour
-relative to the mucosa, surface pattern: pits, villous ridges or vessels, a mucus cap), and their placement on
-the lumen wall per frame (in view, or just behind a fold that hides part of it).
+relative to the mucosa over the wall's own pattern, which runs on over the lesion; surface pattern: pits,
+villous ridges or vessels, a mucus cap), and their placement on the lumen wall per frame (in view, or just
+behind a fold that hides part of it).
 
 A lesion's object index is `LESION_INDEX`: the index pass gives its exact, unblended mask.
 """

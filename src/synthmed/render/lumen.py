@@ -206,7 +206,9 @@ class LumenGeometry:
         """The angle around the lumen the mucosa reads (`mucosa.wall_pattern`) near the wall point `location`
         (normal `normal`), as a linear function of world position p: gradient . p + offset. Fitted at the wall
         vertex nearest `location` from its neighbours (the angle changes around a ring, not along the lumen, and
-        not off the wall), so that a lesion's foot reads the wall's pattern where it grows out of it."""
+        not off the wall), so that a lesion's foot reads the wall's pattern where it grows out of it. The wall's
+        vertices come ring by ring, `segments_around` to a ring (the curve-to-mesh node's order; a test renders a
+        lesion over the wall and checks it shows the wall's pattern where it lies)."""
         count = int(self.segments_around)
         positions = self._positions.reshape(-1, 3).astype(np.float64)
         nearest = int(np.argmin(((positions - location) ** 2).sum(axis=1)))

@@ -1,7 +1,8 @@
 """The mucosa: its material (mottled colour, vessels and a fine capillary net, fake translucency, wet droplets
 under a coat) over a vessel pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per
 sample (`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and
-geometry-node trees share: the bake evaluates exactly what the procedural shader does.
+geometry-node trees share: the bake evaluates exactly what the procedural shader does. The wall's colour over
+the pattern (`wall_pattern`, `wall_colour`) is shared with the lesions' material, which the wall runs on over.
 """
 
 from __future__ import annotations
@@ -178,9 +179,11 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     as one web; the colour is left even: its patches kept the CNN 4-17 epochs longer on the chance plateau,
     docs/render.md, versions 10 and 11). A noise `groove_cut_scale` times finer lifts the lines back to the surface
     where it is below `groove_cut_edges` (by `groove_cut`, 0: none, version 11): closed loops become open strokes
-    (version 12). `patches`: the slow noise as a socket (the mucosa's baked pattern channel), else a noise of
-    `position`. With both shader gains 0, `colour` and the surface's normal, no nodes added. The mucosa and the lesions read the world position
-    (the lumen's object space is the world's), so the grooves run on over a lesion's foot. (A Voronoi field's
+    (version 12); since version 18 the cut scales the bump's strength, not its height (the cut noise read once a
+    sample, not three times). `patches`: the relief's slow noise as a socket (the baked pattern's channel), else
+    a noise of `position`. With both shader gains 0, `colour` and the surface's normal, no nodes added. The mucosa
+    and the lesions read the world position (the lumen's object space is the world's), so the grooves run on over
+    a lesion's foot. (A Voronoi field's
     cell edges looked like a crackle glaze and cost about a third of the frame rate: 3D cell searches, three a
     sample for the bump.)"""
     shader = cfg["shader"]
