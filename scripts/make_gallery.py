@@ -116,17 +116,16 @@ def _scenes(base: list[str], clean: dict, tmp: Path, out: Path) -> None:
                                           None, tmp, "r")))
 
 
-def lesion_box(mask: np.ndarray, margin: int = 12, least: int = 24) -> tuple[int, int, int, int] | None:
-    """A square (top, left, bottom, right) around a mask's lesion, `margin` px beyond it and at least `least` px
-    from its centre to each side, moved inside the frame; None if the mask is empty."""
+def lesion_box(mask: np.ndarray, margin: int = 12, least: int = 48) -> tuple[int, int, int] | None:
+    """(top, left, side) of a square around a mask's lesion (`synthmed.analysis.embedding.region_box`: inside the
+    frame), `margin` px beyond it and at least `least` px wide; None if the mask is empty."""
+    from synthmed.analysis.embedding import region_box
+
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return None
-    half = max(least, (max(np.ptp(rows), np.ptp(cols)) + 1) // 2 + margin)
-    half = min(half, min(mask.shape) // 2)
-    top = int(np.clip((rows.min() + rows.max()) // 2 - half, 0, mask.shape[0] - 2 * half))
-    left = int(np.clip((cols.min() + cols.max()) // 2 - half, 0, mask.shape[1] - 2 * half))
-    return top, left, top + 2 * half, left + 2 * half
+    extent = max(np.ptp(rows), np.ptp(cols)) + 1
+    return region_box(mask > 0, max(margin, (least - extent + 1) // 2))
 
 
 def compare(datasets: list[Path], to: Path, frames: int = 10, zoom: int = 1, crop: bool = False) -> None:
@@ -151,7 +150,8 @@ def compare(datasets: list[Path], to: Path, frames: int = 10, zoom: int = 1, cro
         for i, box in zip(picks, boxes, strict=True):
             image = Image.open(root / "images" / f"{i:06d}.png").convert("RGB")
             if box is not None:
-                image = image.crop((box[1], box[0], box[3], box[2])).resize(image.size, Image.LANCZOS)
+                top, left, side = box
+                image = image.crop((left, top, left + side, top + side)).resize(image.size, Image.LANCZOS)
             tiles.append(np.asarray(image))
         rows.append(_row([t.repeat(zoom, axis=0).repeat(zoom, axis=1) for t in tiles]))
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)

@@ -100,12 +100,12 @@ def test_lesion_box_is_a_square_around_the_lesion_inside_the_frame():
     gallery = _gallery()
     mask = np.zeros((64, 64), np.uint8)
     assert gallery.lesion_box(mask) is None
-    mask[10:16, 20:26] = 255  # 6 x 6 px, centre (12, 22)
-    top, left, bottom, right = gallery.lesion_box(mask, margin=4, least=8)
-    assert bottom - top == right - left == 16 and (top, left) == (4, 14)  # 6 px / 2 + 4 = 7 < 8: the least, 8
+    mask[10:16, 20:26] = 255  # 6 x 6 px
+    assert gallery.lesion_box(mask, margin=2, least=8) == (8, 18, 10)  # 6 + 2 x 2 px, centred on it
+    assert gallery.lesion_box(mask, margin=4, least=16) == (5, 15, 16)  # 6 + 2 x 4 < 16: the least, 16
     mask[:] = 0
     mask[0:4, 60:64] = 255  # in the corner: the square is moved inside the frame
-    assert gallery.lesion_box(mask, margin=4, least=8) == (0, 48, 16, 64)
+    assert gallery.lesion_box(mask, margin=4, least=16) == (0, 48, 16)
 
 
 def test_compare_crop_sets_the_frames_with_a_lesion_cut_around_it(tmp_path):
@@ -123,8 +123,9 @@ def test_compare_crop_sets_the_frames_with_a_lesion_cut_around_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
     assert figure.shape == (2 * 16 + 4, 2 * 16 + 4, 3)  # frames 1 and 3, the ones with a lesion
-    top, left, bottom, right = _gallery().lesion_box(np.asarray(Image.open(roots[0] / "masks" / "000003.png")))
-    cut = Image.open(roots[1] / "images" / "000003.png").convert("RGB").crop((left, top, right, bottom))
+    top, left, side = _gallery().lesion_box(np.asarray(Image.open(roots[0] / "masks" / "000003.png")), least=8)
+    assert side == 16  # 4 px + 2 x 12 px of margin, cut to the 16 px frame
+    cut = Image.open(roots[1] / "images" / "000003.png").convert("RGB").crop((left, top, left + side, top + side))
     expected = np.asarray(cut.resize((16, 16), Image.LANCZOS)).astype(int)
     assert np.abs(figure[20:, 20:] - expected).mean() < 4.0  # B's frame 3, cut where A's lesion is
     for i in (1, 3):
