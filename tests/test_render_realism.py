@@ -73,10 +73,12 @@ def test_varied_lesions_span_paler_to_redder_and_every_paris_class(varied, cfg):
         assert abs(with_lesion - without) < 0.12, key
     assert all(d["lesion.depression"] > 0 for d in lesions if d["lesion.type"] == "depressed")
     assert all(d["lesion.depression"] == 0 for d in lesions if d["lesion.type"] != "depressed")
-    # the default keeps the study's look: raised lesions redder than the mucosa, no clutter, no blur
+    # the default keeps the study's look: raised lesions redder than the mucosa (since version 19 by 0.1-0.7 of
+    # `lesion_red`, their red also in the stipple's dots), no clutter, no blur
     plain = [sample_params(cfg, i) for i in range(200)]
     assert {d["lesion.type"] for d in plain} == {"sessile", "pedunculated", "flat_elevated"}
-    assert min(d["lesion.redness"] for d in plain) >= 0.5
+    assert min(d["lesion.redness"] for d in plain) >= 0.1
+    assert min(d["lesion.stipple"] for d in plain) >= 0.5
     assert not any(d[k] for d in plain for k in ("clutter.bubbles", "clutter.debris", "optics.motion_blur"))
 
 
@@ -674,7 +676,7 @@ def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
               "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
               "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
               "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
-              "vessels.density": 1.0, "vessels.contrast": 0.85, "vessels.capillary_contrast": 1.0}
+              "lesion.stipple": 0.0, "vessels.density": 1.0, "vessels.contrast": 0.85, "vessels.capillary_contrast": 1.0}
     bare, covered, flat = (_wet_render(tmp_path / f"{name}.npz", "render.resolution=96", params={**lesion, **extra})
                            for name, extra in (("bare", {"lesion.present": 0}), ("covered", {"lesion.wall_pattern": 1.0}),
                                                ("flat", {"lesion.wall_pattern": 0.0})))
@@ -691,6 +693,37 @@ def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
     assert np.corrcoef(shown, wall)[0, 1] > 0.4, np.corrcoef(shown, wall)[0, 1]
     assert shown.std() > 0.5 * wall.std() and plain.std() < 0.1 * shown.std(), (wall.std(), shown.std(), plain.std())
 
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_a_lesions_stipple_is_dots_darker_and_redder_than_it(tmp_path):
+    """`lesion.stipple`: fine dots over a lesion (an adenoma's capillaries round its crypt openings), darker and
+    redder than the lesion (`shader.lesion_stipple`), in a fraction of the cells of a world-space Voronoi field of
+    `lesion.stipple_scale` cells per mm; 0 leaves the lesion one colour. A flat lesion of its own flat colour (no
+    wall pattern, no texture), close, 1 cell per mm: the dots are separate blobs of a few pixels (a 3D field:
+    where the surface passes near a cell's point, so their size on the surface varies)."""
+    lesion = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
+              "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
+              "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
+              "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
+              "lesion.wall_pattern": 0.0, "lesion.stipple_scale": 1.0}
+    plain, dotted = (_wet_render(tmp_path / f"s{s}.npz", "render.resolution=96", params={**lesion, "lesion.stipple": s})
+                     for s in (0.0, 1.0))
+    from scipy import ndimage
+
+    on = ndimage.binary_erosion(dotted["index"] > 0.5, iterations=2)
+    assert on.sum() > 500, on.sum()
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    flat, spotted = (r["albedo"] @ luma for r in (plain, dotted))
+    assert flat[on].std() < 0.02 * flat[on].mean(), flat[on].std()  # 0: one colour
+    dark = on & (spotted < 0.85 * flat)  # the dots
+    assert 0.03 < dark.sum() / on.sum() < 0.6, dark.sum() / on.sum()  # 0.08
+    chroma = {k: np.log(np.maximum(r["albedo"][..., 1], 1e-6) / np.maximum(r["albedo"][..., 0], 1e-6))
+              for k, r in (("plain", plain), ("dotted", dotted))}
+    assert np.mean(chroma["dotted"][dark] - chroma["plain"][dark]) < -0.05  # redder: less green to red (-0.15)
+    dots, count = ndimage.label(dark)
+    assert count >= 10, count  # many dots, not one blot (23)
+    assert np.median(np.bincount(dots.ravel())[1:]) < 20  # each a few pixels (4)
 
 def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():
     """post.far_smoothing: a speckle of lit and shadowed samples far down the lumen is averaged at its own

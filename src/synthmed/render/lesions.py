@@ -1,7 +1,7 @@
 """The lesions: one mesh model per Paris class (a pedunculated stalk and head; sessile, flat-elevated, flat and
 depressed domes) sharing one shape node tree (lobes, plateau, central depression) and one material (colour
-relative to the mucosa over the wall's own pattern, which runs on over the lesion; surface pattern: pits,
-villous ridges or vessels, a mucus cap), and their placement on the lumen wall per frame (in view, or just
+relative to the mucosa over the wall's own pattern, which runs on over the lesion; red stippling; surface
+pattern: pits, villous ridges or vessels, a mucus cap), and their placement on the lumen wall per frame (in view, or just
 behind a fold that hides part of it).
 
 A lesion's object index is `LESION_INDEX`: the index pass gives its exact, unblended mask.
@@ -98,8 +98,9 @@ class Lesions:
         graph.connect(smooth.outputs[0], group_out.inputs[0])
 
     def _build_material(self, graph: NodeGraph) -> None:
-        """Mottled lesion colour; a surface pattern (pits: dots of a Voronoi field; villous: its cell edges as
-        ridges; vascular: fine red lines), each weighted per frame; a pale mucus cap over the top."""
+        """Mottled lesion colour over the wall's pattern; red stippling (dots of a world-space Voronoi field); a
+        surface pattern (pits: dots of a Voronoi field; villous: its cell edges as ridges; vascular: fine red
+        lines), each weighted per frame; a pale mucus cap over the top."""
         shader, knob = self.cfg["shader"], self.material_inputs
         coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]  # object space: texture scales with the lesion
         seeded = graph.seeded(coordinates, knob["lesion.seed"])
@@ -124,6 +125,18 @@ class Lesions:
                                          data_type="RGBA", blend_type="MULTIPLY").outputs, "Result_Color")
         colour = graph.mix_colour(knob["lesion.wall_pattern"], knob.rgb("lesion.colour"), tinted)
         colour = graph.mix_colour(mottle, colour, knob.rgb("lesion.colour_dark"))
+        # stippling: the fine red dots over an adenoma (the capillaries round its crypt openings), a Voronoi field of
+        # `lesion.stipple_scale` cells per mm in world space (one size on every model); a dot in
+        # `lesion_stipple_fill` of the cells, its radius `lesion_stipple_radius` x 0.6-1.4 by cell
+        dots = graph.node("ShaderNodeTexVoronoi", {"Vector": graph.seeded(position, knob["lesion.seed"]),
+                                                   "Scale": knob["lesion.stipple_scale"], "Randomness": 1.0},
+                          voronoi_dimensions="3D", feature="F1")
+        cell = graph.node("ShaderNodeSeparateColor", {0: dots.outputs["Color"]}).outputs
+        radius = graph.math("MULTIPLY", graph.math("MULTIPLY_ADD", cell[1], 0.8, 0.6), float(shader["lesion_stipple_radius"]))
+        dot = graph.math("MULTIPLY", graph.map_range(dots.outputs["Distance"], radius, 0.0, 0.0, 1.0, "SMOOTHSTEP"),
+                         graph.math("LESS_THAN", cell[0], float(shader["lesion_stipple_fill"])))
+        colour = graph.mix_colour(graph.math("MULTIPLY", dot, knob["lesion.stipple"]), colour,
+                                  knob.rgb("lesion.stipple_colour"))
         # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model, its lookup
         # warped by a noise of twice the cells' frequency (`lesion_pattern_warp` cells), so cells are not polygons
         warp = graph.node("ShaderNodeTexNoise", {"Vector": seeded, "Scale": graph.math("MULTIPLY", knob["lesion.pattern_scale_obj"], 2.0),
@@ -312,6 +325,7 @@ def lesion_inputs(params: Mapping[str, Any], shader: Mapping) -> tuple[dict[str,
                # the wall's colour x this = the lesion's colour, where the wall shows its plain mucosa
                "lesion.wall_tint": tuple(c / max(m, 1e-4) for c, m in zip(own, mucosa, strict=True)),
                "lesion.colour_dark": shifted_colour(hue, saturation, value, shader["lesion_dark"]),
+               "lesion.stipple_colour": shifted_colour(hue, saturation, value, shader["lesion_stipple"]),
                "lesion.vessel_colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"],
                                                   params["vessels.value"]),
                "lesion.mucus_colour": hsv_colour(*(float(v) for v in shader["lesion_mucus_colour"]))}

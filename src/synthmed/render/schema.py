@@ -219,6 +219,9 @@ class ShaderConfig:
     lesion_ridge_width: float = MISSING
     lesion_furrow_darkening: float = MISSING
     lesion_vessel_width: float = MISSING
+    lesion_stipple_radius: float = MISSING
+    lesion_stipple_fill: float = MISSING
+    lesion_stipple: ColourShift = field(default_factory=ColourShift)
     lesion_mucus_edges: list[float] = MISSING
     lesion_mucus_opacity: float = MISSING
     lesion_mucus_patch_edges: list[float] = MISSING
