@@ -665,6 +665,14 @@ def test_the_capillary_net_draws_lines_near_and_its_mean_tint_far(tmp_path):
     assert 0.7 < np.mean(darker[far]) / np.mean(darker[near]) < 1.4, (darker[far].mean(), darker[near].mean())  # 1.14
 
 
+# a flat lesion of the mucosa's own colour and no texture of its own, close in front of WET_SCRIPT's scope: what
+# the lesion tests below change one knob of
+FLAT_LESION = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
+               "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
+               "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
+               "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0}
+
+
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
 def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
     """`lesion.wall_pattern`: the mucosa's pattern (mottle, vessels, capillary net) runs on over a lesion, read
@@ -672,11 +680,8 @@ def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
     and no texture of its own shows, at 1, the pattern the bare wall shows at its pixels (its chromaticity, which
     the coat's and sheen's grey reflections leave alone, correlates with the bare wall's; 0.58: it stands 0.6 mm
     proud, a pixel of parallax, and the capillary lines are a pixel wide), and at 0 one flat colour."""
-    lesion = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
-              "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
-              "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
-              "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
-              "lesion.stipple": 0.0, "vessels.density": 1.0, "vessels.contrast": 0.85, "vessels.capillary_contrast": 1.0}
+    lesion = {**FLAT_LESION, "lesion.stipple": 0.0, "vessels.density": 1.0, "vessels.contrast": 0.85,
+              "vessels.capillary_contrast": 1.0}
     bare, covered, flat = (_wet_render(tmp_path / f"{name}.npz", "render.resolution=96", params={**lesion, **extra})
                            for name, extra in (("bare", {"lesion.present": 0}), ("covered", {"lesion.wall_pattern": 1.0}),
                                                ("flat", {"lesion.wall_pattern": 0.0})))
@@ -694,7 +699,6 @@ def test_a_lesion_shows_the_walls_pattern_where_it_lies(tmp_path):
     assert shown.std() > 0.5 * wall.std() and plain.std() < 0.1 * shown.std(), (wall.std(), shown.std(), plain.std())
 
 
-
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
 def test_a_lesions_stipple_is_dots_darker_and_redder_than_it(tmp_path):
     """`lesion.stipple`: fine dots over a lesion (an adenoma's capillaries round its crypt openings), darker and
@@ -702,11 +706,7 @@ def test_a_lesions_stipple_is_dots_darker_and_redder_than_it(tmp_path):
     `lesion.stipple_scale` cells per mm; 0 leaves the lesion one colour. A flat lesion of its own flat colour (no
     wall pattern, no texture), close, 1 cell per mm: the dots are separate blobs of a few pixels (a 3D field:
     where the surface passes near a cell's point, so their size on the surface varies)."""
-    lesion = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
-              "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
-              "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
-              "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
-              "lesion.wall_pattern": 0.0, "lesion.stipple_scale": 1.0}
+    lesion = {**FLAT_LESION, "lesion.wall_pattern": 0.0, "lesion.stipple_scale": 1.0}
     plain, dotted = (_wet_render(tmp_path / f"s{s}.npz", "render.resolution=96", params={**lesion, "lesion.stipple": s})
                      for s in (0.0, 1.0))
     from scipy import ndimage
@@ -724,6 +724,7 @@ def test_a_lesions_stipple_is_dots_darker_and_redder_than_it(tmp_path):
     dots, count = ndimage.label(dark)
     assert count >= 10, count  # many dots, not one blot (23)
     assert np.median(np.bincount(dots.ravel())[1:]) < 20  # each a few pixels (4)
+
 
 def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():
     """post.far_smoothing: a speckle of lit and shadowed samples far down the lumen is averaged at its own
