@@ -307,6 +307,8 @@ def test_bad_values_name_the_key():
         (["render.shader.pattern_ripple_offset=[1.0,2.0]"], r"render.shader.pattern_ripple_offset' must have 3 entries"),
         (["render.shader.lesion_stipple_fill=1.2"], r"render.shader.lesion_stipple_fill' must be in \[0, 1\].*got 1.2"),
         (["render.shader.lesion_stipple_radius=0"], r"render.shader.lesion_stipple_radius' must be > 0.*got 0"),
+        (["render.shader.lesion_nodule_radius=-0.5"], r"render.shader.lesion_nodule_radius' must be > 0.*got -0.5"),
+        (["render.endoscope.highlight_knee=1.5"], r"render.endoscope.highlight_knee' must be in \[0, 1\].*got 1.5"),
         (["render.session_frames=-1"], r"render.session_frames' must be >= 0.*got -1"),
         (["render.shader.groove_cut_edges=[0.5,0.5]"], r"render.shader.groove_cut_edges' must be \[low, high\]"),
         (["render.shader.lesion_base_edges=[0.6,0.0]"], r"render.shader.lesion_base_edges' must be \[low, high\]"),

@@ -23,6 +23,7 @@ from synthmed.render.post import (
     enhance,
     fill_light,
     finish_frame,
+    highlights,
     line_kernel,
     optics,
     processor,
@@ -73,12 +74,13 @@ def test_varied_lesions_span_paler_to_redder_and_every_paris_class(varied, cfg):
         assert abs(with_lesion - without) < 0.12, key
     assert all(d["lesion.depression"] > 0 for d in lesions if d["lesion.type"] == "depressed")
     assert all(d["lesion.depression"] == 0 for d in lesions if d["lesion.type"] != "depressed")
-    # the default keeps the study's look: raised lesions redder than the mucosa, stippled (version 19), no clutter,
-    # no blur
+    # the default keeps the study's look: raised lesions redder than the mucosa, stippled (version 19), nodular
+    # (version 20), no clutter, no blur
     plain = [sample_params(cfg, i) for i in range(200)]
     assert {d["lesion.type"] for d in plain} == {"sessile", "pedunculated", "flat_elevated"}
     assert min(d["lesion.redness"] for d in plain) >= 0.5
     assert min(d["lesion.stipple"] for d in plain) >= 0.5
+    assert min(d["lesion.nodules"] for d in plain) >= 0.3
     assert not any(d[k] for d in plain for k in ("clutter.bubbles", "clutter.debris", "optics.motion_blur"))
 
 
@@ -289,6 +291,51 @@ def test_black_level_takes_the_pedestal_off_the_curve_keeping_hue(cfg):
     assert (y_b / np.maximum(y, 1e-9))[~dark].min() < 0.5 < (y_b / np.maximum(y, 1e-9))[y > 0.5].min()
     # an all-black frame stays black
     assert not processor(np.zeros_like(frame), inside, cfg["endoscope"]).any()
+
+
+def test_highlights_turn_over_lit_colour_pale_keeping_luminance(cfg):
+    """post.highlights, the processor's highlight chroma suppression: a colour whose largest channel passes the
+    knee is drawn toward the grey of its luminance, so no channel clips alone: over-lit red goes pale pink, not
+    saturated red. Luminance and the channels' order are kept, the largest channel stays under full scale (a
+    pixel brighter than full scale in luminance goes white); below the knee nothing changes; knee 1 is off."""
+    weights = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    knee = float(cfg["endoscope"]["highlight_knee"])
+    assert 0.5 < knee < 1.0  # on by default
+    red = np.array([0.5, 0.08, 0.05], np.float32)  # a red wall's colour
+    lin = red * np.geomspace(0.5, 8.0, 40, dtype=np.float32)[:, None]  # ever brighter
+    lin = np.concatenate([lin, [[3.0, 3.0, 3.0], [0.2, 0.9, 0.1]]]).astype(np.float32)[None]
+    out = highlights(lin, knee)
+    assert out.dtype == np.float32 and out.shape == lin.shape
+    below = lin.max(-1) <= knee
+    assert below.any() and np.array_equal(out[below], lin[below])  # under the knee: untouched
+    lum_in, lum_out = lin @ weights, out @ weights
+    kept = lum_in < 0.95
+    assert lum_out[kept] == pytest.approx(lum_in[kept], rel=1e-5)  # luminance kept
+    assert (out.max(-1) < 1.0).all() or np.allclose(out[lum_in >= 1.0], lum_in[lum_in >= 1.0][:, None])
+    assert (out[~(lum_in >= 1.0)].max(-1) < 1.0).all()  # no channel at full scale
+    assert np.allclose(out[0, 40], 3.0)  # white stays white
+    assert (out[0, :40, 0] >= out[0, :40, 1]).all() and (out[0, :40, 1] >= out[0, :40, 2]).all()  # R >= G >= B: its hue
+    saturation = (out.max(-1) - out.min(-1)) / np.maximum(out.max(-1), 1e-6)
+    assert saturation[0, 0] == pytest.approx(0.9, rel=1e-4)  # dim red: as it was
+    assert np.all(np.diff(saturation[0, :40][~below[0, :40]]) <= 1e-6)  # the brighter, the paler
+    assert saturation[0, 39] < 0.3  # 8x over-lit red: pale pink
+    # clipped channels (what the knee at 1 leaves): saturated red at full scale, and the green pixel
+    clipped = np.clip(highlights(lin, 1.0), 0.0, 1.0)
+    assert np.array_equal(highlights(lin, 1.0), lin)
+    assert ((clipped[0, :40, 0] >= 1.0) & (clipped[0, :40, 1] < 0.5)).sum() > 10
+    # through the whole finish: an over-lit red frame keeps little of its pure red at full scale (what is left is
+    # dark red of low luminance whose red lands just under full scale), and its brightest pixels turn pale
+    frame = _frame()
+    frame["rgb"] = (frame["rgb"] * np.array([1.0, 0.2, 0.12], np.float32) * 4.0).astype(np.float32)
+    p = {"endoscope.border": "circle", "endoscope.border_radius": 1.0, "endoscope.vignette": 0.0,
+         "endoscope.exposure_ev": 1.0, "endoscope.enhance": 0.0, "light.warmth": 0.0, "light.power_w": 40.0,
+         "light.fill": 0.0, "camera.fov_deg": 140.0, "optics.glare": 0.0, "optics.defocus": 0, "optics.motion_blur": 0}
+    images = {k: finish_frame(frame, p, {**cfg, "endoscope": {**cfg["endoscope"], "highlight_knee": k}})["image"]
+              for k in (knee, 1.0)}
+    pure = {k: int(((im[..., 0] == 255) & (im[..., 1] < 128)).sum()) for k, im in images.items()}
+    assert pure[1.0] > 100 and 10 * pure[knee] < pure[1.0], pure  # 678 and 22
+    bright = {k: im[images[1.0][..., 0] == 255].astype(np.float32) for k, im in images.items()}
+    assert bright[knee][:, 1].mean() > bright[1.0][:, 1].mean() + 40, {k: b.mean(0) for k, b in bright.items()}
 
 
 def test_motion_kernel_is_a_normalised_streak():
@@ -724,6 +771,43 @@ def test_a_lesions_stipple_is_dots_darker_and_redder_than_it(tmp_path):
     dots, count = ndimage.label(dark)
     assert count >= 10, count  # many dots, not one blot (23)
     assert np.median(np.bincount(dots.ravel())[1:]) < 20  # each a few pixels (4)
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_a_lesions_nodules_are_small_domes_each_with_its_glint(tmp_path):
+    """`lesion.nodules`: an adenoma's granular surface, small domes of a world-space Voronoi field of
+    `lesion.nodule_scale` cells per mm, each tilting the normal every way (so each catches the tip light), the
+    crevices between them darker (`shader.lesion_nodule_darkening`); 0 leaves the lesion smooth and one colour. A
+    flat lesion of its own flat colour (no wall pattern, no stipple), close: with nodules its shading varies over
+    a few pixels and its glints are many small ones."""
+    lesion = {**FLAT_LESION, "lesion.wall_pattern": 0.0, "lesion.stipple": 0.0, "lesion.nodule_scale": 0.8,
+              "mucosa.bump_strength": 0.0}  # no droplets' glints
+    smooth, grainy = (_wet_render(tmp_path / f"n{n}.npz", "render.resolution=96", params={**lesion, "lesion.nodules": n})
+                      for n in (0.0, 1.0))
+    from scipy import ndimage
+
+    on = ndimage.binary_erosion(grainy["index"] > 0.5, iterations=2)
+    assert on.sum() > 500 and np.array_equal(smooth["index"] > 0.5, grainy["index"] > 0.5), on.sum()  # same outline
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    flat, crevices = (r["albedo"] @ luma for r in (smooth, grainy))
+    assert flat[on].std() < 0.02 * flat[on].mean(), flat[on].std()  # 0: one colour
+    assert (crevices[on] <= flat[on] + 1e-4).all()  # the crevices only darken
+    dark = on & (crevices < 0.9 * flat)
+    assert 0.1 < dark.sum() / on.sum() < 0.8, dark.sum() / on.sum()  # the crevices between the domes (0.48)
+    lum = {k: r["rgb"] @ luma for k, r in (("smooth", smooth), ("grainy", grainy))}
+
+    def fine(k):  # the light's detail finer than a gaussian of 1 px, over the light
+        return np.median(np.abs(lum[k] - ndimage.gaussian_filter(lum[k], 1.0))[on] / np.maximum(lum[k][on], 1e-4))
+
+    assert fine("grainy") > 3.0 * fine("smooth"), (fine("smooth"), fine("grainy"))  # 0.0069 -> 0.069
+
+    def glints(k):  # blobs of light over 3x the lesion's median
+        blobs, count = ndimage.label(on & (lum[k] > 3.0 * np.median(lum[k][on])))
+        return count, np.bincount(blobs.ravel())[1:]
+
+    (n0, s0), (n1, s1) = glints("smooth"), glints("grainy")
+    assert n0 <= 2 and n1 >= 5, (n0, n1)  # one glint of 20 px -> 12 of 1-2 px
+    assert np.median(s1) <= 4 and s0.max() > 2 * np.median(s1), (s0, s1)
 
 
 def test_far_smoothing_evens_the_far_lumen_and_leaves_the_near_wall():

@@ -22,7 +22,7 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 19
+RENDERER_VERSION = 20
 RENDERER_DATE = "2026-12-06"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
@@ -160,12 +160,14 @@ def _check_values(c: dict) -> None:
     need("shader.lesion_stipple_fill", 0 <= c["shader"]["lesion_stipple_fill"] <= 1,
          "must be in [0, 1] (the fraction of cells that hold a dot)")
     need("shader.lesion_stipple_radius", c["shader"]["lesion_stipple_radius"] > 0, "must be > 0 (cells)")
+    need("shader.lesion_nodule_radius", c["shader"]["lesion_nodule_radius"] > 0, "must be > 0 (cells)")
     endo = c["endoscope"]
     need("endoscope.exposure_percentile", 0 < endo["exposure_percentile"] <= 100, "must be in (0, 100]")
     need("endoscope.exposure_target", endo["exposure_target"] > 0, "must be > 0")
     need("endoscope.exposure_max_gain", endo["exposure_max_gain"] >= 1, "must be >= 1")
     need("endoscope.tone_lift", endo["tone_lift"] >= 0, "must be >= 0")
     need("endoscope.black_level", 0 <= endo["black_level"] < 1, "must be in [0, 1) (0: off)")
+    need("endoscope.highlight_knee", 0 <= endo["highlight_knee"] <= 1, "must be in [0, 1] (1: off)")
     need("endoscope.lens_halo", 0 <= endo["lens_halo"] <= 1, "must be in [0, 1] (0: off)")
     need("endoscope.lens_halo_sigma", endo["lens_halo_sigma"] > 0, "must be > 0")
     need("endoscope.enhance_sigma", endo["enhance_sigma"] > 0, "must be > 0")

@@ -98,8 +98,8 @@ class Lesions:
         graph.connect(smooth.outputs[0], group_out.inputs[0])
 
     def _build_material(self, graph: NodeGraph) -> None:
-        """Mottled lesion colour over the wall's pattern; red stippling (dots of a world-space Voronoi field); a
-        surface pattern (pits: dots of a Voronoi field; villous: its cell edges as ridges; vascular: fine red
+        """Mottled lesion colour over the wall's pattern; red stippling (dots of a world-space Voronoi field);
+        nodules (small domes of another, their crevices darker); a surface pattern (pits: dots of a Voronoi field; villous: its cell edges as ridges; vascular: fine red
         lines), each weighted per frame; a pale mucus cap over the top."""
         shader, knob = self.cfg["shader"], self.material_inputs
         coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]  # object space: texture scales with the lesion
@@ -137,6 +137,16 @@ class Lesions:
                          graph.math("LESS_THAN", cell[0], float(shader["lesion_stipple_fill"])))
         colour = graph.mix_colour(graph.math("MULTIPLY", dot, knob["lesion.stipple"]), colour,
                                   knob.rgb("lesion.stipple_colour"))
+        # nodules: an adenoma's granular surface, small domes (1 - (d / r)^2, r = `lesion_nodule_radius` cells) of a
+        # world-space Voronoi field of `lesion.nodule_scale` cells per mm, raised by `lesion.nodules`; each catches the
+        # tip light (many small glints, not one), the crevices between them darker (`lesion_nodule_darkening`)
+        grains = graph.node("ShaderNodeTexVoronoi", {
+            "Vector": graph.seeded(position, graph.math("ADD", knob["lesion.seed"], 50.0)),
+            "Scale": knob["lesion.nodule_scale"], "Randomness": 1.0}, voronoi_dimensions="3D", feature="F1")
+        reach = graph.map_range(grains.outputs["Distance"], 0.0, float(shader["lesion_nodule_radius"]))
+        nodule = graph.math("SUBTRACT", 1.0, graph.math("MULTIPLY", reach, reach))
+        colour = graph.mix_colour(graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, nodule), graph.math(
+            "MULTIPLY", knob["lesion.nodules"], float(shader["lesion_nodule_darkening"]))), colour, knob.rgb("lesion.colour_dark"))
         # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model, its lookup
         # warped by a noise of twice the cells' frequency (`lesion_pattern_warp` cells), so cells are not polygons
         warp = graph.node("ShaderNodeTexNoise", {"Vector": seeded, "Scale": graph.math("MULTIPLY", knob["lesion.pattern_scale_obj"], 2.0),
@@ -184,6 +194,9 @@ class Lesions:
         bump = graph.node("ShaderNodeBump", {
             "Strength": float(shader["lesion_bump_gain"]),
             "Distance": float(shader["lesion_bump_distance"]), "Height": height, "Normal": tissue})
+        bump = graph.node("ShaderNodeBump", {
+            "Strength": 1.0, "Distance": graph.math("MULTIPLY", knob["lesion.nodules"], float(shader["lesion_nodule_height"])),
+            "Height": nodule, "Normal": bump.outputs[0]})
         # the wall's tissue and wet film (its roughness, sheen, coat and droplets), the mucus cap wetter
         bsdf = graph.node("ShaderNodeBsdfPrincipled", {
             "Base Color": colour, "Roughness": knob["mucosa.roughness"], "Normal": bump.outputs[0],

@@ -1,7 +1,8 @@
 """Numpy post-processing of a rendered frame: translucency (light the tissue carries under its surface), the
 fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus,
-motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, sRGB encoding,
-the processor's structure enhancement, the endoscope's field-of-view border, the exact lesion mask and its box.
+motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, the processor's
+highlight chroma suppression, sRGB encoding, the processor's structure enhancement, the endoscope's field-of-view
+border, the exact lesion mask and its box.
 Deterministic: same arrays in, same bytes out."""
 
 from __future__ import annotations
@@ -184,6 +185,22 @@ def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     return lin * scale[..., None]
 
 
+def highlights(lin: np.ndarray, knee: float) -> np.ndarray:
+    """The video processor's highlight chroma suppression on linear RGB: where a pixel's largest channel passes
+    `knee`, its colour is drawn toward the grey of its own luminance, just enough that the largest channel lands on
+    knee + (1 - knee) tanh((m - knee) / (1 - knee)) (m: the channel before; under full scale always). Luminance is
+    kept (up to full scale, where the pixel goes white), so an over-lit red wall or lesion near the lens turns
+    pale pink, not one clipped channel of saturated red. Below the knee unchanged; knee >= 1: off."""
+    if knee >= 1.0:
+        return lin
+    lum = (lin @ np.array([0.2126, 0.7152, 0.0722], np.float32))[..., None]
+    peak = lin.max(axis=-1, keepdims=True)
+    span = np.float32(1.0 - knee)
+    target = np.float32(knee) + span * np.tanh((peak - np.float32(knee)) / span)
+    kept = np.clip((target - lum) / np.maximum(peak - lum, np.float32(1e-6)), 0.0, 1.0)
+    return np.where(peak > knee, lum + (lin - lum) * kept, lin).astype(np.float32)
+
+
 def enhance(srgb: np.ndarray, inside: np.ndarray, amount: float, sigma_px: float) -> np.ndarray:
     """The video processor's structure enhancement on the encoded signal: the luma's detail (the luma less its
     gaussian blur of `sigma_px`, taken inside the border only, so the black surround leaves no rim) x `amount`,
@@ -219,6 +236,7 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
                         float(cfg["shader"]["translucency_depth_ratio"]))
     lin = processor(optics(lit, p, endo), inside, endo)
     lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
+    lin = highlights(lin, float(endo["highlight_knee"]))
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)
     srgb = enhance(np.clip(srgb, 0.0, 1.0), inside, float(p["endoscope.enhance"]), float(endo["enhance_sigma"]) * size)
     img = np.floor(np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

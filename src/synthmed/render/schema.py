@@ -82,6 +82,7 @@ class EndoscopeConfig:
     exposure_max_gain: float = MISSING
     tone_lift: float = MISSING
     black_level: float = MISSING
+    highlight_knee: float = MISSING
     far_smoothing_px: float = MISSING
     far_smoothing_mm: list[float] = MISSING
 
@@ -222,6 +223,9 @@ class ShaderConfig:
     lesion_stipple_radius: float = MISSING
     lesion_stipple_fill: float = MISSING
     lesion_stipple: ColourShift = field(default_factory=ColourShift)
+    lesion_nodule_radius: float = MISSING
+    lesion_nodule_height: float = MISSING
+    lesion_nodule_darkening: float = MISSING
     lesion_mucus_edges: list[float] = MISSING
     lesion_mucus_opacity: float = MISSING
     lesion_mucus_patch_edges: list[float] = MISSING
