@@ -717,7 +717,8 @@ def test_the_capillary_net_draws_lines_near_and_its_mean_tint_far(tmp_path):
 FLAT_LESION = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_offaxis": 0.2, "lesion.type": "flat",
                "lesion.size_mm": 14.0, "lesion.height_mm": 1.0, "lesion.plateau": 0.6, "lesion.tilt_deg": 0.0,
                "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
-               "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0}
+               "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
+               "lesion.nodules": 0.0}
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
