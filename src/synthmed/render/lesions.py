@@ -99,8 +99,9 @@ class Lesions:
 
     def _build_material(self, graph: NodeGraph) -> None:
         """Mottled lesion colour over the wall's pattern; red stippling (dots of a world-space Voronoi field);
-        nodules (small domes of another, their crevices darker); a surface pattern (pits: dots of a Voronoi field; villous: its cell edges as ridges; vascular: fine red
-        lines), each weighted per frame; a pale mucus cap over the top."""
+        nodules (small domes of another, their crevices darker); a surface pattern (pits: dots of a Voronoi field;
+        villous: its cell edges as ridges; vascular: fine red lines), each weighted per frame; a pale mucus cap over
+        the top."""
         shader, knob = self.cfg["shader"], self.material_inputs
         coordinates = graph.node("ShaderNodeTexCoord").outputs["Object"]  # object space: texture scales with the lesion
         seeded = graph.seeded(coordinates, knob["lesion.seed"])
@@ -145,8 +146,9 @@ class Lesions:
             "Scale": knob["lesion.nodule_scale"], "Randomness": 1.0}, voronoi_dimensions="3D", feature="F1")
         reach = graph.map_range(grains.outputs["Distance"], 0.0, float(shader["lesion_nodule_radius"]))
         nodule = graph.math("SUBTRACT", 1.0, graph.math("MULTIPLY", reach, reach))
-        colour = graph.mix_colour(graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, nodule), graph.math(
-            "MULTIPLY", knob["lesion.nodules"], float(shader["lesion_nodule_darkening"]))), colour, knob.rgb("lesion.colour_dark"))
+        crevice = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, nodule),
+                             graph.math("MULTIPLY", knob["lesion.nodules"], float(shader["lesion_nodule_darkening"])))
+        colour = graph.mix_colour(crevice, colour, knob.rgb("lesion.colour_dark"))
         # the surface pattern: one Voronoi field of cells `pattern_scale_obj` per unit of the model, its lookup
         # warped by a noise of twice the cells' frequency (`lesion_pattern_warp` cells), so cells are not polygons
         warp = graph.node("ShaderNodeTexNoise", {"Vector": seeded, "Scale": graph.math("MULTIPLY", knob["lesion.pattern_scale_obj"], 2.0),

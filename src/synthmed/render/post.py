@@ -19,6 +19,8 @@ from synthmed.render.camera import fisheye_focal_px
 from synthmed.render.nodes import light_tint
 from synthmed.utils import atomic_path
 
+LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 luminance weights (linear RGB; luma on encoded)
+
 
 def border_mask(size: int, shape: str, radius: float, octagon_cut: float) -> np.ndarray:
     """HxW bool: pixels inside the scope's field-of-view border (a circle, or a square with cut corners)."""
@@ -171,7 +173,7 @@ def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     visible); the black level b = `black_level` then takes the pedestal off, y -> max(y - b, 0) / (1 - b), so
     the darkest of the far lumen goes black as a video chain's clamp leaves it. Each pixel's RGB is scaled
     by the result / L, keeping its hue and saturation. k = 0 and b = 0: a plain gain."""
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    lum = lin @ LUMA
     level = float(np.percentile(lum[inside], float(endo["exposure_percentile"]))) if inside.any() else 0.0
     limit = float(endo["exposure_max_gain"])
     gain = float(np.clip(float(endo["exposure_target"]) / level, 1.0 / limit, limit)) if level > 0.0 else limit
@@ -193,7 +195,7 @@ def highlights(lin: np.ndarray, knee: float) -> np.ndarray:
     pale pink, not one clipped channel of saturated red. Below the knee unchanged; knee >= 1: off."""
     if knee >= 1.0:
         return lin
-    lum = (lin @ np.array([0.2126, 0.7152, 0.0722], np.float32))[..., None]
+    lum = (lin @ LUMA)[..., None]
     peak = lin.max(axis=-1, keepdims=True)
     span = np.float32(1.0 - knee)
     target = np.float32(knee) + span * np.tanh((peak - np.float32(knee)) / span)
@@ -209,7 +211,7 @@ def enhance(srgb: np.ndarray, inside: np.ndarray, amount: float, sigma_px: float
     if amount <= 0.0:
         return srgb
     weight = inside.astype(np.float32)
-    luma = srgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    luma = srgb @ LUMA
     blur = gaussian_filter(luma * weight, sigma_px, mode="nearest") / np.maximum(
         gaussian_filter(weight, sigma_px, mode="nearest"), np.float32(1e-6))
     return srgb + (np.float32(amount) * (luma - blur) * weight)[..., None]
