@@ -19,6 +19,7 @@ from synthmed.render import compose_render
 from synthmed.render.config import LESION_TYPES, resolve_config, sample_params
 from synthmed.render.lesions import lesion_colour
 from synthmed.render.post import (
+    LUMA,
     border_mask,
     enhance,
     fill_light,
@@ -298,7 +299,6 @@ def test_highlights_turn_over_lit_colour_pale_keeping_luminance(cfg):
     knee is drawn toward the grey of its luminance, so no channel clips alone: over-lit red goes pale pink, not
     saturated red. Luminance and the channels' order are kept, the largest channel stays under full scale (a
     pixel brighter than full scale in luminance goes white); below the knee nothing changes; knee 1 is off."""
-    weights = np.array([0.2126, 0.7152, 0.0722], np.float32)
     knee = float(cfg["endoscope"]["highlight_knee"])
     assert 0.5 < knee < 1.0  # on by default
     red = np.array([0.5, 0.08, 0.05], np.float32)  # a red wall's colour
@@ -308,11 +308,12 @@ def test_highlights_turn_over_lit_colour_pale_keeping_luminance(cfg):
     assert out.dtype == np.float32 and out.shape == lin.shape
     below = lin.max(-1) <= knee
     assert below.any() and np.array_equal(out[below], lin[below])  # under the knee: untouched
-    lum_in, lum_out = lin @ weights, out @ weights
+    lum_in, lum_out = lin @ LUMA, out @ LUMA
     kept = lum_in < 0.95
     assert lum_out[kept] == pytest.approx(lum_in[kept], rel=1e-5)  # luminance kept
-    assert (out.max(-1) < 1.0).all() or np.allclose(out[lum_in >= 1.0], lum_in[lum_in >= 1.0][:, None])
-    assert (out[~(lum_in >= 1.0)].max(-1) < 1.0).all()  # no channel at full scale
+    over = lum_in >= 1.0  # brighter than full scale in luminance: grey at its luminance (white once encoded)
+    assert over.any() and np.allclose(out[over], lum_in[over][:, None])
+    assert (out[~over].max(-1) < 1.0).all()  # under it, no channel at full scale
     assert np.allclose(out[0, 40], 3.0)  # white stays white
     assert (out[0, :40, 0] >= out[0, :40, 1]).all() and (out[0, :40, 1] >= out[0, :40, 2]).all()  # R >= G >= B: its hue
     saturation = (out.max(-1) - out.min(-1)) / np.maximum(out.max(-1), 1e-6)
@@ -789,13 +790,12 @@ def test_a_lesions_nodules_are_small_domes_each_with_its_glint(tmp_path):
 
     on = ndimage.binary_erosion(grainy["index"] > 0.5, iterations=2)
     assert on.sum() > 500 and np.array_equal(smooth["index"] > 0.5, grainy["index"] > 0.5), on.sum()  # same outline
-    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
-    flat, crevices = (r["albedo"] @ luma for r in (smooth, grainy))
+    flat, crevices = (r["albedo"] @ LUMA for r in (smooth, grainy))
     assert flat[on].std() < 0.02 * flat[on].mean(), flat[on].std()  # 0: one colour
     assert (crevices[on] <= flat[on] + 1e-4).all()  # the crevices only darken
     dark = on & (crevices < 0.9 * flat)
     assert 0.1 < dark.sum() / on.sum() < 0.8, dark.sum() / on.sum()  # the crevices between the domes (0.48)
-    lum = {k: r["rgb"] @ luma for k, r in (("smooth", smooth), ("grainy", grainy))}
+    lum = {k: r["rgb"] @ LUMA for k, r in (("smooth", smooth), ("grainy", grainy))}
 
     def fine(k):  # the light's detail finer than a gaussian of 1 px, over the light
         return np.median(np.abs(lum[k] - ndimage.gaussian_filter(lum[k], 1.0))[on] / np.maximum(lum[k][on], 1e-4))

@@ -140,7 +140,8 @@ class Lesions:
                                   knob.rgb("lesion.stipple_colour"))
         # nodules: an adenoma's granular surface, small domes (1 - (d / r)^2, r = `lesion_nodule_radius` cells) of a
         # world-space Voronoi field of `lesion.nodule_scale` cells per mm, raised by `lesion.nodules`; each catches the
-        # tip light (many small glints, not one), the crevices between them darker (`lesion_nodule_darkening`)
+        # tip light (many small glints, not one), the crevices between them darker (`lesion_nodule_darkening`); its
+        # seed shifted so that its points are not the stipple's
         grains = graph.node("ShaderNodeTexVoronoi", {
             "Vector": graph.seeded(position, graph.math("ADD", knob["lesion.seed"], 50.0)),
             "Scale": knob["lesion.nodule_scale"], "Randomness": 1.0}, voronoi_dimensions="3D", feature="F1")
