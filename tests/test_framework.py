@@ -246,15 +246,19 @@ def test_pin_cpu_isa(tmp_path):
     avx512.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f\n")
     old = tmp_path / "cpuinfo_sse"
     old.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx\n")
+    fixed = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
     env: dict[str, str] = {}
     assert pin_cpu_isa(env, avx512) == env == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                               "MKL_CBWR": "AVX2"}
-    env = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}  # the user's own choice stays
+                                               "MKL_CBWR": "AVX2", **fixed}
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_DYNAMIC": "TRUE"}  # the user's own choices stay
     pin_cpu_isa(env, avx512)
     assert env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE" and env["ATEN_CPU_CAPABILITY"] == "avx2"
-    assert pin_cpu_isa({}, old) == {}  # a CPU without AVX2 would fault on AVX2 kernels
-    assert pin_cpu_isa({"SYNTHMED_CPU_ISA": "native"}, avx512) == {}
-    assert pin_cpu_isa({}, tmp_path / "missing") == {}
+    assert env["MKL_DYNAMIC"] == "TRUE" and env["OMP_DYNAMIC"] == "FALSE"
+    # thread teams of a fixed size everywhere; the instruction set only where AVX2 is (a CPU without it would
+    # fault on AVX2 kernels), and not with SYNTHMED_CPU_ISA=native
+    assert pin_cpu_isa({}, old) == fixed
+    assert pin_cpu_isa({"SYNTHMED_CPU_ISA": "native"}, avx512) == fixed
+    assert pin_cpu_isa({}, tmp_path / "missing") == fixed
 
 
 def test_pinned_kernels_are_used(tmp_path):

@@ -76,28 +76,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 # Instruction set of torch's CPU kernels, pinned so that hosts of one kind of machine give the same numbers
 CPU_ISA_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+# Thread teams of the size asked for: MKL (and OpenMP) may otherwise run a call on fewer threads on a busy host,
+# and a sum split otherwise rounds otherwise (MKL's documented conditions for reproducible results)
+FIXED_THREADS_ENV = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
 
 
 def pin_cpu_isa(environ: dict | None = None, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, str]:
-    """Make torch's CPU kernels use AVX2 even where the CPU has AVX-512, so that the same config and seed
-    give the same numbers on x86-64 hosts with and without AVX-512: its ATen kernels, oneDNN (convolutions)
-    and MKL (matrix products) otherwise pick the widest instructions the CPU has, and they round
-    differently (measured: 20 Adam steps of the lesion CNN end at a different loss). Sets the three
-    variables of `CPU_ISA_ENV` that are not set already, only where /proc/cpuinfo lists avx2 and fma; a
-    no-op with `SYNTHMED_CPU_ISA=native`. Must run before torch's first operation (the `python -m
-    synthmed` entry point calls it first). Returns what it set."""
+    """Make torch's CPU kernels give the same numbers run after run, and on x86-64 hosts with and without
+    AVX-512. Sets, where not set already: the variables of `FIXED_THREADS_ENV` (MKL and OpenMP keep the number
+    of threads asked for: without them, 2 of 12 runs of the tests' tiny classifier on a busy host ended with a
+    validation loss one float32 step from the other 10's; with them, 20 of 20 agreed), and, only where
+    /proc/cpuinfo lists avx2 and fma, those of `CPU_ISA_ENV`: AVX2 for ATen's kernels, oneDNN (convolutions)
+    and MKL (matrix products), which otherwise pick the widest instructions the CPU has and round differently
+    (measured: 20 Adam steps of the lesion CNN end at a different loss). `SYNTHMED_CPU_ISA=native` leaves the
+    instruction set to the libraries. Must run before torch's first operation (the `python -m synthmed` entry
+    point calls it first). Returns what it set."""
     env = os.environ if environ is None else environ
+    pinned = {k: v for k, v in FIXED_THREADS_ENV.items() if k not in env}
+    env.update(pinned)
     if env.get("SYNTHMED_CPU_ISA", "avx2").lower() == "native":
-        return {}
+        return pinned
     try:
         flags = next((line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")), "")
     except OSError:  # not Linux: leave the choice to the libraries
-        return {}
+        return pinned
     if not {"avx2", "fma"} <= set(flags.split()):
-        return {}
-    pinned = {k: v for k, v in CPU_ISA_ENV.items() if k not in env}
-    env.update(pinned)
-    return pinned
+        return pinned
+    isa = {k: v for k, v in CPU_ISA_ENV.items() if k not in env}
+    env.update(isa)
+    return {**pinned, **isa}
 
 
 @contextlib.contextmanager
