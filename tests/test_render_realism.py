@@ -75,11 +75,12 @@ def test_varied_lesions_span_paler_to_redder_and_every_paris_class(varied, cfg):
         assert abs(with_lesion - without) < 0.12, key
     assert all(d["lesion.depression"] > 0 for d in lesions if d["lesion.type"] == "depressed")
     assert all(d["lesion.depression"] == 0 for d in lesions if d["lesion.type"] != "depressed")
-    # the default keeps the study's look: raised lesions redder than the mucosa, stippled (version 19), nodular
-    # (version 20), no clutter, no blur
+    # the default keeps the study's look: raised lesions redder than the mucosa (a third of them only a little:
+    # nearer the wall's pink), stippled (version 19), nodular (version 20), no clutter, no blur
     plain = [sample_params(cfg, i) for i in range(200)]
     assert {d["lesion.type"] for d in plain} == {"sessile", "pedunculated", "flat_elevated"}
-    assert min(d["lesion.redness"] for d in plain) >= 0.5
+    redness = np.array([d["lesion.redness"] for d in plain])
+    assert redness.min() >= 0.2 and 0.25 < (redness < 0.5).mean() < 0.5
     assert min(d["lesion.stipple"] for d in plain) >= 0.5
     assert min(d["lesion.nodules"] for d in plain) >= 0.3
     assert not any(d[k] for d in plain for k in ("clutter.bubbles", "clutter.debris", "optics.motion_blur"))
