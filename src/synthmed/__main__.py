@@ -11,7 +11,9 @@ import sys
 
 from synthmed.utils import pin_cpu_isa
 
-pin_cpu_isa()  # before torch's first operation: the same numbers on hosts with and without AVX-512
+# before torch's first operation: the same numbers run after run (thread teams of a fixed size), and on hosts
+# with and without AVX-512
+pin_cpu_isa()
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
