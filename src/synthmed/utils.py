@@ -84,13 +84,12 @@ FIXED_THREADS_ENV = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
 def pin_cpu_isa(environ: dict | None = None, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, str]:
     """Make torch's CPU kernels give the same numbers run after run, and on x86-64 hosts with and without
     AVX-512. Sets, where not set already: the variables of `FIXED_THREADS_ENV` (MKL and OpenMP keep the number
-    of threads asked for: without them, 2 of 12 runs of the tests' tiny classifier on a busy host ended with a
-    validation loss one float32 step from the other 10's; with them, 20 of 20 agreed), and, only where
-    /proc/cpuinfo lists avx2 and fma, those of `CPU_ISA_ENV`: AVX2 for ATen's kernels, oneDNN (convolutions)
-    and MKL (matrix products), which otherwise pick the widest instructions the CPU has and round differently
-    (measured: 20 Adam steps of the lesion CNN end at a different loss). `SYNTHMED_CPU_ISA=native` leaves the
-    instruction set to the libraries. Must run before torch's first operation (the `python -m synthmed` entry
-    point calls it first). Returns what it set."""
+    of threads asked for, busy host or not), and, only where /proc/cpuinfo lists avx2 and fma, those of
+    `CPU_ISA_ENV`: AVX2 for ATen's kernels, oneDNN (convolutions) and MKL (matrix products), which otherwise
+    pick the widest instructions the CPU has and round differently (what each was measured to change:
+    docs/running.md, "Parallel and cluster sweeps"). `SYNTHMED_CPU_ISA=native` leaves the instruction set to
+    the libraries. Must run before torch's first operation (the `python -m synthmed` entry point calls it
+    first). Returns what it set."""
     env = os.environ if environ is None else environ
     pinned = {k: v for k, v in FIXED_THREADS_ENV.items() if k not in env}
     env.update(pinned)
