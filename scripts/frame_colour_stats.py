@@ -20,6 +20,10 @@ pixels a copy of the frame 128 px wide shows (every frame compared at one scale)
 median absolute deviation) of its luma less a gaussian blur of it (sigma 1.5 px), over the blur, on the field's
 pixels 4 px or more inside its edge and 2 px or more from glints and shadows (luma 40-215 of 255); a frame with
 under 200 such pixels is left out (null when every frame is). A smooth, plastic wall is near 0.
+`chroma_spread` and `dim_redder` (the wall's colour within a frame; pixels with G >= 0.75 R left out: no wall
+is that yellow, the reference figure's arrows are): the spread of ln(G / R) over the field's pixels of value 0.25-0.95
+(its 90th less its 10th percentile), and how much redder the dim wall is than the lit wall (the median ln(G / R)
+of pixels of value 0.6-0.95 less that of pixels of value 0.15-0.45; NaN, left out, with under 30 of either).
 """
 
 from __future__ import annotations
@@ -77,11 +81,25 @@ def fine_texture(rgb: np.ndarray, field: np.ndarray, width: int = 128) -> float:
     return float(1.4826 * np.median(np.abs(detail - np.median(detail))))
 
 
+def wall_chroma(rgb: np.ndarray, field: np.ndarray) -> tuple[float, float]:
+    """(`chroma_spread`, `dim_redder`) of a frame: see the module's text. NaN where too few pixels."""
+    rgb = rgb.astype(np.float64) / 255.0
+    value = rgb.max(axis=-1)
+    wall = field & (rgb[..., 1] < 0.75 * rgb[..., 0]) & (rgb[..., 0] > 0.05)
+    green_red = np.log((rgb[..., 1] + 0.01) / (rgb[..., 0] + 0.01))
+    spread = wall & (value > 0.25) & (value < 0.95)
+    dim, lit = wall & (value >= 0.15) & (value < 0.45), wall & (value >= 0.6) & (value < 0.95)
+    chroma = float(np.subtract(*np.percentile(green_red[spread], [90, 10]))) if spread.sum() >= 30 else float("nan")
+    redder = float(np.median(green_red[lit]) - np.median(green_red[dim])) if min(dim.sum(), lit.sum()) >= 30 \
+        else float("nan")
+    return chroma, redder
+
+
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
     """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
     the field that are near black and dark, its glints (how many, per 10,000 field pixels, percent covered,
     and under `glint_elongations` a list: how drawn out each one of 4 px or more is) and `fine_texture` (NaN
-    when too little of the field is left to measure it). `field` (bool, the endoscope's window) defaults to
+    when too little of the field is left to measure it), `chroma_spread` and `dim_redder` (`wall_chroma`). `field` (bool, the endoscope's window) defaults to
     `window`'s."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
     field = window(rgb, field)
@@ -92,6 +110,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
     hue = np.where(hue > 0.5, hue - 1.0, hue)
     blobs, inner = glints(rgb, field)
     area = float(field.sum())
+    chroma, redder = wall_chroma(rgb, field)
     return {"hue": float(np.median(hue)), "saturation": float(np.median(hsv[..., 1][lit])),
             "value": float(np.median(hsv[..., 2][lit])),
             "near_black": float((rgb.max(axis=-1)[field] < 8).mean()),
@@ -99,7 +118,7 @@ def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
             "glints": float(inner.size), "glints_per_10k_px": inner.size / area * 1e4,
             "glint_area_pct": 100.0 * float(np.isin(blobs, inner).sum()) / area,
             "glint_elongations": glint_elongations(blobs, inner),
-            "fine_texture": fine_texture(rgb, field)}
+            "fine_texture": fine_texture(rgb, field), "chroma_spread": chroma, "dim_redder": redder}
 
 
 def rendered_fields(folder: Path, files: list[Path], sizes: list[int]) -> list[np.ndarray | None]:
@@ -161,7 +180,7 @@ def main() -> None:
     shapes = [e for s in stats for e in s.pop("glint_elongations")]
     out = {"path": str(path), "frames": len(stats)}
     for key in stats[0]:
-        values = [s[key] for s in stats if not np.isnan(s[key])]  # fine_texture: frames with too few pixels left out
+        values = [s[key] for s in stats if not np.isnan(s[key])]  # frames with too few pixels to measure left out
         out[key] = [round(float(v), 4 if key == "fine_texture" else 3) for v in np.percentile(values, [10, 50, 90])] \
             if values else None
     count = sum(s["glints"] for s in stats)

@@ -124,3 +124,33 @@ def test_fine_texture_is_the_relative_detail_at_one_scale():
     tiny[60:70, 60:70] = True
     assert np.isnan(script.fine_texture(textured(0.05), tiny))
     assert np.isnan(script.frame_stats(textured(0.05), tiny)["fine_texture"])
+
+
+def test_wall_chroma_reads_the_walls_colour_spread_and_its_dim_red():
+    """chroma_spread and dim_redder: one colour over the whole wall spreads 0 and its dim half is no redder; a
+    dim half whose G is e^-0.3 lower reads dim_redder and a spread of the difference in ln((G + 0.01) / (R + 0.01))
+    (0.26); yellow arrow pixels (G >= 0.75 R) are left out; a field with too few dim pixels gives NaN."""
+    spec = importlib.util.spec_from_file_location("frame_colour_stats", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    size = 64
+    inside = border_mask(size, "circle", 0.95, 0.2)
+    lit, dim = np.array([230.0, 120.0, 90.0]), np.array([90.0, 47.0, 35.0])  # values 0.90 and 0.35, one hue
+    rgb = np.zeros((size, size, 3))
+    rgb[:, :32], rgb[:, 32:] = lit, dim
+    rgb = np.where(inside[..., None], rgb, 0.0)
+    spread, redder = script.wall_chroma(rgb.astype(np.uint8), inside)
+    assert spread == pytest.approx(0.0, abs=0.02) and redder == pytest.approx(0.0, abs=0.02), (spread, redder)
+    deeper = rgb.copy()
+    deeper[:, 32:, 1] *= np.exp(-0.3)  # the dim half's G / R down by 0.3 in ln
+    deeper[:4, :] = np.where(inside[:4, :, None], [250.0, 210.0, 20.0], 0.0)  # an arrow, left out
+    spread, redder = script.wall_chroma(np.rint(deeper).astype(np.uint8), inside)
+    # ln((G + 0.01) / (R + 0.01)) on values 0-1: the 0.01 (kept off 0 in the black) takes a little off the dim side
+    g_dim = np.rint(dim[1] * np.exp(-0.3)) / 255.0
+    expected = np.log((lit[1] / 255 + 0.01) / (lit[0] / 255 + 0.01)) - np.log((g_dim + 0.01) / (dim[0] / 255 + 0.01))
+    assert 0.25 < expected < 0.3
+    assert redder == pytest.approx(expected, abs=1e-6) and spread == pytest.approx(expected, abs=1e-6), (spread, redder)
+    stats = script.frame_stats(np.rint(deeper).astype(np.uint8), inside)
+    assert stats["dim_redder"] == pytest.approx(redder) and stats["chroma_spread"] == pytest.approx(spread)
+    bright = np.where(inside[..., None], lit, 0.0).astype(np.uint8)
+    assert np.isnan(script.wall_chroma(bright, inside)[1])

@@ -321,6 +321,9 @@ def test_bad_values_name_the_key():
         (["render.shader.capillary_patch_floor=2"], r"render.shader.capillary_patch_floor' must be in \[0, 1\]"),
         (["render.endoscope.far_smoothing_mm=[120,60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
         (["render.endoscope.far_smoothing_mm=[60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
+        (["render.endoscope.dim_reddening=-0.1"], r"render.endoscope.dim_reddening' must be >= 0"),
+        (["render.endoscope.dim_reddening_most=0"], r"render.endoscope.dim_reddening_most' must be > 0"),
+        (["render.shader.mucosa_tint_edges=[0.6,0.4]"], r"render.shader.mucosa_tint_edges' must be \[low, high\]"),
     ]
     for overrides, message in cases:
         with pytest.raises(RenderConfigError, match=message):

@@ -21,6 +21,7 @@ from synthmed.render.lesions import lesion_colour
 from synthmed.render.post import (
     LUMA,
     border_mask,
+    dim_reddening,
     enhance,
     fill_light,
     finish_frame,
@@ -293,6 +294,40 @@ def test_black_level_takes_the_pedestal_off_the_curve_keeping_hue(cfg):
     assert (y_b / np.maximum(y, 1e-9))[~dark].min() < 0.5 < (y_b / np.maximum(y, 1e-9))[y > 0.5].min()
     # an all-black frame stays black
     assert not processor(np.zeros_like(frame), inside, cfg["endoscope"]).any()
+
+
+def test_dim_reddening_deepens_the_dim_walls_red_keeping_luminance(cfg):
+    """`post.dim_reddening`: a pixel n e-folds under the reference luminance (capped at `most`) loses
+    strength x n of ln(G / R) and of ln(B / R) alike, exactly; its luminance is kept; pixels at or over the
+    reference, pixels that see no surface and strength 0 leave the frame as it is."""
+    rng = np.random.default_rng(0)
+    size = 32
+    lum = np.exp(np.linspace(np.log(0.9), np.log(1e-4), size * size, dtype=np.float32)).reshape(size, size)
+    colour = np.array([0.7, 0.35, 0.25], np.float32)
+    lin = lum[..., None] * colour / float(colour @ LUMA) * rng.uniform(0.9, 1.1, (size, size, 3)).astype(np.float32)
+    depth = np.full((size, size), 50.0, np.float32)
+    depth[:2] = 1e10  # no surface there
+    strength, reference, most = 0.2, 0.42, 2.0
+    out = dim_reddening(lin, depth, strength, reference, most)
+    assert out.dtype == np.float32 and out.shape == lin.shape
+    before = lin @ LUMA
+    assert np.allclose(out @ LUMA, before, rtol=1e-4, atol=1e-9)  # only the colour moves
+    bright = before >= reference
+    assert bright.sum() > 10 and np.array_equal(out[bright], lin[bright])
+    assert np.array_equal(out[:2], lin[:2])
+    n = np.clip(np.log(reference / before), 0.0, most)
+    for channel in (1, 2):
+        shift = np.log(out[..., channel] / out[..., 0]) - np.log(lin[..., channel] / lin[..., 0])
+        assert np.allclose(shift[2:], -strength * n[2:], atol=1e-4), np.abs(shift + strength * n)[2:].max()
+        assert shift[2:].min() == pytest.approx(-strength * most, abs=1e-4)  # capped: the near-black not crimson
+    assert dim_reddening(lin, depth, 0.0, reference, most) is lin
+    frame = {"rgb": lin, "albedo": np.full_like(lin, 0.3), "diffuse": np.zeros_like(lin), "depth": depth,
+             "index": np.zeros((size, size), np.float32)}
+    params = {**sample_params(cfg, 0), "endoscope.enhance": 0.0}
+    off = {**cfg, "endoscope": {**cfg["endoscope"], "dim_reddening": 0.0}}
+    on_img, off_img = (finish_frame(frame, params, c)["image"].astype(np.int16) for c in (cfg, off))
+    redder = (on_img[..., 1] - on_img[..., 0]) - (off_img[..., 1] - off_img[..., 0])
+    assert (redder <= 1).all() and (redder < -2).sum() > 50  # the whole frame: G falls against R, never rises
 
 
 def test_highlights_turn_over_lit_colour_pale_keeping_luminance(cfg):
@@ -721,6 +756,32 @@ FLAT_LESION = {"lesion.present": 1, "lesion.placement": "view", "lesion.view_off
                "lesion.behind_fold": 0, "lesion.redness": 0.0, "lesion.hue_jitter": 0.0, "lesion.texture_strength": 0.0,
                "lesion.surface": "smooth", "lesion.mucus": 0, "lesion.lobulation": 0.0, "lesion.lobes": 0.0,
                "lesion.nodules": 0.0}
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_the_walls_colour_regions_turn_stretches_of_it_yellower(tmp_path):
+    """`params.mucosa.tint` turns regions of the wall (a slow noise: `shader.pattern_tint_*`) toward the tint
+    colour (`shader.mucosa_tint`: yellower, darker): down the lumen, some of the wall changes and some does not,
+    in a few large pieces, not a speckle; where it changes it is yellower (G / R up) and no lighter; the
+    geometry is the same."""
+    from scipy import ndimage
+
+    view = {"camera.view": "lumen", "camera.offset": 0.5, "camera.toward_wall_deg": 0.0, "vessels.density": 0.0}
+    plain, tinted = (_wet_render(tmp_path / f"t{t}.npz", params={**view, "mucosa.tint": t}) for t in (0.0, 1.0))
+    assert np.array_equal(plain["depth"], tinted["depth"])
+    wall = plain["depth"] < 1e9
+    changed = wall & (np.abs(tinted["albedo"] - plain["albedo"]).max(axis=-1) > 0.01)
+    share = changed.sum() / wall.sum()
+    assert 0.1 < share < 0.9, share  # regions: neither none of the wall nor all of it
+    pieces, count = ndimage.label(changed)
+    largest = np.bincount(pieces.ravel())[1:].max()
+    assert largest > 0.5 * changed.sum(), (count, largest, changed.sum())  # one large stretch, not a speckle
+    eps = 1e-4
+    ratio = {name: r["albedo"][changed][:, 1] / (r["albedo"][changed][:, 0] + eps) for name, r in
+             (("plain", plain), ("tinted", tinted))}
+    assert (ratio["tinted"] > ratio["plain"]).mean() > 0.95, (ratio["tinted"] > ratio["plain"]).mean()
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    assert (tinted["albedo"][changed] @ luma <= plain["albedo"][changed] @ luma + 1e-4).all()
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")

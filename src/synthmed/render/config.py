@@ -22,8 +22,8 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 20
-RENDERER_DATE = "2026-12-06"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
+RENDERER_VERSION = 21
+RENDERER_DATE = "2026-12-07"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
 UNHASHED_DEFAULTS = {"device": "cpu"}
@@ -172,6 +172,8 @@ def _check_values(c: dict) -> None:
     need("endoscope.lens_halo_sigma", endo["lens_halo_sigma"] > 0, "must be > 0")
     need("endoscope.enhance_sigma", endo["enhance_sigma"] > 0, "must be > 0")
     need("endoscope.fill_min_distance_mm", endo["fill_min_distance_mm"] > 0, "must be > 0")
+    need("endoscope.dim_reddening", endo["dim_reddening"] >= 0, "must be >= 0 (0: off)")
+    need("endoscope.dim_reddening_most", endo["dim_reddening_most"] > 0, "must be > 0")
     need("endoscope.far_smoothing_px", endo["far_smoothing_px"] >= 0, "must be >= 0 (0: off)")
     ramp = endo["far_smoothing_mm"]
     need("endoscope.far_smoothing_mm", len(ramp) == 2 and 0 <= ramp[0] < ramp[1],

@@ -28,7 +28,7 @@ from synthmed.render.nodes import (
 )
 
 # ------------------------------------------------------------------------------ the pattern's texel grid
-CHANNELS = 7  # a baked texel: mottle, main, branch, patch (the first image), capillary, ripple, relief (the second)
+CHANNELS = 8  # a baked texel: mottle, main, branch, patch (the first image), capillary, ripple, relief, tint (the second)
 
 
 def texel_mm(cfg: Mapping) -> float:
@@ -58,8 +58,9 @@ def lane_vessel_scale(textures: Mapping, lane: int) -> float:
 def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) -> dict[str, Any]:
     """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
     (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells),
-    capillary (the fine net's line, 0..1: `capillary_line`), and two slow noises the wet film and the grooves
-    read: ripple (`droplet_bump`) and relief (`groove_bump`). `lane` and `scale` (vessel cells per mm) are
+    capillary (the fine net's line, 0..1: `capillary_line`), two slow noises the wet film and the grooves
+    read: ripple (`droplet_bump`) and relief (`groove_bump`), and a slower one, tint: the wall's colour regions
+    (`wall_colour`). `lane` and `scale` (vessel cells per mm) are
     numbers or sockets."""
     textures, shader = cfg["textures"], cfg["shader"]
     radius = float(textures["reference_radius_mm"])
@@ -105,7 +106,8 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
             "main": edges(main_at, scale), "branch": edges(branch_at, fine), "capillary": capillary,
             "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"]),
             "ripple": noise(shader["pattern_ripple_offset"], shader["coat_ripple_scale"], shader["coat_ripple_detail"]),
-            "relief": noise(shader["pattern_relief_offset"], shader["grain_patch_scale"], shader["grain_patch_detail"])}
+            "relief": noise(shader["pattern_relief_offset"], shader["grain_patch_scale"], shader["grain_patch_detail"]),
+            "tint": noise(shader["pattern_tint_offset"], shader["pattern_tint_scale"], shader["pattern_tint_detail"])}
 
 
 def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
@@ -121,7 +123,7 @@ def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
 
 def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> dict[str, Any]:
     """The same channels as `pattern_channels`, read from the baked textures (lanes stacked bottom-up): the
-    first image holds mottle, main, branch and patch, the second the capillary line, ripple and relief."""
+    first image holds mottle, main, branch and patch, the second the capillary line, ripple, relief and tint."""
     textures, vessel_range = cfg["textures"], float(cfg["shader"]["pattern_vessel_range"])
     rows = pattern_grid(cfg)[0]
     around = graph.math("FLOORED_MODULO", theta, 2.0 * math.pi)
@@ -138,7 +140,8 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -
     slow = graph.node("ShaderNodeSeparateColor", {0: fine.outputs["Color"]})
     return {"mottle": rgb.outputs[0], "main": graph.math("MULTIPLY", rgb.outputs[1], vessel_range),
             "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"],
-            "capillary": slow.outputs[0], "ripple": slow.outputs[1], "relief": slow.outputs[2]}
+            "capillary": slow.outputs[0], "ripple": slow.outputs[1], "relief": slow.outputs[2],
+            "tint": fine.outputs["Alpha"]}
 
 
 def droplet_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, normal=None, ripple=None):
@@ -242,13 +245,19 @@ def wall_pattern(graph: NodeGraph, angle, z, knob: NodeInputs, images: tuple, cf
 
 
 def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs, cfg: Mapping):
-    """The wall's colour from its pattern `channels` (`wall_pattern`): the mucosa's mottled colour, its vessels
-    and capillary net (the mucosa's material, and a lesion's foot, which grows out of the wall)."""
+    """The wall's colour from its pattern `channels` (`wall_pattern`): the mucosa's colour, yellower in
+    regions, mottled, its vessels and capillary net (the mucosa's material, and a lesion's foot, which grows out
+    of the wall)."""
     textures, shader = cfg["textures"], cfg["shader"]
+    # colour regions: a slow noise turns stretches of wall toward the tint colour, by up to `params.mucosa.tint`
+    tint_low, tint_high = (float(v) for v in shader["mucosa_tint_edges"])
+    tint = graph.math("MULTIPLY", graph.map_range(channels["tint"], tint_low, tint_high, 0.0, 1.0, "SMOOTHSTEP"),
+                      knob["mucosa.tint"])
+    base = graph.mix_colour(tint, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_tint"))
     # mottled base colour
     mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
     mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
-    base = graph.mix_colour(mottle, knob.rgb("mucosa.colour"), knob.rgb("mucosa.colour_dark"))
+    base = graph.mix_colour(mottle, base, knob.rgb("mucosa.colour_dark"))
     # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
     # mask decides how much of the wall shows them (vascular density). Where a vessel fades out (a branch
     # leaving its main vessel, a main vessel at a patch's edge) it also thins, to `vessel_taper` of its width
@@ -385,6 +394,7 @@ class Mucosa:
             "mucosa.colour": hsv_colour(hue, saturation, value),
             "mucosa.colour_dark": shifted_colour(hue, saturation, value, shader["mucosa_dark"]),
             "mucosa.colour_rim": shifted_colour(hue, saturation, value, shader["mucosa_rim"]),
+            "mucosa.colour_tint": shifted_colour(hue, saturation, value, shader["mucosa_tint"]),
             "vessels.colour": hsv_colour(params["vessels.hue"], params["vessels.saturation"], params["vessels.value"]),
         }
         patch = bool(int(params["clutter.red_patch"]))
@@ -406,7 +416,7 @@ class Mucosa:
     def bake_pattern(self, scene, lane: int) -> np.ndarray:
         """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
         procedural shader runs per sample). Returns (rows, cols, `CHANNELS`) uint8: mottle, main, branch, patch,
-        capillary, ripple and relief; see `pattern_grid`."""
+        capillary, ripple, relief and tint; see `pattern_grid`."""
         bpy, cfg = self.bpy, self.cfg
         rows, cols, texel_theta, texel_axial = pattern_grid(cfg)
         tree = new_geometry_tree(bpy, "MucosaPatternBake")
@@ -428,7 +438,7 @@ class Mucosa:
                                                    2: channels["relief"]}).outputs[0]
         store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": "fine",
                                                                "Value": slow}, data_type="FLOAT_VECTOR", domain="POINT")
-        for name, value in (("a", channels["patch"]),):
+        for name, value in (("a", channels["patch"]), ("tint", channels["tint"])):
             store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": store.outputs[0], "Name": name,
                                                                    "Value": value}, data_type="FLOAT", domain="POINT")
         graph.connect(store.outputs[0], graph.node("NodeGroupOutput").inputs[0])
@@ -448,14 +458,15 @@ class Mucosa:
             rgb, fine = np.empty(count * 3, np.float32), np.empty(count * 3, np.float32)
             evaluated_mesh.attributes["rgb"].data.foreach_get("vector", rgb)
             evaluated_mesh.attributes["fine"].data.foreach_get("vector", fine)
-            alpha = np.empty(count, np.float32)
+            alpha, tint = np.empty(count, np.float32), np.empty(count, np.float32)
             evaluated_mesh.attributes["a"].data.foreach_get("value", alpha)
+            evaluated_mesh.attributes["tint"].data.foreach_get("value", tint)
             evaluated.to_mesh_clear()
         finally:
             bpy.data.objects.remove(bake_object)
             bpy.data.meshes.remove(mesh)
             bpy.data.node_groups.remove(tree)
-        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], fine.reshape(count, 3)], axis=1)
+        values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], fine.reshape(count, 3), tint[:, None]], axis=1)
         values[:, 1:3] /= float(cfg["shader"]["pattern_vessel_range"])  # distances to a vessel -> [0, 1]
         return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, CHANNELS)
 
@@ -466,8 +477,7 @@ class Mucosa:
         empty = np.zeros((rows, cols, CHANNELS), np.uint8)
         # lane k occupies rows k*rows .. (k+1)*rows - 1
         texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
-        fine = np.full(texture.shape[:2] + (4,), 255, np.uint8)
-        fine[..., :3] = texture[..., 4:]
+        fine = texture[..., 4:]
         height, width = texture.shape[:2]
         for image, pixels in zip(self.pattern_images, (texture[..., :4], fine), strict=True):
             image.scale(width, height)

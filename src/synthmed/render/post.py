@@ -1,6 +1,7 @@
 """Numpy post-processing of a rendered frame: translucency (light the tissue carries under its surface), the
 fill light (light the wall scatters back, which a direct-light render leaves out), optics (glare, defocus,
-motion blur), the video processor (light control, tone curve, black level), exposure, vignetting, the processor's
+motion blur), the video processor (light control, tone curve, black level), the dim wall's deeper red (light
+that has bounced off the wall and travelled under it), exposure, vignetting, the processor's
 highlight chroma suppression, sRGB encoding, the processor's structure enhancement, the endoscope's field-of-view
 border, the exact lesion mask and its box.
 Deterministic: same arrays in, same bytes out."""
@@ -187,6 +188,25 @@ def processor(lin: np.ndarray, inside: np.ndarray, endo: Mapping) -> np.ndarray:
     return lin * scale[..., None]
 
 
+def dim_reddening(lin: np.ndarray, depth: np.ndarray, strength: float, reference: float, most: float) -> np.ndarray:
+    """The dim wall a deeper red: light that reaches a dim part of the lumen has mostly bounced off the wall and
+    travelled under its surface first (the render is direct light only), and blood takes green and blue from it
+    far more than red. A pixel n e-folds dimmer than `reference` (linear luminance after the processor's gain;
+    n = ln(reference / L), at most `most`) has its G and B x exp(-`strength` x n) against its R, then is scaled
+    back to its own luminance (only the colour moves): ln(G / R) and ln(B / R) fall by `strength` x n alike, as
+    the reference frames' do from their lit to their dim wall. Pixels at or over `reference`, and those that see
+    no surface, unchanged; 0: off."""
+    if strength <= 0.0:
+        return lin
+    lum = lin @ LUMA
+    n = np.clip(np.log(np.float32(reference) / np.maximum(lum, np.float32(1e-6))), 0.0, np.float32(most))
+    n = np.where(depth < 1e9, n, np.float32(0.0))
+    keep = np.exp(-np.float32(strength) * n)
+    tinted = lin * np.stack([np.ones_like(keep), keep, keep], axis=-1)
+    scale = lum / np.maximum(tinted @ LUMA, np.float32(1e-9))
+    return np.where((n > 0.0)[..., None], tinted * scale[..., None], lin).astype(np.float32)
+
+
 def highlights(lin: np.ndarray, knee: float) -> np.ndarray:
     """The video processor's highlight chroma suppression on linear RGB: where a pixel's largest channel passes
     `knee`, its colour is drawn toward the grey of its own luminance, just enough that the largest channel lands on
@@ -237,6 +257,8 @@ def finish_frame(rendered: Mapping[str, Any], p: Mapping[str, Any], cfg: Mapping
     lit = far_smoothing(lit, rendered["depth"], float(endo["far_smoothing_px"]), endo["far_smoothing_mm"],
                         float(cfg["shader"]["translucency_depth_ratio"]))
     lin = processor(optics(lit, p, endo), inside, endo)
+    lin = dim_reddening(lin, rendered["depth"], float(endo["dim_reddening"]), float(endo["exposure_target"]),
+                        float(endo["dim_reddening_most"]))
     lin = lin * np.float32(2.0 ** float(p["endoscope.exposure_ev"])) * vignette[..., None]
     lin = highlights(lin, float(endo["highlight_knee"]))
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055)

@@ -69,6 +69,8 @@ class EndoscopeConfig:
     light_soft_radius_mm: float = MISSING
     light_power_scale: float = MISSING
     fill_min_distance_mm: float = MISSING
+    dim_reddening: float = MISSING
+    dim_reddening_most: float = MISSING
     octagon_cut: float = MISSING
     vignette_power: float = MISSING
     lens_halo: float = MISSING
@@ -157,10 +159,15 @@ class ShaderConfig:
     pattern_patch_scale: float = MISSING
     pattern_patch_detail: float = MISSING
     pattern_voronoi_randomness: float = MISSING
+    pattern_tint_offset: list[float] = MISSING
+    pattern_tint_scale: float = MISSING
+    pattern_tint_detail: float = MISSING
     # mucosa material
     mucosa_mottle_edges: list[float] = MISSING
     mucosa_dark: ColourShift = field(default_factory=ColourShift)
     mucosa_rim: ColourShift = field(default_factory=ColourShift)
+    mucosa_tint: ColourShift = field(default_factory=ColourShift)
+    mucosa_tint_edges: list[float] = MISSING
     mucosa_rim_blend: float = MISSING
     vessels_patch_threshold: float = MISSING
     vessels_patch_density_gain: float = MISSING
