@@ -20,10 +20,11 @@ pixels a copy of the frame 128 px wide shows (every frame compared at one scale)
 median absolute deviation) of its luma less a gaussian blur of it (sigma 1.5 px), over the blur, on the field's
 pixels 4 px or more inside its edge and 2 px or more from glints and shadows (luma 40-215 of 255); a frame with
 under 200 such pixels is left out (null when every frame is). A smooth, plastic wall is near 0.
-`chroma_spread` and `dim_redder` (the wall's colour within a frame; pixels with G >= 0.75 R left out: no wall
-is that yellow, the reference figure's arrows are): the spread of ln(G / R) over the field's pixels of value 0.25-0.95
-(its 90th less its 10th percentile), and how much redder the dim wall is than the lit wall (the median ln(G / R)
-of pixels of value 0.6-0.95 less that of pixels of value 0.15-0.45; NaN, left out, with under 30 of either).
+`chroma_spread` and `dim_redder` (the wall's colour within a frame, as ln((G + 0.01) / (R + 0.01)) on values
+0-1; pixels with G >= 0.75 R left out, no wall is that yellow but the reference figure's arrows are, and pixels
+with R <= 0.05, near black): the spread of it over the field's pixels of value (largest channel) over 0.25 and
+under 0.95 (its 90th less its 10th percentile), and how much redder the dim wall is than the lit wall (its median
+over pixels of value 0.6-0.95 less that over pixels of value 0.15-0.45; NaN, left out, with under 30 of either).
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def wall_chroma(rgb: np.ndarray, field: np.ndarray) -> tuple[float, float]:
 def frame_stats(rgb: np.ndarray, field: np.ndarray | None = None) -> dict:
     """Median hue (turns, red at 0, negative below it), saturation and value of the lit pixels, the shares of
     the field that are near black and dark, its glints (how many, per 10,000 field pixels, percent covered,
-    and under `glint_elongations` a list: how drawn out each one of 4 px or more is) and `fine_texture` (NaN
-    when too little of the field is left to measure it), `chroma_spread` and `dim_redder` (`wall_chroma`). `field` (bool, the endoscope's window) defaults to
-    `window`'s."""
+    and under `glint_elongations` a list: how drawn out each one of 4 px or more is), `fine_texture` (NaN
+    when too little of the field is left to measure it), `chroma_spread` and `dim_redder` (`wall_chroma`).
+    `field` (bool, the endoscope's window) defaults to `window`'s."""
     hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), np.float32) / 255.0
     field = window(rgb, field)
     lit = field & (hsv[..., 2] > 0.08)
