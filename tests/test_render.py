@@ -323,6 +323,8 @@ def test_bad_values_name_the_key():
         (["render.endoscope.far_smoothing_mm=[60]"], r"render.endoscope.far_smoothing_mm' must be \[near, far\]"),
         (["render.endoscope.dim_reddening=-0.1"], r"render.endoscope.dim_reddening' must be >= 0"),
         (["render.endoscope.dim_reddening_most=0"], r"render.endoscope.dim_reddening_most' must be > 0"),
+        (["render.shader.vessel_fade_floor=1.5"], r"render.shader.vessel_fade_floor' must be in \[0, 1\].*got 1.5"),
+        (["render.shader.vessel_fade_edges=[40,10]"], r"render.shader.vessel_fade_edges' must be \[low, high\]"),
         (["render.shader.mucosa_tint_edges=[0.6,0.4]"], r"render.shader.mucosa_tint_edges' must be \[low, high\]"),
     ]
     for overrides, message in cases:

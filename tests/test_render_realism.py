@@ -945,3 +945,30 @@ def test_far_smoothing_cuts_the_far_lumens_sampling_speckle(tmp_path, cfg):
         assert np.array_equal(images["on", seed][near], images["off", seed][near])
     spread = {name: np.abs(images[name, 1] - images[name, 2]).mean(axis=-1)[far].mean() for name in ("on", "off")}
     assert spread["on"] < 0.6 * spread["off"], spread
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_vessels_fade_with_distance(tmp_path):
+    """`shader.vessel_fade_*`: the vessels' contrast falls with the distance from the lens, from all of it nearer
+    than the first edge to `vessel_fade_floor` of it beyond the second (a linear ramp between). Mixing toward the
+    vessels' colour is linear in their contrast, so the darkening the faded vessels leave over a wall without
+    vessels is the unfaded darkening x that ramp, pixel by pixel; the rest of the wall is untouched."""
+    down_the_lumen = {"camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "mucosa.grain": 0.0}
+    net = ("render.params.vessels.density=1", "render.params.vessels.contrast=0.85",
+           "render.params.vessels.capillary_contrast=0", "render.shader.vessel_fade_edges=[15,35]")
+    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=down_the_lumen) for name, extra in (
+        ("bare", ["render.params.vessels.contrast=0"]), ("even", ["render.shader.vessel_fade_floor=1"]),
+        ("faded", ["render.shader.vessel_fade_floor=0.25"]))}
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    even, faded = ((renders["bare"]["albedo"] - renders[k]["albedo"]) @ luma for k in ("even", "faded"))
+    depth = renders["bare"]["depth"]
+    vessel = (depth > 0) & (depth < 1e9) & (even > 2e-3)
+    near, far = vessel & (depth < 14.0), vessel & (depth > 36.0)
+    assert near.sum() > 20 and far.sum() > 20, (near.sum(), far.sum())
+    assert np.allclose(faded[near], even[near], atol=1e-4)
+    assert np.allclose(faded[far], 0.25 * even[far], atol=1e-4)
+    ramp = np.clip((depth - 15.0) / 20.0, 0.0, 1.0)
+    off = np.abs(faded - even * (1.0 - 0.75 * ramp))[vessel]
+    # between the edges, a pixel whose samples straddle a fold's edge mixes two distances its depth averages
+    assert (off < 5e-4).mean() > 0.97 and np.median(off) < 1e-4, ((off < 5e-4).mean(), np.median(off))
+    assert np.abs(faded[~vessel & (even == 0)]).max() < 1e-6

@@ -22,7 +22,7 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 21
+RENDERER_VERSION = 22
 RENDERER_DATE = "2026-12-07"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
@@ -153,6 +153,7 @@ def _check_values(c: dict) -> None:
     need("shader.pattern_vessel_range", c["shader"]["pattern_vessel_range"] > 0, "must be > 0")
     need("shader.capillary_patch_floor", 0 <= c["shader"]["capillary_patch_floor"] <= 1, "must be in [0, 1]")
     need("shader.vessel_taper", 0 <= c["shader"]["vessel_taper"] <= 1, "must be in [0, 1] (a fraction of the width)")
+    need("shader.vessel_fade_floor", 0 <= c["shader"]["vessel_fade_floor"] <= 1, "must be in [0, 1] (of the vessels' contrast)")
     need("shader.groove_cut", 0 <= c["shader"]["groove_cut"] <= 1,
          "must be in [0, 1] (0: the grooves' closed lines, 1: cut into strokes)")
     need("shader.grain_patch_contrast", 0 <= c["shader"]["grain_patch_contrast"] <= 1,

@@ -276,6 +276,10 @@ def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs,
     branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
     vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
                          knob["vessels.contrast"])
+    # seen through the mucosa, a vessel blurs and pales with distance: x 1 near .. `vessel_fade_floor` far
+    near, far = (float(v) for v in shader["vessel_fade_edges"])
+    distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
+    vessels = graph.math("MULTIPLY", vessels, graph.map_range(distance, near, far, 1.0, float(shader["vessel_fade_floor"])))
     coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
     coloured = graph.mix_colour(_capillaries(graph, channels, knob, cfg), coloured, knob.rgb("vessels.colour"))
     return coloured

@@ -173,6 +173,8 @@ class ShaderConfig:
     vessels_patch_density_gain: float = MISSING
     vessels_patch_band: float = MISSING
     vessel_taper: float = MISSING
+    vessel_fade_edges: list[float] = MISSING
+    vessel_fade_floor: float = MISSING
     capillary_patch_floor: float = MISSING
     capillary_fade_edges: list[float] = MISSING
     capillary_mean: float = MISSING
