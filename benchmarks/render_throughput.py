@@ -9,7 +9,8 @@ normals, flow and poses written per frame; --frames a multiple of --length); the
 pipeline: render_dataset (spawned workers, scene built once per worker, the mucosa pattern baked once per
           dataset, one render per frame giving RGB + object-index mask, sidecars, manifest).
 naive:    per frame, a new scene built from scratch with the mucosa pattern evaluated per sample (the same
-          texture nodes as shader nodes: a script that rebuilds its scene every frame has no use for a bake),
+          texture nodes as shader nodes: a script that rebuilds its scene every frame has no use for a bake)
+          and its vessel tree grown anew (numpy, in the RGB render's stage: the first render poses the scene),
           one full-quality render for the RGB and a second full-quality render for the mask; PNGs + manifest
           (one process, all threads).
 Prints ONE JSON line: both frames/s, their ratio, the naive frame's seconds by stage (scene build, RGB render,

@@ -326,6 +326,9 @@ def test_bad_values_name_the_key():
         (["render.shader.vessel_fade_floor=1.5"], r"render.shader.vessel_fade_floor' must be in \[0, 1\].*got 1.5"),
         (["render.shader.vessel_fade_edges=[40,10]"], r"render.shader.vessel_fade_edges' must be \[low, high\]"),
         (["render.shader.mucosa_tint_edges=[0.6,0.4]"], r"render.shader.mucosa_tint_edges' must be \[low, high\]"),
+        (["render.textures.tree.min_calibre=1.5"], r"render.textures.tree.min_calibre' must be in \(0, 1\).*got 1.5"),
+        (["render.textures.tree.child_calibre=[0.8,0.5]"], r"render.textures.tree.child_calibre' must be \[low, high\]"),
+        (["render.textures.tree.step=0"], r"render.textures.tree.step' must be > 0"),
     ]
     for overrides, message in cases:
         with pytest.raises(RenderConfigError, match=message):

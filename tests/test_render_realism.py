@@ -643,7 +643,8 @@ def test_grain_is_drawn_per_frame_and_vessels_thin_where_they_fade(tmp_path):
     lighter = (smooth["albedo"] - even["albedo"]) @ luma  # vessels are darker than the wall: thinner ones, lighter
     wall = plain["depth"] < 1e9
     assert lighter[wall].min() > -1e-6, lighter[wall].min()
-    assert (lighter[wall] > 1e-3).mean() > 0.05, (lighter[wall] > 1e-3).mean()  # 0.14
+    # 0.04 of the wall (the vessel tree of version 23 covers less of it than version 22's net: 0.14)
+    assert (lighter[wall] > 1e-3).mean() > 0.02, (lighter[wall] > 1e-3).mean()
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
@@ -965,8 +966,11 @@ def test_vessels_fade_with_distance(tmp_path):
     vessel = (depth > 0) & (depth < 1e9) & (even > 2e-3)
     near, far = vessel & (depth < 14.0), vessel & (depth > 36.0)
     assert near.sum() > 20 and far.sum() > 20, (near.sum(), far.sum())
-    assert np.allclose(faded[near], even[near], atol=1e-4)
-    assert np.allclose(faded[far], 0.25 * even[far], atol=1e-4)
+    # pixel by pixel, but for the odd pixel on a fold's edge, whose samples lie either side of an edge of the ramp
+    # (version 23's vessel tree puts one of 62 near pixels there)
+    for pixels, share in ((near, 1.0), (far, 0.25)):
+        gap = np.abs(faded[pixels] - share * even[pixels])
+        assert (gap < 1e-4).mean() > 0.95 and np.median(gap) < 1e-5, ((gap < 1e-4).mean(), np.median(gap))
     ramp = np.clip((depth - 15.0) / 20.0, 0.0, 1.0)
     off = np.abs(faded - even * (1.0 - 0.75 * ramp))[vessel]
     # between the edges, a pixel whose samples straddle a fold's edge mixes two distances its depth averages

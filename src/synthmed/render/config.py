@@ -22,7 +22,7 @@ from synthmed.utils import config_hash
 RUN_KEYS = ("workers", "threads", "session_frames", "shard", "num_shards")
 # Raise when a code change alters the frames a config renders: dataset names hash it, so a dataset of the old
 # code is never reused. Version 1 (the renderer of 2026-12-01) hashes as no key at all.
-RENDERER_VERSION = 22
+RENDERER_VERSION = 23
 RENDERER_DATE = "2026-12-07"  # the day RENDERER_VERSION's renderer was fixed (coco.json's info): change both together
 # Keys added after version 1 that hash as no key at all at these values, so that existing dataset names stay.
 # `device: gpu` is hashed: Cycles on a GPU does not give the CPU's bytes, and one dataset must never mix them.
@@ -141,8 +141,17 @@ def _check_values(c: dict) -> None:
     need("textures.patterns", tx["patterns"] >= 1, "must be a positive integer")
     need("textures.vessel_scale", len(tx["vessel_scale"]) == 2 and all(v > 0 for v in tx["vessel_scale"]),
          "must be [low, high] cells per mm, > 0")
-    for key in ("reference_radius_mm", "length_mm", "branch_scale", "capillary_scale", "capillary_width"):
+    for key in ("reference_radius_mm", "length_mm", "capillary_scale", "capillary_width"):
         need(f"textures.{key}", tx[key] > 0, "must be > 0")
+    tree = tx["tree"]
+    for key in ("trunk_spacing", "step", "bend_length", "branch_every", "taper", "clearance"):
+        need(f"textures.tree.{key}", tree[key] > 0, "must be > 0 (main vessel cells)")
+    need("textures.tree.turn", tree["turn"] >= 0, "must be >= 0 (radians over a cell)")
+    need("textures.tree.min_calibre", 0 < tree["min_calibre"] < 1, "must be in (0, 1) (of a trunk's calibre)")
+    for key, low, high in (("branch_angle_deg", 0, 180), ("child_calibre", 0, 1)):
+        values = list(tree[key])
+        need(f"textures.tree.{key}", len(values) == 2 and low < values[0] <= values[1] < high,
+             f"must be [low, high] with {low} < low <= high < {high}")
     need("textures.texel_mm", tx["texel_mm"] is None or tx["texel_mm"] > 0, "must be null or > 0")
     for key, value in c["shader"].items():
         if key.endswith(("_edges", "_radius", "_offset", "_direction", "_shift", "_tint")) and isinstance(value, list):

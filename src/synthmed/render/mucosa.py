@@ -26,42 +26,16 @@ from synthmed.render.nodes import (
     shifted_colour,
     shifted_toward,
 )
-
-# ------------------------------------------------------------------------------ the pattern's texel grid
-CHANNELS = 8  # a baked texel: mottle, main, branch, patch (the first image), capillary, ripple, relief, tint (the second)
-
-
-def texel_mm(cfg: Mapping) -> float:
-    """The baked pattern's texel: `textures.texel_mm`, or (null) 0.4 mm at 128 px, finer for larger frames."""
-    texel = cfg["textures"]["texel_mm"]
-    return float(texel) if texel is not None else 0.4 * 128.0 / float(cfg["resolution"])
-
-
-def pattern_grid(cfg: Mapping) -> tuple[int, int, float, float]:
-    """Texels of one baked pattern: (rows, cols, radians a row, mm a column). Rows go around the reference
-    circle plus one repeated row at each end; columns along `length_mm`."""
-    textures = cfg["textures"]
-    texel = texel_mm(cfg)
-    around = max(8, int(round(2.0 * math.pi * float(textures["reference_radius_mm"]) / texel)))
-    cols = max(8, int(round(float(textures["length_mm"]) / texel)))
-    return around + 2, cols, 2.0 * math.pi / around, float(textures["length_mm"]) / cols
-
-
-def lane_vessel_scale(textures: Mapping, lane: int) -> float:
-    """Vessel cells per mm (on the reference radius) of pattern `lane`: log-spaced over `vessel_scale`."""
-    low, high = (float(v) for v in textures["vessel_scale"])
-    count = int(textures["patterns"])
-    return low * (high / low) ** (lane / (count - 1)) if count > 1 else math.sqrt(low * high)
+from synthmed.render.vessels import CHANNELS, lane_vessel_scale, pattern_grid, texel_mm, tree_texels
 
 
 # ------------------------------------------------------------------------------ the pattern as nodes
-def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) -> dict[str, Any]:
+def pattern_channels(graph: NodeGraph, theta, axial, lane, cfg: Mapping) -> dict[str, Any]:
     """The mucosa pattern at (angle theta, axial mm) of the reference cylinder, as sockets: mottle and patch
-    (noise, 0..1), main and branch (distance to the nearest main / fine vessel, in that network's cells),
-    capillary (the fine net's line, 0..1: `capillary_line`), two slow noises the wet film and the grooves
-    read: ripple (`droplet_bump`) and relief (`groove_bump`), and a slower one, tint: the wall's colour regions
-    (`wall_colour`). `lane` and `scale` (vessel cells per mm) are
-    numbers or sockets."""
+    (noise, 0..1), capillary (the fine net's line, 0..1: `capillary_line`), two slow noises the wet film and the
+    grooves read: ripple (`droplet_bump`) and relief (`groove_bump`), and a slower one, tint: the wall's colour
+    regions (`wall_colour`). `lane` is a number or a socket. The main vessels
+    are no nodes' work: a tree grown in numpy (`vessels.vessel_tree`), read from a texture."""
     textures, shader = cfg["textures"], cfg["shader"]
     radius = float(textures["reference_radius_mm"])
     point = graph.node("ShaderNodeCombineXYZ", {0: graph.math("MULTIPLY", graph.math("COSINE", theta), radius),
@@ -89,9 +63,6 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
                                                    "Randomness": float(shader["pattern_voronoi_randomness"])},
                           feature="DISTANCE_TO_EDGE", voronoi_dimensions="3D").outputs["Distance"]
 
-    fine = graph.math("MULTIPLY", scale, float(textures["branch_scale"]))
-    main_at = warped(point, shader["pattern_main_warp_offset"], shader["pattern_main_warp_scale"], scale)
-    branch_at = warped(main_at, shader["pattern_branch_warp_offset"], shader["pattern_branch_warp_scale"], fine)
     capillary_cells = float(textures["capillary_scale"])
     capillary_at = warped(point, shader["pattern_capillary_warp_offset"], shader["pattern_capillary_warp_scale"],
                           capillary_cells)
@@ -103,7 +74,7 @@ def pattern_channels(graph: NodeGraph, theta, axial, lane, scale, cfg: Mapping) 
                            low, high, float(shader["capillary_cut_floor"]), 1.0, "SMOOTHSTEP")
     capillary = graph.math("MULTIPLY", capillary_line(graph, edges(capillary_at, capillary_cells), cfg), kept)
     return {"mottle": noise((0.0, 0.0, 0.0), shader["pattern_mottle_scale"], shader["pattern_mottle_detail"]),
-            "main": edges(main_at, scale), "branch": edges(branch_at, fine), "capillary": capillary,
+            "capillary": capillary,
             "patch": noise(shader["pattern_patch_offset"], shader["pattern_patch_scale"], shader["pattern_patch_detail"]),
             "ripple": noise(shader["pattern_ripple_offset"], shader["coat_ripple_scale"], shader["coat_ripple_detail"]),
             "relief": noise(shader["pattern_relief_offset"], shader["grain_patch_scale"], shader["grain_patch_detail"]),
@@ -121,10 +92,9 @@ def capillary_line(graph: NodeGraph, distance, cfg: Mapping):
     return graph.math("MULTIPLY", graph.map_range(distance, wide, 0.0, 0.0, 1.0, "SMOOTHSTEP"), width / wide)
 
 
-def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> dict[str, Any]:
-    """The same channels as `pattern_channels`, read from the baked textures (lanes stacked bottom-up): the
-    first image holds mottle, main, branch and patch, the second the capillary line, ripple, relief and tint."""
-    textures, vessel_range = cfg["textures"], float(cfg["shader"]["pattern_vessel_range"])
+def lane_texture(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> list:
+    """Image texture nodes reading `images` (lanes stacked bottom-up on `pattern_grid`) at (theta, axial)."""
+    textures = cfg["textures"]
     rows = pattern_grid(cfg)[0]
     around = graph.math("FLOORED_MODULO", theta, 2.0 * math.pi)
     # row r of a lane holds angle (r - 0.5) x step: the angle sits at row position angle / step + 0.5, whose
@@ -133,13 +103,29 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -
     v = graph.math("DIVIDE", graph.math("MULTIPLY_ADD", lane, float(rows), row), float(rows * int(textures["patterns"])))
     u = graph.math("DIVIDE", axial, float(textures["length_mm"]))
     uv = graph.node("ShaderNodeCombineXYZ", {0: u, 1: v, 2: 0.0}).outputs[0]
-    texture, fine = (graph.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND")
-                     for _ in images)
-    texture.image, fine.image = images
+    nodes = [graph.node("ShaderNodeTexImage", {"Vector": uv}, interpolation="Linear", extension="EXTEND") for _ in images]
+    for node, image in zip(nodes, images, strict=True):
+        node.image = image
+    return nodes
+
+
+def tree_channels(graph: NodeGraph, node, cfg: Mapping) -> dict[str, Any]:
+    """main (the distance to the vessel tree's nearest centreline, in main cells) and calibre (that vessel's,
+    0..1) from a texture node whose red and green hold them (`vessels.tree_texels`)."""
+    rgb = graph.node("ShaderNodeSeparateColor", {0: node.outputs["Color"]})
+    return {"main": graph.math("MULTIPLY", rgb.outputs[0], float(cfg["shader"]["pattern_vessel_range"])),
+            "calibre": rgb.outputs[1]}
+
+
+def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -> dict[str, Any]:
+    """The channels of `pattern_channels` and the vessel tree's, read from the baked textures: the first image
+    holds mottle, main, calibre and patch, the second the capillary line, ripple, relief and tint."""
+    texture, fine = lane_texture(graph, theta, axial, lane, images, cfg)
     rgb = graph.node("ShaderNodeSeparateColor", {0: texture.outputs["Color"]})
     slow = graph.node("ShaderNodeSeparateColor", {0: fine.outputs["Color"]})
+    vessel_range = float(cfg["shader"]["pattern_vessel_range"])
     return {"mottle": rgb.outputs[0], "main": graph.math("MULTIPLY", rgb.outputs[1], vessel_range),
-            "branch": graph.math("MULTIPLY", rgb.outputs[2], vessel_range), "patch": texture.outputs["Alpha"],
+            "calibre": rgb.outputs[2], "patch": texture.outputs["Alpha"],
             "capillary": slow.outputs[0], "ripple": slow.outputs[1], "relief": slow.outputs[2],
             "tint": fine.outputs["Alpha"]}
 
@@ -233,14 +219,15 @@ def _vector(values) -> tuple[float, ...]:
 def wall_pattern(graph: NodeGraph, angle, z, knob: NodeInputs, images: tuple, cfg: Mapping) -> dict[str, Any]:
     """The pattern's channels at the wall point `angle` (radians) around the lumen and `z` (world mm) along it:
     this frame's pattern (`pattern.lane`), turned and shifted (`Mucosa.frame_inputs`), read from the baked
-    `images` or (`textures.mode: procedural`) evaluated per sample."""
+    `images` or (`textures.mode: procedural`) evaluated per sample, the vessel tree read from `images`."""
     textures = cfg["textures"]
     theta = graph.math("ADD", angle, knob["pattern.angle"])
     axial = graph.math("MULTIPLY_ADD", z, knob["pattern.axial_scale"], knob["pattern.axial_offset"])
     if textures["mode"] == "baked":
         return baked_channels(graph, theta, axial, knob["pattern.lane"], images, cfg)
     if textures["mode"] == "procedural":
-        return pattern_channels(graph, theta, axial, knob["pattern.lane"], knob["pattern.vessel_scale"], cfg)
+        tree = tree_channels(graph, lane_texture(graph, theta, axial, knob["pattern.lane"], images, cfg)[0], cfg)
+        return {**pattern_channels(graph, theta, axial, knob["pattern.lane"], cfg), **tree}
     raise ValueError(f"render.textures.mode: unknown mode {textures['mode']!r} (baked, procedural)")
 
 
@@ -248,7 +235,7 @@ def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs,
     """The wall's colour from its pattern `channels` (`wall_pattern`): the mucosa's colour, yellower in
     regions, mottled, its vessels and capillary net (the mucosa's material, and a lesion's foot, which grows out
     of the wall)."""
-    textures, shader = cfg["textures"], cfg["shader"]
+    shader = cfg["shader"]
     # colour regions: a slow noise turns stretches of wall toward the tint colour, by up to `params.mucosa.tint`
     tint_low, tint_high = (float(v) for v in shader["mucosa_tint_edges"])
     tint = graph.math("MULTIPLY", graph.map_range(channels["tint"], tint_low, tint_high, 0.0, 1.0, "SMOOTHSTEP"),
@@ -258,24 +245,22 @@ def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs,
     mottle_low, mottle_high = (float(v) for v in shader["mucosa_mottle_edges"])
     mottle = graph.math("MULTIPLY", graph.map_range(channels["mottle"], mottle_low, mottle_high), knob["mucosa.mottle"])
     base = graph.mix_colour(mottle, base, knob.rgb("mucosa.colour_dark"))
-    # vessels: the main network (width in its cells), and finer branches that grow out of it; the patch
-    # mask decides how much of the wall shows them (vascular density). Where a vessel fades out (a branch
-    # leaving its main vessel, a main vessel at a patch's edge) it also thins, to `vessel_taper` of its width
+    # vessels: the tree (`vessels.py`); a vessel's half width is `vessels.width` (main cells) x its calibre,
+    # and x `vessel_taper` .. 1 where the patch mask (vascular density) fades it out. A line thinner than a
+    # texel of the pattern is drawn a texel wide and fainter in proportion (it keeps its ink, and is never
+    # lost between two texels: a thin line sampled at texel centres would break into dashes)
     threshold = graph.math("SUBTRACT", float(shader["vessels_patch_threshold"]),
                            graph.math("MULTIPLY", knob["vessels.density"], float(shader["vessels_patch_density_gain"])))
     shown = graph.map_range(channels["patch"], threshold,
                             graph.math("ADD", threshold, float(shader["vessels_patch_band"])), 0.0, 1.0, "SMOOTHSTEP")
-    near_main = graph.map_range(channels["main"], float(textures["branch_reach"]), 0.0, 0.0, 1.0, "SMOOTHSTEP")
-    width, taper = knob["vessels.width"], float(shader["vessel_taper"])
-    branch_width = graph.math("MULTIPLY", width, float(textures["branch_width"]))
-    if taper != 1.0:
-        width = graph.math("MULTIPLY", width, graph.math("MULTIPLY_ADD", shown, 1.0 - taper, taper))
-        branch_width = graph.math("MULTIPLY", branch_width, graph.math("MULTIPLY_ADD", near_main, 1.0 - taper, taper))
-    main = graph.map_range(channels["main"], width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-    branch = graph.map_range(channels["branch"], branch_width, 0.0, 0.0, 1.0, "SMOOTHSTEP")
-    branch = graph.math("MULTIPLY", graph.math("MULTIPLY", branch, near_main), float(textures["branch_contrast"]))
-    vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", graph.math("MAXIMUM", main, branch), shown),
-                         knob["vessels.contrast"])
+    taper = float(shader["vessel_taper"])
+    width = graph.math("MULTIPLY", graph.math("MULTIPLY", knob["vessels.width"], channels["calibre"]),
+                       graph.math("MULTIPLY_ADD", shown, 1.0 - taper, taper))
+    texel = graph.math("MULTIPLY", knob["pattern.vessel_scale"], texel_mm(cfg))
+    drawn = graph.math("MAXIMUM", width, texel)
+    line = graph.map_range(channels["main"], drawn, 0.0, 0.0, 1.0, "SMOOTHSTEP")
+    vessels = graph.math("MULTIPLY", graph.math("MULTIPLY", line, graph.math("DIVIDE", width, drawn)),
+                         graph.math("MULTIPLY", shown, knob["vessels.contrast"]))
     # seen through the mucosa, a vessel blurs and pales with distance: x 1 near .. `vessel_fade_floor` far
     near, far = (float(v) for v in shader["vessel_fade_edges"])
     distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
@@ -316,19 +301,20 @@ class Mucosa:
         self.bpy, self.cfg = bpy, cfg
         self.material, graph = new_material(bpy, "mucosa")
         self.inputs = NodeInputs(graph)
-        self.pattern_images: tuple = ()  # baked mode: the pattern's two textures (`baked_channels`)
+        self.pattern_images: tuple = ()  # the pattern's textures (`_build`)
         self.pattern_lanes: frozenset[int] = frozenset()  # the baked patterns `set_pattern` loaded
+        self.trees: dict[int, np.ndarray] = {}  # procedural mode: the vessel trees grown so far (`pose`)
         self._build(graph)
 
     def _build(self, graph: NodeGraph) -> None:
         bpy, cfg, knob = self.bpy, self.cfg, self.inputs
         shader = cfg["shader"]
-        if cfg["textures"]["mode"] == "baked":
-            self.pattern_images = tuple(bpy.data.images.new(name, 1, 1, alpha=True, float_buffer=False)
-                                        for name in ("mucosa_pattern", "mucosa_pattern_fine"))
-            for image in self.pattern_images:
-                image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
-                image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
+        # baked: the pattern's two textures; procedural: the vessel tree's, the rest evaluated per sample
+        names = ("mucosa_pattern", "mucosa_pattern_fine") if cfg["textures"]["mode"] == "baked" else ("mucosa_tree",)
+        self.pattern_images = tuple(bpy.data.images.new(name, 1, 1, alpha=True, float_buffer=False) for name in names)
+        for image in self.pattern_images:
+            image.colorspace_settings.name = "Non-Color"  # data, not colour: no sRGB decoding
+            image.alpha_mode = "CHANNEL_PACKED"  # alpha is a fourth data channel, never premultiplied
         # where on the wall: the angle around the lumen (from the profile direction each vertex keeps) and the
         # axial position (the lumen's object space is the world's)
         around = graph.node("ShaderNodeAttribute", attribute_name="around", attribute_type="GEOMETRY").outputs["Vector"]
@@ -413,13 +399,26 @@ class Mucosa:
     def pose(self, params: Mapping[str, Any]) -> dict[str, float]:
         """Set the material's per-frame inputs; return the pattern inputs."""
         values, colours = self.frame_inputs(params)
+        if self.cfg["textures"]["mode"] == "procedural":
+            self._grow_tree(int(values["pattern.lane"]))
         self.inputs.set(values, colours)
         return self.pattern_inputs(params)
+
+    def _grow_tree(self, lane: int) -> None:
+        """Procedural mode: grow pattern `lane`'s vessel tree when this scene first shows it, into its texture."""
+        if lane in self.trees:
+            return
+        self.trees[lane] = tree_texels(self.cfg, lane)
+        rows, cols = pattern_grid(self.cfg)[:2]
+        empty = np.zeros((rows, cols, 2), np.uint8)
+        # lane k occupies rows k * rows .. (k + 1) * rows - 1; red: the distance, green: the calibre
+        stacked = np.concatenate([self.trees.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))])
+        self._load([np.concatenate([stacked, np.zeros_like(stacked)], axis=-1)])
 
     # -------------------------------------------------------------------------- the baked pattern
     def bake_pattern(self, scene, lane: int) -> np.ndarray:
         """Evaluate pattern `lane` on its texel grid with geometry nodes (the same texture nodes the
-        procedural shader runs per sample). Returns (rows, cols, `CHANNELS`) uint8: mottle, main, branch, patch,
+        procedural shader runs per sample). Returns (rows, cols, `CHANNELS`) uint8: mottle, main, calibre, patch,
         capillary, ripple, relief and tint; see `pattern_grid`."""
         bpy, cfg = self.bpy, self.cfg
         rows, cols, texel_theta, texel_axial = pattern_grid(cfg)
@@ -433,9 +432,8 @@ class Mucosa:
         # row 0 and the last row repeat the other end of the circle, so bilinear lookups wrap without a seam
         theta = graph.math("MULTIPLY", graph.math("SUBTRACT", row, 0.5), texel_theta)
         axial = graph.math("MULTIPLY", graph.math("ADD", col, 0.5), texel_axial)
-        channels = pattern_channels(graph, theta, axial, float(lane), lane_vessel_scale(cfg["textures"], lane), cfg)
-        packed = graph.node("ShaderNodeCombineXYZ", {0: channels["mottle"], 1: channels["main"],
-                                                     2: channels["branch"]}).outputs[0]
+        channels = pattern_channels(graph, theta, axial, float(lane), cfg)
+        packed = graph.node("ShaderNodeCombineXYZ", {0: channels["mottle"], 1: 0.0, 2: 0.0}).outputs[0]
         store = graph.node("GeometryNodeStoreNamedAttribute", {"Geometry": points.outputs[0], "Name": "rgb",
                                                                "Value": packed}, data_type="FLOAT_VECTOR", domain="POINT")
         slow = graph.node("ShaderNodeCombineXYZ", {0: channels["capillary"], 1: channels["ripple"],
@@ -471,8 +469,9 @@ class Mucosa:
             bpy.data.meshes.remove(mesh)
             bpy.data.node_groups.remove(tree)
         values = np.concatenate([rgb.reshape(count, 3), alpha[:, None], fine.reshape(count, 3), tint[:, None]], axis=1)
-        values[:, 1:3] /= float(cfg["shader"]["pattern_vessel_range"])  # distances to a vessel -> [0, 1]
-        return np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, CHANNELS)
+        texels = np.floor(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rows, cols, CHANNELS)
+        texels[..., 1:3] = tree_texels(cfg, lane)  # the vessel tree: distance and calibre
+        return texels
 
     def set_pattern(self, lanes: Mapping[int, np.ndarray]) -> None:
         """Load baked patterns ({lane: `bake_pattern(lane)`}) into the texture the material looks up. Lanes no
@@ -481,18 +480,20 @@ class Mucosa:
         empty = np.zeros((rows, cols, CHANNELS), np.uint8)
         # lane k occupies rows k*rows .. (k+1)*rows - 1
         texture = np.concatenate([lanes.get(k, empty) for k in range(int(self.cfg["textures"]["patterns"]))], axis=0)
-        fine = texture[..., 4:]
-        height, width = texture.shape[:2]
-        for image, pixels in zip(self.pattern_images, (texture[..., :4], fine), strict=True):
-            image.scale(width, height)
+        self._load([texture[..., :4], texture[..., 4:]])
+        self.pattern_lanes = frozenset(lanes)
+
+    def _load(self, textures: list[np.ndarray]) -> None:
+        """Fill `pattern_images` from (rows, cols, 4) uint8 arrays (lanes stacked)."""
+        for image, pixels in zip(self.pattern_images, textures, strict=True):
+            image.scale(pixels.shape[1], pixels.shape[0])
             # Blender images store rows bottom-up; v = 0 is row 0 of our array
             image.pixels.foreach_set((pixels.astype(np.float32) / 255.0).ravel())
             image.update()
-        self.pattern_lanes = frozenset(lanes)
 
     def check_pattern(self, params: Mapping[str, Any]) -> None:
         """Baked mode: the frame's pattern must be loaded (a missing one would render a blank wall)."""
         lane = pattern_lane(self.cfg, params)
-        if self.pattern_images and lane not in self.pattern_lanes:
+        if self.cfg["textures"]["mode"] == "baked" and lane not in self.pattern_lanes:
             raise RuntimeError(f"textures.mode=baked: pattern {lane} of this frame is not loaded "
                                f"(loaded: {sorted(self.pattern_lanes)}); bake it and pass it to set_pattern()")

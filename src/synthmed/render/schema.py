@@ -46,15 +46,27 @@ class EngineConfig:
 
 
 @dataclass
+class VesselTreeConfig:
+    seed: int = MISSING
+    trunk_spacing: float = MISSING
+    step: float = MISSING
+    turn: float = MISSING
+    bend_length: float = MISSING
+    branch_every: float = MISSING
+    branch_angle_deg: list[float] = MISSING
+    child_calibre: list[float] = MISSING
+    taper: float = MISSING
+    min_calibre: float = MISSING
+    clearance: float = MISSING
+
+
+@dataclass
 class TexturesConfig:
     mode: TextureMode = MISSING
     patterns: int = MISSING
     vessel_scale: list[float] = MISSING
     vessel_distortion: float = MISSING
-    branch_scale: float = MISSING
-    branch_reach: float = MISSING
-    branch_width: float = MISSING
-    branch_contrast: float = MISSING
+    tree: VesselTreeConfig = field(default_factory=VesselTreeConfig)
     capillary_scale: float = MISSING
     capillary_width: float = MISSING
     reference_radius_mm: float = MISSING
@@ -141,10 +153,6 @@ class ShaderConfig:
     pattern_margin_mm: float = MISSING
     pattern_vessel_range: float = MISSING
     pattern_warp_gain: float = MISSING
-    pattern_main_warp_offset: list[float] = MISSING
-    pattern_main_warp_scale: float = MISSING
-    pattern_branch_warp_offset: list[float] = MISSING
-    pattern_branch_warp_scale: float = MISSING
     pattern_capillary_warp_offset: list[float] = MISSING
     pattern_capillary_warp_scale: float = MISSING
     capillary_cut_scale: float = MISSING
