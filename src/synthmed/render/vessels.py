@@ -181,7 +181,7 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
     seed[sr[first], sc[first]] = True
     calibre[sr[first], sc[first]] = sw[first]
     far, (ir, ic) = ndimage.distance_transform_edt(~seed, sampling=(row_mm, col_mm), return_indices=True)
-    width = calibre[ir, ic]
+    calibre_at = calibre[ir, ic]  # each texel's nearest vessel's calibre
     # ... near it (within `reach` texels of a sample, where a vessel's edge may lie): exact, the distance to the
     # centreline's pieces either side of each sample, one rank at a time (no texel twice in an assignment)
     reach = int(math.ceil(NEAR_CELLS * cell / min(row_mm, col_mm)))
@@ -201,10 +201,10 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
                     d = np.hypot(qx - t * step[:, 0], qy - t * step[:, 1])
                     closer = d < exact[tr, tc]
                     exact[tr[closer], tc[closer]] = d[closer]
-                    width[tr[closer], tc[closer]] = gw[inside][closer]
+                    calibre_at[tr[closer], tc[closer]] = gw[inside][closer]
     # a texel with a centreline within `reach` texels has every sample that near inside the windows swept
     distance = np.where(exact <= reach * min(row_mm, col_mm), exact, far)
-    out = np.stack([distance / cell, width], axis=-1)[pad - 1:pad + core + 1]  # core rows plus one each side
+    out = np.stack([distance / cell, calibre_at], axis=-1)[pad - 1:pad + core + 1]  # core rows plus one each side
     return out.astype(np.float32)
 
 
