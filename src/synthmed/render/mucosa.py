@@ -1,7 +1,8 @@
 """The mucosa: its material (mottled colour, vessels and a fine capillary net, fake translucency, wet droplets
-under a coat) over a vessel pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per
-sample (`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and
-geometry-node trees share: the bake evaluates exactly what the procedural shader does. The wall's colour over
+under a coat) over a pattern that is baked once per dataset (`textures.mode: baked`) or evaluated per sample
+(`procedural`). The pattern is one function, `pattern_channels`, built from nodes that shader and geometry-node
+trees share: the bake evaluates exactly what the procedural shader does; the vessel tree is grown in numpy
+(`vessels.py`) and read from a texture in both modes. The wall's colour over
 the pattern (`wall_pattern`, `wall_colour`) is shared with the lesions' material, which the wall runs on over.
 """
 
@@ -266,23 +267,22 @@ def wall_colour(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs,
     distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
     vessels = graph.math("MULTIPLY", vessels, graph.map_range(distance, near, far, 1.0, float(shader["vessel_fade_floor"])))
     coloured = graph.mix_colour(vessels, base, knob.rgb("vessels.colour"))
-    coloured = graph.mix_colour(_capillaries(graph, channels, knob, cfg), coloured, knob.rgb("vessels.colour"))
+    coloured = graph.mix_colour(_capillaries(graph, channels, knob, cfg, distance), coloured, knob.rgb("vessels.colour"))
     return coloured
 
 
-def _capillaries(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs, cfg: Mapping):
+def _capillaries(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs, cfg: Mapping, distance):
     """How far the wall turns toward the vessels' colour for the capillary net: its line x
     `vessels.capillary_contrast`, shown everywhere but stronger where the vessel patches are (x floor + (1 -
     floor) x patch, floor = `shader.capillary_patch_floor`). Where a pixel spans more than a texel of the
     pattern (far, or oblique: the texels a pixel spans = its distance x `capillary.texels_per_mm` / the
     cosine of the view to the surface) the texture would alias into speckle: the line gives way, over
     `shader.capillary_fade_edges` texels a pixel, to its mean over the wall (`capillary_mean`), the tint a
-    pixel that spans many cells sees."""
+    pixel that spans many cells sees. `distance`: the view distance (`wall_colour`'s Camera Data socket)."""
     shader = cfg["shader"]
     geometry = graph.node("ShaderNodeNewGeometry")
     facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
                                                       geometry.outputs["Incoming"]))
-    distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
     spans = graph.math("DIVIDE", graph.math("MULTIPLY", distance, knob["capillary.texels_per_mm"]),
                        graph.math("MAXIMUM", facing, 0.2))
     low, high = (float(v) for v in shader["capillary_fade_edges"])
