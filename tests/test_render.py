@@ -234,7 +234,10 @@ def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
     luminance, and on renderer 7's frame 0 (speckled with small vessels at 48 px) the two lookups' percentiles
     differed by ~1%, which moved every pixel (mean 1.01 with it, 0.23 without). The processor's structure
     enhancement is off too: it multiplies fine differences by up to 2.5x (frame 0: mean 0.57 with it). Both runs
-    set the texel: the capillary net's lines are drawn no thinner than it in either mode (`capillary_line`)."""
+    set the texel: the capillary net's lines are drawn no thinner than it in either mode (`capillary_line`).
+    A vessel tree procedural mode grows after the first render must reach the frames: until renderer 24 Cycles'
+    kept scene held the tree texture as first uploaded, and frames 1 and 2 had no main vessels (with renderer
+    24's denser trees they were 0.70 and 0.45 from the baked frames; fixed, the three are 0.19, 0.07, 0.04)."""
     held = ("render.endoscope.exposure_max_gain=1.0", "render.params.endoscope.enhance=0", "render.textures.texel_mm=0.4")
     procedural = render_dataset(tiny("render.num_frames=3", "render.workers=1", "render.textures.mode=procedural", *held),
                                 tmp_path / "procedural", progress=False)
@@ -244,7 +247,7 @@ def test_baked_pattern_renders_the_procedural_frames(clean, tmp_path):
         assert (procedural / "masks" / name).read_bytes() == (clean / "masks" / name).read_bytes()
         a, b = (np.asarray(Image.open(root / "images" / name), np.int16) for root in (procedural, baked))
         diff = np.abs(a - b)
-        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 16, (i, diff.mean(), np.percentile(diff, 99), diff.max())
+        assert diff.mean() < 0.3 and np.percentile(diff, 99) <= 16, (i, diff.mean(), np.percentile(diff, 99), diff.max())
     assert dataset_name(tiny("render.textures.mode=procedural")) != dataset_name(tiny())
 
 

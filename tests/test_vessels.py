@@ -10,6 +10,7 @@ import pytest
 from synthmed.render.config import compose_render, resolve_config
 from synthmed.render.vessels import (
     NEAR_CELLS,
+    _nearest_piece,
     grow,
     lane_vessel_scale,
     pattern_grid,
@@ -98,3 +99,24 @@ def test_the_texture_is_the_raster_in_eight_bits(cfg):
     assert texels.dtype == np.uint8 and texels.shape == raster.shape
     assert np.abs(texels[..., 0] / 255.0 * top - np.minimum(raster[..., 0], top)).max() <= 0.5 / 255 * top + 1e-6
     assert np.abs(texels[..., 1] / 255.0 - raster[..., 1]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_the_nearest_piece_is_exact_where_many_pieces_crowd_a_point():
+    # 400 pieces crossing a 10 x 10 mm patch of a 30 mm circumference (some across the wrap), with their calibres:
+    # a point there has dozens of pieces about as near, so the first 8 midpoints cannot settle it and it asks again
+    rng = np.random.default_rng(3)
+    period = 30.0
+    start = np.column_stack([rng.uniform(5, 15, 400), rng.uniform(-5, 5, 400) % period, rng.uniform(0.2, 1, 400)])
+    step = np.column_stack([rng.uniform(-2, 2, (400, 2)), rng.uniform(-0.1, 0, 400)])
+    step[::7] = 0.0  # pieces of no length (a line's end) among them
+    end = start + step
+    query = np.column_stack([rng.uniform(4, 16, 3000), rng.uniform(-6, 6, 3000)])
+    got, calibre = _nearest_piece(start, end, query, period, chunk=1000)
+    qx = query[:, None, 0] - start[None, :, 0]
+    qy = (query[:, None, 1] - start[None, :, 1] + period / 2) % period - period / 2
+    t = np.clip((qx * step[:, 0] + qy * step[:, 1]) / np.maximum((step[:, :2] ** 2).sum(-1), 1e-12), 0, 1)
+    d = np.hypot(qx - t * step[:, 0], qy - t * step[:, 1])
+    j = d.argmin(axis=1)
+    at = np.arange(len(query))
+    assert np.allclose(got, d[at, j], atol=1e-9)
+    assert np.allclose(calibre, start[j, 2] + t[at, j] * step[j, 2], atol=1e-9)

@@ -50,6 +50,7 @@ class ColonScene:
         self.endoscope = Endoscope(bpy, self.scene, cfg)
         self.exr_path = self._build_compositor()
         self.renders = 0  # renders so far: every `session_frames`-th one rebuilds Cycles' kept scene
+        self.trees_rendered = 0  # procedural mode: the vessel trees the last render saw (`render_current`)
 
     def _use_gpus(self) -> list[str]:
         """Enable every OptiX (else CUDA) device Cycles finds; return their names. Raises RuntimeError naming
@@ -231,6 +232,10 @@ class ColonScene:
         self.renders += 1
         every = int(self.cfg["session_frames"])
         renew = every > 0 and self.renders % every == 0
+        # procedural mode: a tree grown since the last render is in the texture's pixels, but Cycles' kept scene
+        # holds the texture as it first uploaded it (the new lane's rows empty: no vessels); rebuild it
+        renew = renew or len(self.mucosa.trees) != self.trees_rendered
+        self.trees_rendered = len(self.mucosa.trees)
         if renew:  # persistent data keeps something of every past lesion mesh (about 14 KB a frame at 128 px):
             self.scene.render.use_persistent_data = False  # a render without it frees the kept scene; same bytes
         try:

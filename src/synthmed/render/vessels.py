@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 # ------------------------------------------------------------------------------ the pattern's texel grid
 CHANNELS = 8  # a baked texel: mottle, main, calibre, patch (the first image), capillary, ripple, relief, tint (the second)
@@ -88,13 +89,14 @@ def grow(cfg: Mapping, lane: int) -> list[np.ndarray]:
             for side in (0.0, math.pi):
                 heapq.heappush(heap, (-1.0, count, x, y, heading + side, 1.0, -1))
                 count += 1
+    normal, uniform = _stream(rng.standard_normal), _stream(rng.random)  # draws in blocks: quicker than one by one
     lines: list[np.ndarray] = []
     while heap:
         _, ident, x, y, heading, calibre, parent = heapq.heappop(heap)
         points = [(x, y, calibre)]
         bend = 0.0
         for k in itertools.count():
-            bend = bend * bend_keep + rng.normal(0.0, turn)
+            bend = bend * bend_keep + turn * normal()
             heading += bend
             x, y = x + step * math.cos(heading), (y + step * math.sin(heading)) % around
             calibre *= taper
@@ -107,15 +109,26 @@ def grow(cfg: Mapping, lane: int) -> list[np.ndarray]:
                 break
             owner[box] = ident
             points.append((x, y, calibre))
-            if calibre * child_high >= min_calibre and rng.random() < branch_p:
-                side = 1.0 if rng.random() < 0.5 else -1.0
-                child = calibre * rng.uniform(child_low, child_high)
-                heapq.heappush(heap, (-child, count, x, y, heading + side * rng.uniform(angle_low, angle_high),
-                                      child, ident))
+            if calibre * child_high >= min_calibre and uniform() < branch_p:
+                side = 1.0 if uniform() < 0.5 else -1.0
+                child = calibre * (child_low + (child_high - child_low) * uniform())
+                angle = angle_low + (angle_high - angle_low) * uniform()
+                heapq.heappush(heap, (-child, count, x, y, heading + side * angle, child, ident))
                 count += 1
         if len(points) > 1:
             lines.append(np.asarray(points, np.float64))
     return lines
+
+
+def _stream(draw, block: int = 4096):
+    """A function returning the next of `draw`'s numbers, drawn `block` at a time."""
+    buffer: list[float] = []
+
+    def take() -> float:
+        if not buffer:
+            buffer.extend(draw(block).tolist()[::-1])
+        return buffer.pop()
+    return take
 
 
 def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
@@ -128,30 +141,20 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
     cell = 1.0 / lane_vessel_scale(textures, lane)
     core = rows - 2  # rows 1 .. rows - 2 hold angles (r - 0.5) x step; rows 0 and rows - 1 repeat the ends
     pad = int(math.ceil(float(cfg["shader"]["pattern_vessel_range"]) * cell / row_mm)) + 2
-    # centreline samples under half a texel apart, to stand for the lines: every line's pieces, then its end as a
-    # piece of no length; a piece from a to b gives n samples a + (b - a) k / n
+    # the centrelines' pieces: from each point of a line to the next, and its end as a piece of no length; and
+    # samples under half a texel apart along them (a piece from a to b gives n samples a + (b - a) k / n), to mark
+    # the texels the lines pass through
     period = core * row_mm
-    starts, ends, owner_of = [], [], []
-    for number, line in enumerate(lines):
-        step = line[1:] - line[:-1]
-        step[:, 1] = _wrapped(step[:, 1], period)
-        starts += [line[:-1], line[-1:]]
-        ends += [line[:-1] + step, line[-1:]]
-        owner_of.append(np.full(len(line), number))
-    start = np.concatenate(starts) if starts else np.zeros((0, 3))
-    end = np.concatenate(ends) if ends else np.zeros((0, 3))
+    start = np.concatenate(lines) if lines else np.zeros((0, 3))
+    step = np.diff(start, axis=0, append=start[-1:])
+    step[:, 1] = _wrapped(step[:, 1], period)
+    step[np.cumsum([len(line) for line in lines]) - 1] = 0.0  # a line's end: a piece of no length
+    end = start + step
     pieces = np.maximum(1, np.ceil(np.hypot(end[:, 0] - start[:, 0], end[:, 1] - start[:, 1])
                                    / (0.4 * min(row_mm, col_mm))).astype(int))
     piece = np.repeat(np.arange(len(start)), pieces)
     k = np.arange(len(piece)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
     points = start[piece] + (end - start)[piece] * (k / pieces[piece])[:, None]
-    owner = np.concatenate(owner_of)[piece] if owner_of else np.zeros(0, int)
-    # each sample's step to the next and from the previous of its line (0 at a line's ends), across the wrap
-    ahead = np.zeros((len(points), 2))
-    ahead[:-1] = np.stack([np.diff(points[:, 0]), _wrapped(np.diff(points[:, 1]), period)], axis=1)
-    ahead[np.append(owner[1:] != owner[:-1], True)] = 0.0
-    behind = np.zeros_like(ahead)
-    behind[1:] = -ahead[:-1]
     r = np.floor(np.mod(points[:, 1], core * row_mm) / row_mm).astype(int) + pad  # core row index + pad
     c = np.clip(np.floor(points[:, 0] / col_mm).astype(int), 0, cols - 1)
     height = core + 2 * pad
@@ -168,44 +171,67 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
     sc, sx, sw = c[index], points[index, 0], points[index, 2]
     if not len(index):
         return np.concatenate([np.full((rows, cols, 1), np.inf, np.float32), np.zeros((rows, cols, 1), np.float32)], -1)
-    # samples in order of their texel, and of their distance from its centre; rank k: the texel's k-th
+    # far from the tree: the distance to the nearest seed texel (one a centreline passes through) from each texel's
+    # centre, to within a texel; a seed texel keeps the calibre of its sample nearest its centre
     key = sr * cols + sc
     order = np.lexsort((np.hypot(sx - centre_x[sc], sy - centre_y[sr]), key))
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    # far from the tree: the distance to the nearest seed texel's centre (to within a texel) ...
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
     seed = np.zeros((height, cols), bool)
     calibre = np.zeros((height, cols))
-    first = order[rank == 0]
     seed[sr[first], sc[first]] = True
     calibre[sr[first], sc[first]] = sw[first]
     far, (ir, ic) = ndimage.distance_transform_edt(~seed, sampling=(row_mm, col_mm), return_indices=True)
     calibre_at = calibre[ir, ic]  # each texel's nearest vessel's calibre
-    # ... near it (within `reach` texels of a sample, where a vessel's edge may lie): exact, the distance to the
-    # centreline's pieces either side of each sample, one rank at a time (no texel twice in an assignment)
-    reach = int(math.ceil(NEAR_CELLS * cell / min(row_mm, col_mm)))
-    exact = np.full((height, cols), np.inf)
-    for k in range(int(rank.max()) + 1):
-        group = order[rank == k]
-        gr, gc, gx, gy, gw, gi = sr[group], sc[group], sx[group], sy[group], sw[group], index[group]
-        for dr in range(-reach, reach + 1):
-            for dc in range(-reach, reach + 1):
-                tr, tc = gr + dr, gc + dc
-                inside = np.flatnonzero((tr >= 0) & (tr < height) & (tc >= 0) & (tc < cols))
-                tr, tc = tr[inside], tc[inside]
-                qx, qy = centre_x[tc] - gx[inside], centre_y[tr] - gy[inside]
-                for step in (ahead[gi[inside]], behind[gi[inside]]):
-                    length = np.maximum((step ** 2).sum(-1), 1e-12)
-                    t = np.clip((qx * step[:, 0] + qy * step[:, 1]) / length, 0.0, 1.0)
-                    d = np.hypot(qx - t * step[:, 0], qy - t * step[:, 1])
-                    closer = d < exact[tr, tc]
-                    exact[tr[closer], tc[closer]] = d[closer]
-                    calibre_at[tr[closer], tc[closer]] = gw[inside][closer]
-    # a texel with a centreline within `reach` texels has every sample that near inside the windows swept
-    distance = np.where(exact <= reach * min(row_mm, col_mm), exact, far)
-    out = np.stack([distance / cell, calibre_at], axis=-1)[pad - 1:pad + core + 1]  # core rows plus one each side
-    return out.astype(np.float32)
+    # near it (within `NEAR_CELLS`, rounded up to whole texels: where a vessel's edge may lie), exact: the distance
+    # to the nearest piece, and the calibre there. The seed texel nearest a texel is at most a texel's diagonal
+    # farther than its nearest centreline point, so every texel that near is among those asked
+    limit = math.ceil(NEAR_CELLS * cell / min(row_mm, col_mm)) * min(row_mm, col_mm)
+    near = np.flatnonzero(far.ravel() <= limit + math.hypot(row_mm, col_mm))
+    exact, nearest_calibre = _nearest_piece(start, end, np.stack([centre_x[near % cols], centre_y[near // cols]], 1),
+                                            period)
+    distance = far.ravel().copy()
+    close = exact <= limit
+    distance[near[close]] = exact[close]
+    calibre_at = calibre_at.ravel()
+    calibre_at[near] = nearest_calibre
+    out = np.stack([distance.reshape(height, cols) / cell, calibre_at.reshape(height, cols)], axis=-1)
+    return out[pad - 1:pad + core + 1].astype(np.float32)  # core rows plus one each side
+
+
+def _nearest_piece(start: np.ndarray, end: np.ndarray, query: np.ndarray, period: float, chunk: int = 65536):
+    """For each (axial, around) mm point of `query`: the distance to the nearest centreline piece (`start` to
+    `end`, rows of (axial, around, calibre); around wraps at `period`) and the calibre there. A periodic KD-tree
+    of the pieces' midpoints offers the k nearest; a piece whose midpoint is farther than the best distance plus
+    the longest half piece cannot be nearer, and a point whose k-th midpoint is not that far asks again with 2k."""
+    step = end[:, :2] - start[:, :2]
+    middle = start[:, :2] + 0.5 * step
+    half = 0.5 * float(np.hypot(step[:, 0], step[:, 1]).max())
+    span = 4.0 * (float(max(middle[:, 0].max(), query[:, 0].max())) + 1.0)  # no wrap along the lumen
+    index = cKDTree(np.stack([middle[:, 0], np.mod(middle[:, 1], period)], 1), boxsize=(span, period))
+    where = np.stack([query[:, 0], np.mod(query[:, 1], period)], 1)
+    best = np.full(len(query), np.inf)
+    best_calibre = np.zeros(len(query))
+    todo, k = np.arange(len(query)), 8
+    while len(todo):
+        again = []
+        for lo in range(0, len(todo), chunk):
+            rows = todo[lo:lo + chunk]
+            reach, pick = index.query(where[rows], k=min(k, len(middle)))
+            reach, pick = reach.reshape(len(rows), -1), pick.reshape(len(rows), -1)
+            qx = query[rows, 0:1] - start[pick, 0]
+            qy = _wrapped(query[rows, 1:2] - start[pick, 1], period)
+            sx, sy = step[pick, 0], step[pick, 1]
+            t = np.clip((qx * sx + qy * sy) / np.maximum(sx * sx + sy * sy, 1e-12), 0.0, 1.0)
+            d = np.hypot(qx - t * sx, qy - t * sy)
+            j = np.argmin(d, axis=1)
+            at = np.arange(len(rows))
+            best[rows] = d[at, j]
+            best_calibre[rows] = start[pick[at, j], 2] + t[at, j] * (end[pick[at, j], 2] - start[pick[at, j], 2])
+            if k < len(middle):
+                again.append(rows[reach[:, -1] <= best[rows] + half])
+        todo = np.concatenate(again) if again else np.zeros(0, int)
+        k *= 2
+    return best, best_calibre
 
 
 def _wrapped(delta, period):
