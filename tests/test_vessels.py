@@ -120,3 +120,9 @@ def test_the_nearest_piece_is_exact_where_many_pieces_crowd_a_point():
     at = np.arange(len(query))
     assert np.allclose(got, d[at, j], atol=1e-9)
     assert np.allclose(calibre, start[j, 2] + t[at, j] * step[j, 2], atol=1e-9)
+
+
+def test_a_pattern_without_vessels_rasterises_to_no_vessel(cfg):
+    raster = rasterise(cfg, 0, [])
+    assert raster.shape == (*pattern_grid(cfg)[:2], 2)
+    assert np.isinf(raster[..., 0]).all() and not raster[..., 1].any()

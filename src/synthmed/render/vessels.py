@@ -148,7 +148,7 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
     start = np.concatenate(lines) if lines else np.zeros((0, 3))
     step = np.diff(start, axis=0, append=start[-1:])
     step[:, 1] = _wrapped(step[:, 1], period)
-    step[np.cumsum([len(line) for line in lines]) - 1] = 0.0  # a line's end: a piece of no length
+    step[np.cumsum([len(line) for line in lines], dtype=int) - 1] = 0.0  # a line's end: a piece of no length
     end = start + step
     pieces = np.maximum(1, np.ceil(np.hypot(end[:, 0] - start[:, 0], end[:, 1] - start[:, 1])
                                    / (0.4 * min(row_mm, col_mm))).astype(int))
