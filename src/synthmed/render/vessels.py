@@ -175,7 +175,8 @@ def rasterise(cfg: Mapping, lane: int, lines: list[np.ndarray]) -> np.ndarray:
     # centre, to within a texel; a seed texel keeps the calibre of its sample nearest its centre
     key = sr * cols + sc
     order = np.lexsort((np.hypot(sx - centre_x[sc], sy - centre_y[sr]), key))
-    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    ordered = key[order]
+    first = order[np.r_[True, ordered[1:] != ordered[:-1]]]
     seed = np.zeros((height, cols), bool)
     calibre = np.zeros((height, cols))
     seed[sr[first], sc[first]] = True
