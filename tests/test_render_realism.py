@@ -976,3 +976,28 @@ def test_vessels_fade_with_distance(tmp_path):
     # between the edges, a pixel whose samples straddle a fold's edge mixes two distances its depth averages
     assert (off < 5e-4).mean() > 0.97 and np.median(off) < 1e-4, ((off < 5e-4).mean(), np.median(off))
     assert np.abs(faded[~vessel & (even == 0)]).max() < 1e-6
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_twigs_are_paler_and_fainter_than_trunks(tmp_path):
+    """`shader.vessel_calibre_edges`, `vessel_twig_contrast`, `vessel_twig`: a trunk keeps the vessels' colour and
+    contrast, a twig is drawn fainter and in a paler colour. Against the net drawn in one colour and contrast (a
+    twig's shift the identity), every vessel pixel darkens the wall as much or less; the trunks' pixels nearly as
+    much, the twigs' far less; the rest of the wall is untouched."""
+    down_the_lumen = {"camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "mucosa.grain": 0.0}
+    net = ("render.params.vessels.density=1", "render.params.vessels.contrast=0.85",
+           "render.params.vessels.capillary_contrast=0", "render.shader.vessel_fade_floor=1")
+    one_colour = ("render.shader.vessel_twig_contrast=1", "render.shader.vessel_twig.hue_shift=0",
+                  "render.shader.vessel_twig.saturation_scale=1", "render.shader.vessel_twig.value_scale=1")
+    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=down_the_lumen) for name, extra in (
+        ("bare", ["render.params.vessels.contrast=0"]), ("even", one_colour), ("calibre", []))}
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    even, calibre = ((renders["bare"]["albedo"] - renders[k]["albedo"]) @ luma for k in ("even", "calibre"))
+    depth = renders["bare"]["depth"]
+    vessel = (depth < 1e9) & (even > 5e-3)
+    assert vessel.sum() > 100, vessel.sum()
+    share = calibre[vessel] / even[vessel]
+    assert share.max() < 1.0 + 1e-3 and share.min() > 0.0, (share.min(), share.max())
+    trunks, twigs = (share > 0.9).mean(), (share < 0.6).mean()
+    assert trunks > 0.05 and twigs > 0.2, (trunks, twigs)
+    assert np.abs(calibre[(depth < 1e9) & (even == 0)]).max() < 1e-6

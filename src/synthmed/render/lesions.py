@@ -17,7 +17,7 @@ import numpy as np
 
 from synthmed.render.config import LESION_SURFACES, LESION_TYPES
 from synthmed.render.lumen import centreline, centreline_frame
-from synthmed.render.mucosa import droplet_bump, groove_bump, wall_colour, wall_pattern
+from synthmed.render.mucosa import droplet_bump, groove_bump, wall_colour
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
@@ -31,6 +31,7 @@ from synthmed.render.nodes import (
     shifted_toward,
     unit,
 )
+from synthmed.render.pattern import wall_pattern
 
 LESION_INDEX = 1  # object pass index of every lesion (the lumen is 0)
 # where the lesion's foot reads the wall's pattern (`Lesions.place` sets it): nothing until it is placed

@@ -181,6 +181,9 @@ class ShaderConfig:
     vessels_patch_density_gain: float = MISSING
     vessels_patch_band: float = MISSING
     vessel_taper: float = MISSING
+    vessel_calibre_edges: list[float] = MISSING
+    vessel_twig_contrast: float = MISSING
+    vessel_twig: ColourShift = field(default_factory=ColourShift)
     vessel_fade_edges: list[float] = MISSING
     vessel_fade_floor: float = MISSING
     capillary_patch_floor: float = MISSING
