@@ -948,16 +948,18 @@ def test_far_smoothing_cuts_the_far_lumens_sampling_speckle(tmp_path, cfg):
     assert spread["on"] < 0.6 * spread["off"], spread
 
 
+DOWN_THE_LUMEN = {"camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "mucosa.grain": 0.0}  # near wall and far
+
+
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
 def test_vessels_fade_with_distance(tmp_path):
     """`shader.vessel_fade_*`: the vessels' contrast falls with the distance from the lens, from all of it nearer
     than the first edge to `vessel_fade_floor` of it beyond the second (a linear ramp between). Mixing toward the
     vessels' colour is linear in their contrast, so the darkening the faded vessels leave over a wall without
     vessels is the unfaded darkening x that ramp, pixel by pixel; the rest of the wall is untouched."""
-    down_the_lumen = {"camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "mucosa.grain": 0.0}
     net = ("render.params.vessels.density=1", "render.params.vessels.contrast=0.85",
            "render.params.vessels.capillary_contrast=0", "render.shader.vessel_fade_edges=[15,35]")
-    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=down_the_lumen) for name, extra in (
+    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=DOWN_THE_LUMEN) for name, extra in (
         ("bare", ["render.params.vessels.contrast=0"]), ("even", ["render.shader.vessel_fade_floor=1"]),
         ("faded", ["render.shader.vessel_fade_floor=0.25"]))}
     luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -984,12 +986,11 @@ def test_twigs_are_paler_and_fainter_than_trunks(tmp_path):
     contrast, a twig is drawn fainter and in a paler colour. Against the net drawn in one colour and contrast (a
     twig's shift the identity), every vessel pixel darkens the wall as much or less; the trunks' pixels nearly as
     much, the twigs' far less; the rest of the wall is untouched."""
-    down_the_lumen = {"camera.offset": 0.2, "camera.toward_wall_deg": 0.0, "mucosa.grain": 0.0}
     net = ("render.params.vessels.density=1", "render.params.vessels.contrast=0.85",
            "render.params.vessels.capillary_contrast=0", "render.shader.vessel_fade_floor=1")
     one_colour = ("render.shader.vessel_twig_contrast=1", "render.shader.vessel_twig.hue_shift=0",
                   "render.shader.vessel_twig.saturation_scale=1", "render.shader.vessel_twig.value_scale=1")
-    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=down_the_lumen) for name, extra in (
+    renders = {name: _wet_render(tmp_path / f"{name}.npz", *net, *extra, params=DOWN_THE_LUMEN) for name, extra in (
         ("bare", ["render.params.vessels.contrast=0"]), ("even", one_colour), ("calibre", []))}
     luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
     even, calibre = ((renders["bare"]["albedo"] - renders[k]["albedo"]) @ luma for k in ("even", "calibre"))

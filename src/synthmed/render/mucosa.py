@@ -19,6 +19,7 @@ from synthmed.render.lumen import TAU
 from synthmed.render.nodes import (
     NodeGraph,
     NodeInputs,
+    as_vector,
     hsv_colour,
     material_output,
     new_geometry_tree,
@@ -26,7 +27,7 @@ from synthmed.render.nodes import (
     shifted_colour,
     shifted_toward,
 )
-from synthmed.render.pattern import as_vector, pattern_channels, wall_pattern
+from synthmed.render.pattern import pattern_channels, wall_pattern
 from synthmed.render.vessels import CHANNELS, lane_vessel_scale, pattern_grid, texel_mm, tree_texels
 
 

@@ -170,6 +170,11 @@ def hsv_colour(hue: float, saturation: float, value: float) -> tuple[float, floa
     return (*linear, 1.0)
 
 
+def as_vector(values) -> tuple[float, ...]:
+    """A vector socket's value from a config list."""
+    return tuple(float(v) for v in values)
+
+
 def shifted_colour(hue: float, saturation: float, value: float, shift: Mapping[str, float]):
     """The colour `shift` (a shader ColourShift) derives from a sampled HSV colour, as linear RGBA."""
     return hsv_colour(hue + float(shift["hue_shift"]),

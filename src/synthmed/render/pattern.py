@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from synthmed.render.nodes import NodeGraph, NodeInputs
+from synthmed.render.nodes import NodeGraph, NodeInputs, as_vector
 from synthmed.render.vessels import pattern_grid, texel_mm
 
 
@@ -114,10 +114,6 @@ def baked_channels(graph: NodeGraph, theta, axial, lane, images, cfg: Mapping) -
             "calibre": rgb.outputs[2], "patch": texture.outputs["Alpha"],
             "capillary": slow.outputs[0], "ripple": slow.outputs[1], "relief": slow.outputs[2],
             "tint": fine.outputs["Alpha"]}
-
-
-def as_vector(values) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
 
 
 def wall_pattern(graph: NodeGraph, angle, z, knob: NodeInputs, images: tuple, cfg: Mapping) -> dict[str, Any]:
