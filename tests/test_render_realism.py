@@ -595,7 +595,11 @@ WET_SCRIPT = textwrap.dedent("""
 
 
 def _wet_render(out, *overrides: str, params: dict | None = None) -> dict:
-    """WET_SCRIPT's frame, with config `overrides` and frame `params` over its own."""
+    """WET_SCRIPT's frame, with config `overrides` and frame `params` over its own. The grooves are drawn at their
+    own width (`shader.groove_pixel_width=0`: at 64 px they are under a pixel, and the tests of their lines look
+    at the lines) unless `overrides` set the pixel filter."""
+    if not any(o.startswith("render.shader.groove_pixel_width=") for o in overrides):
+        overrides = ("render.shader.groove_pixel_width=0", *overrides)
     proc = subprocess.run([sys.executable, "-c", WET_SCRIPT, str(out), json.dumps(params or {}), *overrides],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -667,6 +671,34 @@ def test_the_grooves_relief_is_deep_in_places_and_faint_in_others(tmp_path):
     ratio = shade_patched[grooves] / shade_even[grooves]
     faint, deep = (ratio < 0.5).mean(), (ratio > 1.5).mean()
     assert faint > 0.1 and deep > 0.1, (faint, deep)  # 0.35 and 0.27 of the 31% of the wall the grooves shade
+
+
+@pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")
+def test_grooves_under_a_pixel_are_drawn_wider_and_fainter(tmp_path):
+    """`shader.groove_pixel_width`: a groove thinner than a pixel is drawn as wide as the pixel's share of a cell
+    asks and fainter in proportion (a box filter's), so the dots a sub-pixel line leaves at a few samples a pixel
+    (pepper) give way to a faint, even shade: the filtered grooves still only darken, within a factor of two as
+    much over the wall, and add far less to their darkest pixels."""
+    grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0")
+    plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_strength=0", "render.shader.groove_darkening=0",
+                        *grain)
+    sharp, filtered = (_wet_render(tmp_path / f"w{w}.npz", f"render.shader.groove_pixel_width={w}", *grain)
+                       for w in (0, 0.5))
+    wall = plain["depth"] < 1e9
+    luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    dark_sharp, dark_filtered = ((plain["albedo"] - r["albedo"]) @ luma for r in (sharp, filtered))
+    # still only darkens (to 1e-4: the relief's tilt moves the diffuse share of the albedo pass a little)
+    assert dark_filtered[wall].min() > -1e-4, dark_filtered[wall].min()
+    mean_sharp, mean_filtered = dark_sharp[wall].mean(), dark_filtered[wall].mean()
+    # about as much over the wall: 0.49 of it here (the noise's values crowd round its middle, so a band n times
+    # wider covers less than n times the wall)
+    assert 0.3 < mean_filtered / mean_sharp < 1.5, (mean_sharp, mean_filtered)
+    # what the grooves add to each pixel of the image (their colour and their relief's shade)
+    shade_sharp, shade_filtered = (np.abs((r["rgb"] - plain["rgb"]) @ luma)[wall] for r in (sharp, filtered))
+    # 90th percentiles 0.021 -> 0.007, 99th 0.17 -> 0.08 (of 1, linear) at this 64 px view
+    for q, most in ((90, 0.5), (99, 0.6)):
+        assert np.percentile(shade_filtered, q) < most * np.percentile(shade_sharp, q), (
+            q, np.percentile(shade_sharp, q), np.percentile(shade_filtered, q))
 
 
 @pytest.mark.skipif(not HAS_BPY, reason="bpy is not installed")

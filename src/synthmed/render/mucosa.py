@@ -92,9 +92,20 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
                         graph.math("MULTIPLY", knob["mucosa.grain_scale"], float(shader["groove_scale"])),
                         float(shader["groove_detail"]))
     edges = graph.math("ABSOLUTE", graph.math("SUBTRACT", field, 0.5))  # 0 on the field's level-0.5 lines
-    height = graph.map_range(edges, 0.0, float(shader["groove_width"]), 0.0, 1.0, "SMOOTHSTEP")
+    # a line far thinner than a pixel, sampled three times a pixel, is a scatter of dark dots (pepper on the
+    # middle wall): it is drawn no thinner than `groove_pixel_width` noise units per groove cell a pixel spans,
+    # its relief and darkening x its width / that (a box filter's, roughly: the noise's values crowd round 0.5, so a
+    # wider band covers somewhat less than in proportion; version 26)
+    width = float(shader["groove_width"])
+    thin = 1.0
+    if float(shader["groove_pixel_width"]):
+        cells = _cells_a_pixel(graph, knob["grooves.cells_per_px_mm"])
+        drawn = graph.math("MAXIMUM", width, graph.math("MULTIPLY", cells, float(shader["groove_pixel_width"])))
+        thin = graph.math("DIVIDE", width, drawn)
+        width = drawn
+    height = graph.map_range(edges, 0.0, width, 0.0, 1.0, "SMOOTHSTEP")
     cut, lines = float(shader["groove_cut"]), height
-    strength = graph.math("MULTIPLY", relief, float(shader["groove_strength"]))
+    strength = graph.math("MULTIPLY", graph.math("MULTIPLY", relief, thin), float(shader["groove_strength"]))
     if cut:  # the lines cut into open strokes: a finer noise lifts them back to the surface where it is low
         pieces = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 19.0)),
                              graph.math("MULTIPLY", knob["mucosa.grain_scale"],
@@ -106,10 +117,22 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
         # not three times (the strokes' ends lose only their own slope; version 18)
         strength = graph.math("MULTIPLY", strength, graph.math("SUBTRACT", 1.0, gone))
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, lines),
-                           graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
+                           graph.math("MULTIPLY", graph.math("MULTIPLY", grain, thin), float(shader["groove_darkening"])))
     normal = graph.node("ShaderNodeBump", {"Strength": strength, "Distance": float(shader["groove_depth_mm"]),
                                            "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
+
+
+def _cells_a_pixel(graph: NodeGraph, per_px_mm, distance=None):
+    """How many of a texture's cells (texels) one pixel spans where a sample lands: its view distance x
+    `per_px_mm` (cells per mm / the fisheye's focal length in pixels), over the cosine of the view to the surface
+    (no less than 0.2: a grazing wall is not smeared without end). `distance`: a View Distance socket, if one."""
+    geometry = graph.node("ShaderNodeNewGeometry")
+    facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
+                                                      geometry.outputs["Incoming"]))
+    if distance is None:
+        distance = graph.node("ShaderNodeCameraData").outputs["View Distance"]
+    return graph.math("DIVIDE", graph.math("MULTIPLY", distance, per_px_mm), graph.math("MAXIMUM", facing, 0.2))
 
 
 # ------------------------------------------------------------------------------ the material
@@ -172,11 +195,7 @@ def _capillaries(graph: NodeGraph, channels: Mapping[str, Any], knob: NodeInputs
     `shader.capillary_fade_edges` texels a pixel, to its mean over the wall (`capillary_mean`), the tint a
     pixel that spans many cells sees. `distance`: the view distance (`wall_colour`'s Camera Data socket)."""
     shader = cfg["shader"]
-    geometry = graph.node("ShaderNodeNewGeometry")
-    facing = graph.math("ABSOLUTE", graph.vector_math("DOT_PRODUCT", geometry.outputs["Normal"],
-                                                      geometry.outputs["Incoming"]))
-    spans = graph.math("DIVIDE", graph.math("MULTIPLY", distance, knob["capillary.texels_per_mm"]),
-                       graph.math("MAXIMUM", facing, 0.2))
+    spans = _cells_a_pixel(graph, knob["capillary.texels_per_mm"], distance)
     low, high = (float(v) for v in shader["capillary_fade_edges"])
     fade = graph.map_range(spans, low, high, 0.0, 1.0, "SMOOTHSTEP")
     line = channels["capillary"]
@@ -265,7 +284,9 @@ class Mucosa:
         return {"pattern.lane": float(lane), "pattern.angle": math.radians(float(params["mucosa.pattern_angle_deg"])),
                 "pattern.axial_scale": scale, "pattern.axial_offset": offset,
                 "pattern.vessel_scale": lane_vessel_scale(textures, lane),
-                "capillary.texels_per_mm": scale / (focal * texel_mm(cfg))}
+                "capillary.texels_per_mm": scale / (focal * texel_mm(cfg)),
+                "grooves.cells_per_px_mm": float(params["mucosa.grain_scale"])
+                * float(cfg["shader"]["groove_scale"]) / focal}
 
     def frame_inputs(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The material's per-frame inputs (values, colours; colours from the sampled HSV). A lesion's material

@@ -198,6 +198,7 @@ class ShaderConfig:
     groove_scale: float = MISSING
     groove_detail: float = MISSING
     groove_width: float = MISSING
+    groove_pixel_width: float = MISSING
     groove_strength: float = MISSING
     groove_depth_mm: float = MISSING
     groove_darkening: float = MISSING
