@@ -307,6 +307,7 @@ def test_bad_values_name_the_key():
         (["render.shader.grain_patch_contrast=-0.2"], r"render.shader.grain_patch_contrast' must be in \[0, 1\].*got -0.2"),
         (["render.shader.grain_patch_edges=[0.6,0.4]"], r"render.shader.grain_patch_edges' must be \[low, high\]"),
         (["render.shader.groove_cut=1.5"], r"render.shader.groove_cut' must be in \[0, 1\].*got 1.5"),
+        (["render.shader.groove_pixel_width=-0.5"], r"render.shader.groove_pixel_width' must be >= 0.*got -0.5"),
         (["render.shader.pattern_ripple_offset=[1.0,2.0]"], r"render.shader.pattern_ripple_offset' must have 3 entries"),
         (["render.shader.lesion_stipple_fill=1.2"], r"render.shader.lesion_stipple_fill' must be in \[0, 1\].*got 1.2"),
         (["render.shader.lesion_stipple_radius=0"], r"render.shader.lesion_stipple_radius' must be > 0.*got 0"),

@@ -165,6 +165,8 @@ def _check_values(c: dict) -> None:
     need("shader.vessel_fade_floor", 0 <= c["shader"]["vessel_fade_floor"] <= 1, "must be in [0, 1] (of the vessels' contrast)")
     need("shader.groove_cut", 0 <= c["shader"]["groove_cut"] <= 1,
          "must be in [0, 1] (0: the grooves' closed lines, 1: cut into strokes)")
+    need("shader.groove_pixel_width", c["shader"]["groove_pixel_width"] >= 0,
+         "must be >= 0 (noise units per cell a pixel spans; 0: the grooves at their own width, however thin)")
     need("shader.grain_patch_contrast", 0 <= c["shader"]["grain_patch_contrast"] <= 1,
          "must be in [0, 1] (the grooves' relief is scaled by 1 - this .. 1 + this)")
     need("shader.lesion_stipple_fill", 0 <= c["shader"]["lesion_stipple_fill"] <= 1,

@@ -270,7 +270,8 @@ class Mucosa:
     # -------------------------------------------------------------------------- per frame
     def pattern_inputs(self, params: Mapping[str, Any]) -> dict[str, float]:
         """Where this frame's wall lies on the mucosa pattern: which pattern, turned and shifted how, and the
-        axial scale that keeps its cells round on a lumen of this radius."""
+        axial scale that keeps its cells round on a lumen of this radius; and, for the textures drawn no finer
+        than a pixel, their cells a pixel spans per mm of view distance (capillary texels, groove cells)."""
         cfg = self.cfg
         textures = cfg["textures"]
         lane = pattern_lane(cfg, params)
