@@ -677,8 +677,8 @@ def test_the_grooves_relief_is_deep_in_places_and_faint_in_others(tmp_path):
 def test_grooves_under_a_pixel_are_drawn_wider_and_fainter(tmp_path):
     """`shader.groove_pixel_width`: a groove thinner than a pixel is drawn as wide as the pixel's share of a cell
     asks and fainter in proportion (a box filter's), so the dots a sub-pixel line leaves at a few samples a pixel
-    (pepper) give way to a faint, even shade: the filtered grooves still only darken, within a factor of two as
-    much over the wall, and add far less to their darkest pixels."""
+    (pepper) give way to a faint, even shade: the filtered grooves still only darken, about as much over the wall
+    (0.3-1.5 times the sharp ones' mean), and add far less to their darkest pixels."""
     grain = ("render.params.mucosa.grain=1.5", "render.params.vessels.density=0")
     plain = _wet_render(tmp_path / "plain.npz", "render.shader.groove_strength=0", "render.shader.groove_darkening=0",
                         *grain)

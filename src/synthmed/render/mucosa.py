@@ -97,15 +97,14 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
     # its relief and darkening x its width / that (a box filter's, roughly: the noise's values crowd round 0.5, so a
     # wider band covers somewhat less than in proportion; version 26)
     width = float(shader["groove_width"])
-    thin = 1.0
     if float(shader["groove_pixel_width"]):
         cells = _cells_a_pixel(graph, knob["grooves.cells_per_px_mm"])
         drawn = graph.math("MAXIMUM", width, graph.math("MULTIPLY", cells, float(shader["groove_pixel_width"])))
         thin = graph.math("DIVIDE", width, drawn)
-        width = drawn
+        relief, grain, width = graph.math("MULTIPLY", relief, thin), graph.math("MULTIPLY", grain, thin), drawn
     height = graph.map_range(edges, 0.0, width, 0.0, 1.0, "SMOOTHSTEP")
     cut, lines = float(shader["groove_cut"]), height
-    strength = graph.math("MULTIPLY", graph.math("MULTIPLY", relief, thin), float(shader["groove_strength"]))
+    strength = graph.math("MULTIPLY", relief, float(shader["groove_strength"]))
     if cut:  # the lines cut into open strokes: a finer noise lifts them back to the surface where it is low
         pieces = graph.noise(graph.seeded(position, graph.math("ADD", knob["mucosa.bump_seed"], 19.0)),
                              graph.math("MULTIPLY", knob["mucosa.grain_scale"],
@@ -117,7 +116,7 @@ def groove_bump(graph: NodeGraph, position, knob: NodeInputs, cfg: Mapping, colo
         # not three times (the strokes' ends lose only their own slope; version 18)
         strength = graph.math("MULTIPLY", strength, graph.math("SUBTRACT", 1.0, gone))
     darkening = graph.math("MULTIPLY", graph.math("SUBTRACT", 1.0, lines),
-                           graph.math("MULTIPLY", graph.math("MULTIPLY", grain, thin), float(shader["groove_darkening"])))
+                           graph.math("MULTIPLY", grain, float(shader["groove_darkening"])))
     normal = graph.node("ShaderNodeBump", {"Strength": strength, "Distance": float(shader["groove_depth_mm"]),
                                            "Height": height})
     return graph.mix_colour(darkening, colour, dark), normal.outputs[0]
