@@ -23,23 +23,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import rgb_to_hsv
 from PIL import Image
 from scipy.ndimage import binary_dilation, binary_erosion
 
 # x0, y0, x1, y1 in the 600 x 529 px reference figure: the lesion of panels a, b, c (the reddened patch), e, h
 REFERENCE_BOXES = {"a": (95, 60, 120, 85), "b": (275, 75, 340, 130), "c": (500, 100, 525, 125),
                    "e": (250, 275, 330, 300), "h": (245, 400, 320, 450)}
-
-
-def hsv(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB (..., 3) -> float HSV (..., 3), each 0-1."""
-    x = rgb.astype(np.float64) / 255.0
-    mx, mn = x.max(-1), x.min(-1)
-    span = np.where(mx > mn, mx - mn, 1.0)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    h = np.where(mx == r, (g - b) / span, np.where(mx == g, 2.0 + (b - r) / span, 4.0 + (r - g) / span)) / 6.0
-    h = np.where(mx > mn, h % 1.0, 0.0)
-    return np.stack([h, np.where(mx > 0, (mx - mn) / np.where(mx > 0, mx, 1.0), 0.0), mx], axis=-1)
 
 
 def usable(rgb: np.ndarray) -> np.ndarray:
@@ -53,7 +43,7 @@ def difference(rgb: np.ndarray, lesion: np.ndarray, ring: np.ndarray, min_pixels
     a, b = lesion & ok, ring & ok & ~lesion
     if a.sum() < min_pixels or b.sum() < 30:
         return None
-    h = hsv(rgb)
+    h = rgb_to_hsv(rgb / 255.0)  # float HSV, 0-1 (PIL's 8-bit HSV steps hue by 1/255, too coarse here)
     turn = float(np.median(h[b][:, 0]))  # hue measured from the wall's, round the circle
     rel = (h[..., 0] - turn + 0.5) % 1.0 - 0.5
     return {"d_hue": float(np.median(rel[a])), "d_saturation": float(np.median(h[a][:, 1]) - np.median(h[b][:, 1])),
