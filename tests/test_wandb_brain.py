@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_synthmed
+from test_brats_discovery import write_subject
 from test_wandb import OFFLINE, _run_file, _table
 from wandb_records import logged_history, read_records, run_info
 
@@ -34,7 +35,7 @@ def _image_rows(run_file: Path, key: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory) -> Path:
     """One `brats_seg aug=gan` run at scale=ci (a segmenter and its generators), read by the tests below."""
-    tmp_path = tmp_path_factory.mktemp("gan_run")
+    tmp_path = tmp_path_factory.mktemp("gan_run")  # the phantom stage's cohort: its artefact is in the lineage
     run_synthmed(["experiment=brats_seg", "scale=ci", "aug=gan", f"paths.root_dir={tmp_path}"], cwd=tmp_path,
                  env=OFFLINE)
     return tmp_path
@@ -93,7 +94,11 @@ def test_brats_seg_with_gan_pairs_shows_the_generators(gan_run):
 
 
 def test_brats_dcgan_logs_losses_and_samples(tmp_path):
-    run_synthmed(["experiment=brats_dcgan", "scale=ci", f"paths.root_dir={tmp_path}"], cwd=tmp_path, env=OFFLINE)
+    root = tmp_path / "brats"  # five small subjects of a user's folder: no phantom cohort to make first
+    for i in range(5):
+        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    run_synthmed(["experiment=brats_dcgan", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={root}",
+                  "data.num_train_slices=12"], cwd=tmp_path, env=OFFLINE)
     job = next(tmp_path.glob("outputs/runs/*/*"))
     run_file = _run_file(job)
     assert {"train/d_loss", "train/g_loss"} <= _history_keys(run_file)
