@@ -44,8 +44,9 @@ def difference(rgb: np.ndarray, lesion: np.ndarray, ring: np.ndarray, min_pixels
     if a.sum() < min_pixels or b.sum() < 30:
         return None
     h = rgb_to_hsv(rgb / 255.0)  # float HSV, 0-1 (PIL's 8-bit HSV steps hue by 1/255, too coarse here)
-    turn = float(np.median(h[b][:, 0]))  # hue measured from the wall's, round the circle
-    rel = (h[..., 0] - turn + 0.5) % 1.0 - 0.5
+    signed = (h[..., 0] + 0.5) % 1.0 - 0.5  # -0.5 .. 0.5, red at 0: a wall's median does not split at red
+    turn = float(np.median(signed[b]))
+    rel = (signed - turn + 0.5) % 1.0 - 0.5  # hue measured from the wall's, round the circle
     return {"d_hue": float(np.median(rel[a])), "d_saturation": float(np.median(h[a][:, 1]) - np.median(h[b][:, 1])),
             "d_value": float(np.median(h[a][:, 2]) - np.median(h[b][:, 2])), "saturation": float(np.median(h[a][:, 1]))}
 

@@ -67,3 +67,21 @@ def test_the_reference_figures_five_lesions_are_near_their_walls_colour():
     out = json.loads(done.stdout)
     assert out["lesions"] == 5
     assert abs(out["d_hue"][1]) < 0.02 and abs(out["d_saturation"][1]) < 0.1, out  # -0.0014, +0.019
+
+
+def test_a_wall_astride_red_is_measured_round_the_circle(tmp_path):
+    """A wall half just under red (hue 0.99) and half just over (0.01): its hue is 0, not their plain mean 0.5, so a
+    lesion at 0.98 is 0.02 redder, not half a turn off."""
+    root = tmp_path / "frames_x"
+    _dataset(root, [20])
+    yy, xx = np.mgrid[:128, :128]
+    disc = (yy - 64) ** 2 + (xx - 64) ** 2 < 400
+    under, over, lesion = (tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.6, 0.8)) for h in (0.99, 0.01, 0.98))
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[:] = under
+    rgb[:, ::2] = over
+    rgb[disc] = lesion
+    Image.fromarray(rgb).save(root / "images" / "000000.png")
+    done = _run(root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["d_hue"][1] == pytest.approx(-0.02, abs=2e-3)
