@@ -395,12 +395,11 @@ def test_brats_embed_experiment_reports_numbers_and_pictures(tmp_path):
     import json
 
     from conftest import run_synthmed
-    from test_brats_discovery import write_subject
+    from test_brats_discovery import write_small_cohort
     from wandb_records import logged_history, run_info
 
     folder = tmp_path / "brats"
-    for i in range(5):
-        write_subject(folder, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(folder)
     run_synthmed(["experiment=brats_embed", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={folder}",
                   "analysis.feature_epochs=1", "analysis.cv_folds=2", "data.num_train_slices=null"], cwd=tmp_path,
                  env={"WANDB_MODE": "offline"})

@@ -57,6 +57,14 @@ def write_subject(folder: Path, sid: str, layout: str = "2021", seed: int = 0, e
     return d
 
 
+def write_small_cohort(root: Path, n: int = 5) -> Path:
+    """n small BraTS 2021 subjects (64 x 64 x 10, tumour on slices 2-8): the folder a test's end-to-end run trains
+    on as `data.root` (no phantom cohort to make first)."""
+    for i in range(n):
+        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    return root
+
+
 def make_root(tmp_path: Path, layout: str, n: int = 3, **kw) -> Path:
     root = tmp_path / f"brats{layout}"
     for i in range(n):

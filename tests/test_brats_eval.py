@@ -16,7 +16,7 @@ import pytest
 from conftest import run_synthmed
 from hydra.errors import InstantiationException
 from scipy import ndimage as ndi
-from test_brats_discovery import write_subject
+from test_brats_discovery import write_small_cohort, write_subject
 from test_colon_eval import run_in_process
 
 from synthmed.data.brats import labels
@@ -167,8 +167,7 @@ def brats_work(tmp_path_factory) -> Path:
 def trained_run(brats_work) -> Path:
     """A real brats_seg run (scale=ci: one epoch of a tiny U-Net) on four 2021-layout subjects: its run dir."""
     root = brats_work / "train_brats"
-    for i in range(4):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root, 4)
     out = brats_work / "seg_run"
     run_synthmed(["experiment=brats_seg", *CI, f"paths.root_dir={brats_work}", f"data.root={root}",
                   "data.num_train_slices=null", f"hydra.run.dir={out}"], cwd=brats_work)

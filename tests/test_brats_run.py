@@ -10,7 +10,7 @@ from conftest import run_synthmed
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
-from test_brats_discovery import write_subject
+from test_brats_discovery import write_small_cohort
 
 from synthmed.utils import compose_config
 
@@ -39,8 +39,7 @@ def test_channels_follow_the_modalities():
 
 def test_brats_seg_experiment_runs(tmp_path):
     root = tmp_path / "brats"
-    for i in range(5):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root)
     run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
                   f"data.root={root}", "aug=transform", "data.num_train_slices=12"], cwd=tmp_path)  # of 18
     metrics_file = next((tmp_path / "outputs").rglob("metrics.json"))
@@ -70,8 +69,7 @@ def test_more_real_slices_than_the_training_split_holds_is_an_error(tmp_path):
     """A data-efficiency point must train on the real slices it is labelled with: asking for more than the
     training subjects hold is one error naming the key, not a warning and a smaller set."""
     root = tmp_path / "brats"
-    for i in range(5):  # three training subjects, 6 tumour slices each
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root)  # three training subjects, 6 tumour slices each
     proc = run_synthmed(["experiment=brats_seg", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
                          f"data.root={root}", "data.num_train_slices=50"], cwd=tmp_path, check=False)
     assert proc.returncode != 0

@@ -328,11 +328,10 @@ def test_brats_seg_with_gan_inpaint_end_to_end(tmp_path):
 
     import yaml
     from conftest import run_synthmed
-    from test_brats_discovery import write_subject
+    from test_brats_discovery import write_small_cohort
 
     folder = tmp_path / "brats"  # a small cohort on disk: quicker than the phantom's
-    for i in range(5):
-        write_subject(folder, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(folder)
     run_synthmed(["experiment=brats_seg", "aug=gan_inpaint", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
                   f"data.root={folder}", "data.num_train_slices=null"], cwd=tmp_path)
     (pairs,) = folders(tmp_path / "data" / "gan" / "inpaint_pairs")

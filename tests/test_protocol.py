@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_synthmed
-from test_brats_discovery import write_subject
+from test_brats_discovery import write_small_cohort
 
 from synthmed.augment.gan import generator_trainer_config
 from synthmed.report import collect_jobs, efficiency_points, paired_differences, summarise
@@ -24,8 +24,7 @@ CI = ["experiment=brats_seg", "scale=ci", "logger=csv", "threads=1"]
 def cohort(tmp_path_factory) -> Path:
     """Five subjects: three train (18 tumour slices), one validates, one tests."""
     root = tmp_path_factory.mktemp("protocol") / "brats"
-    for i in range(5):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root)
     return root
 
 

@@ -305,11 +305,10 @@ def test_brats_seg_with_gan_spade_end_to_end(tmp_path):
     """`python -m synthmed experiment=brats_seg aug=gan_spade scale=ci logger=csv`: the SPADE generator trained
     in the pairs stage, its losses in the run's CSV log, its sample grid, the pairs, metrics.json."""
     from conftest import run_synthmed
-    from test_brats_discovery import write_subject
+    from test_brats_discovery import write_small_cohort
 
     root = tmp_path / "brats"
-    for i in range(5):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root)
     run_synthmed(["experiment=brats_seg", "aug=gan_spade", "scale=ci", "logger=csv", f"paths.root_dir={tmp_path}",
                   f"data.root={root}", "data.num_train_slices=12"], cwd=tmp_path)
     (pairs,) = [p for p in (tmp_path / "data" / "gan" / "pairs").iterdir() if p.is_dir()]

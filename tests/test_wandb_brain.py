@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_synthmed
-from test_brats_discovery import write_subject
+from test_brats_discovery import write_small_cohort
 from test_wandb import OFFLINE, _run_file, _table
 from wandb_records import logged_history, read_records, run_info
 
@@ -95,8 +95,7 @@ def test_brats_seg_with_gan_pairs_shows_the_generators(gan_run):
 
 def test_brats_dcgan_logs_losses_and_samples(tmp_path):
     root = tmp_path / "brats"  # five small subjects of a user's folder: no phantom cohort to make first
-    for i in range(5):
-        write_subject(root, f"BraTS2021_{i:05d}", seed=i, shape=(64, 64, 10), tumour_slices=(2, 8))
+    write_small_cohort(root)
     run_synthmed(["experiment=brats_dcgan", "scale=ci", f"paths.root_dir={tmp_path}", f"data.root={root}",
                   "data.num_train_slices=12"], cwd=tmp_path, env=OFFLINE)
     job = next(tmp_path.glob("outputs/runs/*/*"))
