@@ -191,6 +191,56 @@ def test_error_breakdown_groups_frames(tmp_path, capsys):
         error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest)
 
 
+def test_error_breakdown_by_a_manifest_column(tmp_path, capsys):
+    """`--by COLUMN=EDGES` bins a numeric column (recall of lesion frames, specificity of normal ones); `--by
+    COLUMN` groups by value; a column the manifest lacks, text where edges ask for numbers, and too many values
+    without edges are errors that name them."""
+    from synthmed.analysis.errors import error_breakdown, main
+
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "id,label,visible_pixels,lesion.redness,clutter.red_patch,lesion.type\n"
+        "a,1,500,0.25,0,sessile\n"   # pale-ish, missed
+        "b,1,500,0.35,1,sessile\n"   # found
+        "c,1,500,0.5,0,sessile\n"    # found
+        "d,1,500,0.9,0,sessile\n"    # found
+        "e,0,0,,1,\n"                # red patch, called lesion
+        "f,0,0,,0,\n"                # right
+        "g,0,0,0.7,0,sessile\n")     # right (a lesion drawn, none placed)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "test_predictions.csv").write_text(
+        "id,label,predicted,score\na,1,0,0.2\nb,1,1,0.9\nc,1,1,0.7\nd,1,1,0.8\ne,0,1,0.6\nf,0,0,0.1\ng,0,0,0.3\n")
+    b = error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest,
+                        by={"lesion.redness": (0.2, 0.4, 0.6), "clutter.red_patch": None})
+    recall = {k: (v["n"], v["correct"]) for k, v in b["lesion_recall_by"]["lesion.redness"].items()}
+    assert recall == {"lesion.redness 0.2..0.4": (2, 1), "lesion.redness 0.4..0.6": (1, 1),
+                      "lesion.redness >= 0.6": (1, 1)}
+    assert list(recall) == ["lesion.redness 0.2..0.4", "lesion.redness 0.4..0.6", "lesion.redness >= 0.6"]
+    normal = {k: (v["n"], v["correct"]) for k, v in b["normal_specificity_by"]["lesion.redness"].items()}
+    assert normal == {"lesion.redness empty": (2, 1), "lesion.redness >= 0.6": (1, 1)}
+    patch = {k: (v["n"], v["correct"]) for k, v in b["normal_specificity_by"]["clutter.red_patch"].items()}
+    assert patch == {"clutter.red_patch = 0": (2, 2), "clutter.red_patch = 1": (1, 0)}
+    main([str(tmp_path / "run"), str(tmp_path / "data"), "--by", "lesion.redness=0.2,0.4,0.6",
+          "--by", "clutter.red_patch"])
+    table = capsys.readouterr().out
+    assert "| lesion, lesion.redness 0.2..0.4 | 2 | 1 | 0.500 |" in table
+    assert "| normal, clutter.red_patch = 1 | 1 | 0 | 0.000 |" in table
+    with pytest.raises(ValueError, match=r"manifest.csv lacks the column\(s\) \['lesion.size_mm'\]"):
+        error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest, by={"lesion.size_mm": None})
+    with pytest.raises(ValueError, match="'lesion.type' holds 'sessile', not a number"):
+        error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest, by={"lesion.type": (0.5,)})
+    with pytest.raises(ValueError, match=r"'visible_pixels' holds 1\d values .* --by visible_pixels=E1,E2"):
+        rows = "".join(f"x{i},1,{100 + i},0.5,0,sessile\n" for i in range(13))
+        (tmp_path / "many.csv").write_text(manifest.read_text().splitlines()[0] + "\n" + rows)
+        (tmp_path / "many_preds.csv").write_text("id,label,predicted,score\n" +
+                                                 "".join(f"x{i},1,1,0.9\n" for i in range(13)))
+        error_breakdown(tmp_path / "many_preds.csv", tmp_path / "many.csv", by={"visible_pixels": None})
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), str(tmp_path / "data"), "--by", "lesion.redness=low,high"])
+    assert "the edges must be numbers" in capsys.readouterr().err
+
+
 def test_a_collapsed_net_is_warned_about_and_counted(tmp_path, caplog):
     """A net whose output no longer depends on the frame (the study's net can die so: docs/render.md) answers one
     class for every test frame: the run says so, and `test/predicted_classes` records it, instead of reporting the

@@ -8,6 +8,8 @@ specificity by what is in the scene: no lesion placed, a lesion placed but hidde
 lesion partly visible below `render.min_visible_pixels` (the label rule's grey zone). `--compare` puts other
 classifiers' predictions of the same test frames beside the run's, group by group (for example the colour-only
 classifier of `synthmed.analysis.shortcut`, whose `shortcut_predictions.csv` has the same columns).
+`--by COLUMN[=EDGES]` adds recall and specificity by any manifest column: by its values, or, with edges (for
+example `--by lesion.redness=0.2,0.4,0.6`), by the bins between them (`clutter.red_patch` needs none).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 VISIBLE_BINS = (0, 100, 200, 400, 800, 1600)  # lower edges, visible lesion pixels (at the render size)
+MAX_VALUES = 12  # a column broken down by its values holds at most this many; more need edges
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -40,12 +43,49 @@ def _share(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"n": len(rows), "correct": right, "rate": right / len(rows) if rows else float("nan")}
 
 
-def error_breakdown(predictions: str | Path, manifest: str | Path) -> dict[str, Any]:
-    """Accuracy of the test predictions, overall and by group (see the module docstring).
+def _edge(value: float) -> str:
+    return f"{value:g}"
+
+
+def _by_column(rows: list[dict[str, Any]], column: str, edges: tuple[float, ...] | None,
+               manifest: str | Path) -> dict[str, dict[str, Any]]:
+    """{group name: share} of `rows` by the manifest column's values, or by the bins between `edges`
+    (below the first, between two, from the last on; an empty cell is a group of its own)."""
+    if edges is None:
+        values = sorted({r["by"][column] for r in rows})
+        if len(values) > MAX_VALUES:
+            raise ValueError(f"{manifest}: the column {column!r} holds {len(values)} values in these frames; "
+                             f"give bin edges: --by {column}=E1,E2,...")
+        return {f"{column} = {v}": _share(r for r in rows if r["by"][column] == v) for v in values}
+    if list(edges) != sorted(set(edges)):
+        raise ValueError(f"--by {column}: the edges {list(edges)} must rise")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        text = r["by"][column]
+        if text == "":  # not drawn for this frame
+            groups.setdefault((-1, f"{column} empty"), []).append(r)
+            continue
+        try:
+            x = float(text)
+        except ValueError:
+            raise ValueError(f"{manifest}: the column {column!r} holds {text!r}, not a number: "
+                             f"drop the edges to break it down by value") from None
+        k = sum(x >= e for e in edges)
+        name = (f"{column} < {_edge(edges[0])}" if k == 0 else f"{column} >= {_edge(edges[-1])}" if k == len(edges)
+                else f"{column} {_edge(edges[k - 1])}..{_edge(edges[k])}")
+        groups.setdefault((k, name), []).append(r)
+    return {name: _share(g) for (_, name), g in sorted(groups.items())}
+
+
+def error_breakdown(predictions: str | Path, manifest: str | Path,
+                    by: dict[str, tuple[float, ...] | None] | None = None) -> dict[str, Any]:
+    """Accuracy of the test predictions, overall and by group (see the module docstring); `by` maps manifest
+    columns to bin edges (None: by value) for `lesion_recall_by` and `normal_specificity_by`.
     Raises if a predicted id is not in the manifest (predictions from another dataset)."""
     preds, listed = _read(Path(predictions)), _read(Path(manifest))
+    by = by or {}
     for path, table, needed in ((predictions, preds, ("id", "label", "predicted")),
-                                (manifest, listed, ("id", "visible_pixels"))):
+                                (manifest, listed, ("id", "visible_pixels", *by))):
         lacking = [c for c in needed if table and c not in table[0]]
         if lacking:
             raise ValueError(f"{path} lacks the column(s) {lacking}")
@@ -59,7 +99,7 @@ def error_breakdown(predictions: str | Path, manifest: str | Path) -> dict[str, 
         f = frames[p["id"]]
         rows.append({"label": int(p["label"]), "right": int(p["label"]) == int(p["predicted"]),
                      "visible": int(f["visible_pixels"]), "placed": int(float(f.get("lesion.placed") or 0)),
-                     "type": f.get("lesion.type", "")})
+                     "type": f.get("lesion.type", ""), "by": {c: f[c] for c in by}})
     lesion = [r for r in rows if r["label"] == 1]
     normal = [r for r in rows if r["label"] == 0]
     by_visible = {}
@@ -80,6 +120,8 @@ def error_breakdown(predictions: str | Path, manifest: str | Path) -> dict[str, 
             "lesion hidden (0 px)": _share(r for r in normal if r["placed"] and r["visible"] == 0),
             "lesion below threshold (1+ px)": _share(r for r in normal if r["visible"] > 0),
         },
+        "lesion_recall_by": {c: _by_column(lesion, c, e, manifest) for c, e in by.items()},
+        "normal_specificity_by": {c: _by_column(normal, c, e, manifest) for c, e in by.items()},
     }
 
 
@@ -88,8 +130,11 @@ def _groups(b: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [("all test frames (accuracy)", b["accuracy"]), ("lesion frames (recall)", b["lesion_recall"])]
     rows += [(f"lesion, {name} visible px", s) for name, s in b["lesion_recall_by_visible_pixels"].items()]
     rows += [(f"lesion, {name}", s) for name, s in b["lesion_recall_by_type"].items()]
+    rows += [(f"lesion, {name}", s) for groups in b.get("lesion_recall_by", {}).values() for name, s in groups.items()]
     rows.append(("normal frames (specificity)", b["normal_specificity"]))
     rows += [(f"normal, {name}", s) for name, s in b["normal_specificity_by_scene"].items()]
+    rows += [(f"normal, {name}", s) for groups in b.get("normal_specificity_by", {}).values()
+             for name, s in groups.items()]
     return rows
 
 
@@ -101,7 +146,8 @@ def to_markdown(b: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compare_breakdowns(predictions: dict[str, str | Path], manifest: str | Path) -> dict[str, dict[str, Any]]:
+def compare_breakdowns(predictions: dict[str, str | Path], manifest: str | Path,
+                       by: dict[str, tuple[float, ...] | None] | None = None) -> dict[str, dict[str, Any]]:
     """`error_breakdown` of several classifiers' predictions (name -> predictions CSV) of one dataset.
     Raises unless they all predict the same frames: side by side, every group must hold the same frames."""
     if not predictions:
@@ -115,7 +161,7 @@ def compare_breakdowns(predictions: dict[str, str | Path], manifest: str | Path)
             only = sorted(ids[name] ^ ids[first])
             raise ValueError(f"{path} ({name}) and {predictions[first]} ({first}) predict different frames "
                              f"({len(only)} ids in one only, first: {only[0]}): not the same test split")
-    return {name: error_breakdown(path, manifest) for name, path in predictions.items()}
+    return {name: error_breakdown(path, manifest, by) for name, path in predictions.items()}
 
 
 def to_markdown_side_by_side(breakdowns: dict[str, dict[str, Any]]) -> str:
@@ -137,6 +183,18 @@ def _named_file(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _column_and_edges(text: str) -> tuple[str, tuple[float, ...] | None]:
+    column, sep, edges = text.partition("=")
+    if not column or (sep and not edges):
+        raise argparse.ArgumentTypeError(f"--by {text!r}: expected COLUMN or COLUMN=E1,E2,... (bin edges)")
+    if not sep:
+        return column, None
+    try:
+        return column, tuple(float(e) for e in edges.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--by {text!r}: the edges must be numbers, e.g. {column}=0.2,0.4") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a colon_cls run dir (test_predictions.csv) or a colon_eval run dir "
@@ -145,18 +203,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare", type=_named_file, action="append", default=[], metavar="NAME=CSV",
                     help="another classifier's predictions of the same test frames, shown beside the run's "
                          "(e.g. colour_only=<dir>/shortcut_predictions.csv)")
+    ap.add_argument("--by", type=_column_and_edges, action="append", default=[], metavar="COLUMN[=EDGES]",
+                    help="recall and specificity by a manifest column: by value, or by bins between the edges "
+                         "(e.g. lesion.redness=0.2,0.4,0.6)")
     args = ap.parse_args(argv)
+    by = dict(args.by)
     manifest = args.dataset_dir / "manifest.csv"
     run_predictions = args.run_dir / "test_predictions.csv"
     if not run_predictions.exists() and (args.run_dir / "predictions.csv").exists():  # a test-only run's
         run_predictions = args.run_dir / "predictions.csv"
     if not args.compare:
-        print(to_markdown(error_breakdown(run_predictions, manifest)))
+        print(to_markdown(error_breakdown(run_predictions, manifest, by)))
         return
     named = {"run": run_predictions, **dict(args.compare)}
     if len(named) != len(args.compare) + 1:
         raise SystemExit("--compare: every NAME must be distinct and not 'run'")
-    print(to_markdown_side_by_side(compare_breakdowns(named, manifest)))
+    print(to_markdown_side_by_side(compare_breakdowns(named, manifest, by)))
 
 
 if __name__ == "__main__":
