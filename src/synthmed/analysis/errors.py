@@ -59,7 +59,7 @@ def _by_column(rows: list[dict[str, Any]], column: str, edges: tuple[float, ...]
         return {f"{column} = {v}": _share(r for r in rows if r["by"][column] == v) for v in values}
     if list(edges) != sorted(set(edges)):
         raise ValueError(f"--by {column}: the edges {list(edges)} must rise")
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
         text = r["by"][column]
         if text == "":  # not drawn for this frame
