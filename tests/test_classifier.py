@@ -230,12 +230,20 @@ def test_error_breakdown_by_a_manifest_column(tmp_path, capsys):
         error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest, by={"lesion.size_mm": None})
     with pytest.raises(ValueError, match="'lesion.type' holds 'sessile', not a number"):
         error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest, by={"lesion.type": (0.5,)})
+    with pytest.raises(ValueError, match=r"the edges \[0.4, 0.2\] must rise"):
+        error_breakdown(tmp_path / "run" / "test_predictions.csv", manifest, by={"lesion.redness": (0.4, 0.2)})
+    rows = "".join(f"x{i},1,{100 + i},0.5,0,sessile\n" for i in range(13))
+    (tmp_path / "many.csv").write_text(manifest.read_text().splitlines()[0] + "\n" + rows)
+    (tmp_path / "many_preds.csv").write_text("id,label,predicted,score\n" + "".join(f"x{i},1,1,0.9\n" for i in range(13)))
     with pytest.raises(ValueError, match=r"'visible_pixels' holds 1\d values .* --by visible_pixels=E1,E2"):
-        rows = "".join(f"x{i},1,{100 + i},0.5,0,sessile\n" for i in range(13))
-        (tmp_path / "many.csv").write_text(manifest.read_text().splitlines()[0] + "\n" + rows)
-        (tmp_path / "many_preds.csv").write_text("id,label,predicted,score\n" +
-                                                 "".join(f"x{i},1,1,0.9\n" for i in range(13)))
         error_breakdown(tmp_path / "many_preds.csv", tmp_path / "many.csv", by={"visible_pixels": None})
+    # by value, numbers sort as numbers (9 before 10), text after them
+    few = tmp_path / "few.csv"
+    few.write_text(manifest.read_text().splitlines()[0] + "\n" + "".join(
+        f"y{i},1,{v},0.5,0,sessile\n" for i, v in enumerate((10, 9, 10))))
+    (tmp_path / "few_preds.csv").write_text("id,label,predicted,score\n" + "".join(f"y{i},1,1,0.9\n" for i in range(3)))
+    assert list(error_breakdown(tmp_path / "few_preds.csv", few, by={"visible_pixels": None})
+                ["lesion_recall_by"]["visible_pixels"]) == ["visible_pixels = 9", "visible_pixels = 10"]
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run"), str(tmp_path / "data"), "--by", "lesion.redness=low,high"])
     assert "the edges must be numbers" in capsys.readouterr().err

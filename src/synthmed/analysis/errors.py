@@ -47,12 +47,20 @@ def _edge(value: float) -> str:
     return f"{value:g}"
 
 
+def _value_order(text: str) -> tuple[int, float, str]:
+    """Numbers first, in numeric order (9 before 10), then text."""
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def _by_column(rows: list[dict[str, Any]], column: str, edges: tuple[float, ...] | None,
                manifest: str | Path) -> dict[str, dict[str, Any]]:
     """{group name: share} of `rows` by the manifest column's values, or by the bins between `edges`
     (below the first, between two, from the last on; an empty cell is a group of its own)."""
     if edges is None:
-        values = sorted({r["by"][column] for r in rows})
+        values = sorted({r["by"][column] for r in rows}, key=_value_order)
         if len(values) > MAX_VALUES:
             raise ValueError(f"{manifest}: the column {column!r} holds {len(values)} values in these frames; "
                              f"give bin edges: --by {column}=E1,E2,...")
